@@ -1,0 +1,55 @@
+"""introspect: open up a PyTorch vision model and show what is inside it in TensorBoard.
+
+Library use in a notebook or a debugger::
+
+    import introspect
+    loaded = introspect.load_model("resnet18", weights="none")
+    introspect.summarize(loaded)                       # layer table (renders as HTML)
+    introspect.cam(loaded, "sample_images/cat.png")[0]  # Grad-CAM panel (renders as PNG)
+    introspect.report(loaded, ["sample_images/cat.png"], logdir="runs")
+
+Heavy optional dependencies (tensorboard, pytorch-grad-cam, cv2) are imported only
+by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from .analyzers.cam import CAM_METHODS, cam, list_cam_methods
+from .analyzers.features import feature_maps
+from .analyzers.kernels import kernel_grids
+from .analyzers.parameters import parameter_summary
+from .analyzers.predictions import predict
+from .analyzers.structure import summarize
+from .errors import IntrospectError, IntrospectWarning, UsageError
+from .models import LoadedModel, list_models, load_model
+from .report import RunSummary, report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM_METHODS",
+    "IntrospectError",
+    "IntrospectWarning",
+    "LoadedModel",
+    "Reporter",
+    "RunSummary",
+    "UsageError",
+    "cam",
+    "feature_maps",
+    "kernel_grids",
+    "list_cam_methods",
+    "list_models",
+    "load_model",
+    "parameter_summary",
+    "predict",
+    "report",
+    "summarize",
+]
+
+
+def __getattr__(name: str):
+    if name == "Reporter":  # imported on use: the reporter is the only tensorboard user
+        from .reporter import Reporter
+
+        return Reporter
+    raise AttributeError(f"module 'introspect' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+"""``python -m introspect``."""
+
+from .cli import main
+
+raise SystemExit(main())

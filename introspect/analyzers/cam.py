@@ -1,0 +1,317 @@
+"""Class activation maps: Grad-CAM and its family, with one registry of methods.
+
+Methods that need only the target layer's activation and its gradient (the
+gradient family, and EigenCAM/FEM that need the activation alone) are computed
+here from one shared forward pass (:mod:`introspect.forward`): gradients flow only
+from the class scores back to the target layer, for every class and image at once.
+Their maps equal pytorch-grad-cam's (same formulas, same normalisation, same
+bilinear resize). Methods that need many forward passes (Score-CAM, Ablation-CAM,
+FullGrad, ...) are delegated to pytorch-grad-cam, batched over classes, inside
+:func:`introspect.hooks.inspecting` so the model comes back untouched.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import IntrospectWarning, UnknownMethodError
+from ..forward import ForwardPass, run_forward
+from ..hooks import inspecting
+from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
+from ..models import LoadedModel
+from ..records import CamMap, CamResult
+from .predictions import class_name, top_classes
+
+__all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
+           "cam_layer_choice"]
+
+# A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
+FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One CAM method: its name, what it needs, and how it is computed."""
+
+    name: str
+    summary: str
+    reference: str  # the pytorch-grad-cam class with the same maps
+    uses_gradients: bool
+    fast: FastCam | None = None  # None: delegated to pytorch-grad-cam
+
+    @property
+    def single_pass(self) -> bool:
+        """Computed from the shared forward pass (no extra forward passes)."""
+        return self.fast is not None
+
+
+def _spatial_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=(-2, -1), keepdim=True)
+
+
+def _gradcam(a, g):
+    return (g.mean(dim=(-2, -1), keepdim=True) * a).sum(dim=2)
+
+
+def _hirescam(a, g):
+    return (g * a).sum(dim=2)
+
+
+def _elementwise(a, g):
+    return torch.relu(g * a).sum(dim=2)
+
+
+def _gradcam_pp(a, g):
+    g2 = g * g
+    g3 = g2 * g
+    aij = g2 / (2 * g2 + _spatial_sum(a) * g3 + 1e-6)
+    aij = torch.where(g != 0, aij, torch.zeros_like(aij))
+    weights = _spatial_sum(torch.relu(g) * aij)
+    return (weights * a).sum(dim=2)
+
+
+def _xgradcam(a, g):
+    weights = _spatial_sum(g * a / (_spatial_sum(a) + 1e-7))
+    return (weights * a).sum(dim=2)
+
+
+def _layercam(a, g):
+    return (torch.relu(g) * a).sum(dim=2)
+
+
+def _first_component(x: np.ndarray) -> np.ndarray:
+    """Projection of each (C, H, W) map on its first principal component (as pytorch-grad-cam does)."""
+    x = np.nan_to_num(x.astype(np.float32, copy=True), nan=0.0)
+    out = []
+    for maps in x:
+        flat = maps.reshape(maps.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=True)
+        out.append((flat @ vt[0, :]).reshape(maps.shape[1:]))
+    return np.float32(out)
+
+
+def _eigencam(a, g):
+    return torch.from_numpy(_first_component(a.cpu().numpy()))[None]
+
+
+def _eigengradcam(a, g):
+    prod = (g * a).cpu().numpy()
+    return torch.from_numpy(np.stack([_first_component(p) for p in prod]))
+
+
+def _fem(a, g, k: float = 2.0):
+    means = a.mean(dim=(-2, -1), keepdim=True)
+    stds = a.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    weights = (a > means + k * stds).float().mean(dim=(-2, -1), keepdim=True)
+    return (weights * a).sum(dim=1)[None]
+
+
+def _register(*methods: CamMethod) -> dict[str, CamMethod]:
+    return {m.name: m for m in methods}
+
+
+CAM_METHODS: dict[str, CamMethod] = _register(
+    CamMethod("gradcam", "channel weights = mean gradient (Selvaraju et al. 2017)", "GradCAM", True, _gradcam),
+    CamMethod("hirescam", "gradient x activation, summed over channels", "HiResCAM", True, _hirescam),
+    CamMethod("gradcam++", "second-order channel weights (Chattopadhay et al. 2018)", "GradCAMPlusPlus", True,
+              _gradcam_pp),
+    CamMethod("xgradcam", "activation-normalised gradient weights (Fu et al. 2020)", "XGradCAM", True, _xgradcam),
+    CamMethod("layercam", "positive gradients x activation, per location (Jiang et al. 2021)", "LayerCAM", True,
+              _layercam),
+    CamMethod("gradcamelementwise", "ReLU(gradient x activation) summed over channels", "GradCAMElementWise", True,
+              _elementwise),
+    CamMethod("eigengradcam", "first principal component of gradient x activation", "EigenGradCAM", True,
+              _eigengradcam),
+    CamMethod("eigencam", "first principal component of the activations (class-agnostic)", "EigenCAM", False,
+              _eigencam),
+    CamMethod("fem", "feature explanation method: channels weighted by their share of strong responses", "FEM",
+              False, _fem),
+    CamMethod("scorecam", "channel weights from the score of the masked input (many forward passes)", "ScoreCAM",
+              False),
+    CamMethod("ablationcam", "channel weights from the score drop when a channel is removed (many passes)",
+              "AblationCAM", False),
+    CamMethod("fullgrad", "full-gradient: input and every bias gradient (whole-model backward)", "FullGrad", True),
+    CamMethod("kpcacam", "kernel-PCA of the activations (class-agnostic)", "KPCA_CAM", False),
+    CamMethod("shapleycam", "gradient and Hessian-vector product weights (Shapley view)", "ShapleyCAM", True),
+    CamMethod("finercam", "Grad-CAM of the score against its most similar classes", "FinerCAM", True),
+    CamMethod("randomcam", "random channel weights: a baseline that explains nothing", "RandomCAM", True),
+)
+
+_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "grad-cam": "gradcam",
+            "gradcam-elementwise": "gradcamelementwise", "score-cam": "scorecam", "eigen-cam": "eigencam",
+            "kpca_cam": "kpcacam", "kpca-cam": "kpcacam"}
+
+
+def list_cam_methods() -> list[str]:
+    """Every CAM method name, in the registry's order."""
+    return list(CAM_METHODS)
+
+
+def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
+    """``"gradcam,layercam"`` (or a list) -> known method names; an unknown one lists them all."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = []
+    for item in items:
+        key = item.strip().lower()
+        if not key:
+            continue
+        key = _ALIASES.get(key, key)
+        if key not in CAM_METHODS:
+            raise UnknownMethodError(f"unknown CAM method {item.strip()!r}: choose from {', '.join(CAM_METHODS)}")
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise UnknownMethodError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
+    return names
+
+
+def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
+    """The target layer: the one asked for (checked), or the family's default."""
+    if layer is None:
+        return cam_target_layer(model)
+    resolve_layer(model, layer)
+    default = cam_target_layer(model)
+    return LayerChoice(layer, channels_last=default.channels_last and layer.startswith("features"))
+
+
+def _normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pytorch-grad-cam's scaling: ReLU, min-max, bilinear resize to the input, min-max again."""
+    maps = torch.relu(raw.float())
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    flat = flat - flat.amin(dim=(-2, -1), keepdim=True)
+    flat = flat / (1e-7 + flat.amax(dim=(-2, -1), keepdim=True))
+    flat = F.interpolate(flat[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    flat = flat - flat.amin(dim=(-2, -1), keepdim=True)
+    flat = flat / (1e-7 + flat.amax(dim=(-2, -1), keepdim=True))
+    return flat.reshape(*lead, *size)
+
+
+def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
+    if torch.isfinite(tensor).all():
+        return tensor
+    notes.append(f"{what} had NaN or Inf values; they were set to 0")
+    return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _fast_maps(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
+               size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+    activation = _finite(to_nchw(forward.activations[layer.name], layer.channels_last).float(), "activations", notes)
+    grads = None
+    if method.uses_gradients:
+        raw_grads = forward.gradients(classes)
+        grads = torch.stack([to_nchw(g, layer.channels_last) for g in raw_grads]).float()
+        grads = _finite(grads, "gradients", notes)
+        if not grads.abs().amax().item() > 0:
+            notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
+    raw = method.fast(activation, grads)
+    raw = _finite(raw, f"{method.name} maps", notes)
+    return _normalise(raw, size).expand(classes.shape[1], -1, -1, -1)
+
+
+def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, layer: LayerChoice,
+                    classes: torch.Tensor) -> torch.Tensor:
+    """Maps from pytorch-grad-cam for the methods it alone offers, all classes in one batch."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    k = classes.shape[1]
+    n = batch.shape[0]
+    repeated = batch.repeat(k, 1, 1, 1)
+    targets = [ClassifierOutputTarget(int(classes[i % n, i // n])) for i in range(k * n)]
+    target_layer = resolve_layer(model, layer.name)
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        return to_nchw(t, layer.channels_last)
+
+    with inspecting(model):
+        with getattr(pytorch_grad_cam, method.reference)(model=model, target_layers=[target_layer],
+                                                         reshape_transform=reshape) as explainer:
+            if hasattr(explainer, "batch_size"):
+                explainer.batch_size = 64
+            maps = explainer(input_tensor=repeated, targets=targets)
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    return torch.from_numpy(maps).reshape(k, n, *maps.shape[-2:])
+
+
+def cams_from_pass(
+    model: nn.Module,
+    forward: ForwardPass,
+    batch: InputBatch,
+    methods: Sequence[str],
+    layer: LayerChoice,
+    classes: torch.Tensor,
+    categories: Sequence[str],
+    colormap: str = "jet",
+) -> list[CamResult]:
+    """CAM results for every method and image, from a forward pass that captured ``layer``."""
+    from ..images import label_image, overlay, tile_grid
+
+    size = tuple(batch.tensor.shape[-2:])
+    probs = forward.probabilities.cpu()
+    results = []
+    for name in parse_cam_methods(methods):
+        method = CAM_METHODS[name]
+        notes: list[str] = []
+        if method.single_pass:
+            maps = _fast_maps(method, forward, layer, classes, size, notes)
+        else:
+            maps = _reference_maps(method, model, batch.tensor, layer, classes)
+        maps = maps.cpu().numpy()
+        for n, image_name in enumerate(batch.names):
+            entries = []
+            for j in range(classes.shape[1]):
+                index = int(classes[n, j])
+                heatmap = maps[j, n].astype(np.float32)
+                label = class_name(categories, index)
+                prob = float(probs[n, index])
+                entries.append(CamMap(method=name, class_index=index, class_name=label, probability=prob,
+                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
+            panel = tile_grid(np.stack([label_image(e.image, f"{e.class_name} {e.probability:.1%}")
+                                        for e in entries]), ncols=len(entries), padding=4)
+            results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
+                                     image=panel, warnings=tuple(notes)))
+        for note in notes:
+            warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
+    return results
+
+
+def cam(
+    model: nn.Module | LoadedModel,
+    inputs: Inputs,
+    methods: str | Sequence[str] = "gradcam",
+    layer: str | None = None,
+    targets: Sequence[int | str] | None = None,
+    topk: int = 3,
+    categories: Sequence[str] | None = None,
+    colormap: str = "jet",
+) -> list[CamResult]:
+    """Class activation maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
+
+    Example: ``introspect.cam(loaded, "cat.png", "gradcam,layercam")[0].to_pil()``.
+    """
+    from .predictions import resolve_target
+
+    module, loaded = unwrap(model)
+    batch = prepare_inputs(inputs, loaded)
+    names = list(categories or (loaded.categories if loaded else ()))
+    choice = cam_layer_choice(module, layer)
+    method_names = parse_cam_methods(methods)
+    needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in method_names)
+    forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=choice.name if needs_grad else None)
+    num_classes = forward.logits.shape[-1]
+    indices = [resolve_target(t, names, num_classes) for t in targets] if targets else None
+    classes = top_classes(forward, topk, indices)
+    try:
+        return cams_from_pass(module, forward, batch, method_names, choice, classes, names, colormap)
+    finally:
+        forward.release()

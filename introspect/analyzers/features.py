@@ -1,0 +1,71 @@
+"""Feature maps: activations of chosen layers, top channels by mean activation, and stats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..forward import ForwardPass, run_forward
+from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..layers import LayerChoice, default_feature_layers, resolve_layer
+from ..layers import to_nchw
+from ..models import LoadedModel
+from ..records import FeatureMap
+
+__all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
+
+
+def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None) -> list[LayerChoice]:
+    """The layers asked for (checked), or the model's default stage outputs."""
+    defaults = default_feature_layers(model)
+    if not layers:
+        return defaults
+    channels_last = {c.name for c in defaults if c.channels_last}
+    for name in layers:
+        resolve_layer(model, name)
+    return [LayerChoice(n, channels_last=n in channels_last) for n in layers]
+
+
+def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int) -> FeatureMap:
+    from ..images import normalize01, tile_grid
+
+    maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
+    maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    means = maps.mean(dim=(1, 2))
+    order = torch.argsort(means, descending=True)[:max_channels]
+    tiles = np.stack([normalize01(maps[c].cpu().numpy()) for c in order.tolist()])
+    scale = 48 if maps.shape[-1] < 48 else None
+    return FeatureMap(
+        layer=choice.name,
+        image_name=image_name,
+        shape=tuple(activation.shape),
+        channels=tuple(int(c) for c in order),
+        channel_means=tuple(float(means[c]) for c in order),
+        mean=float(maps.mean()),
+        std=float(maps.std()) if maps.numel() > 1 else 0.0,
+        zero_fraction=float((maps == 0).float().mean()),
+        image=tile_grid(tiles, padding=2, scale_to=scale),
+    )
+
+
+def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Sequence[LayerChoice],
+                           max_channels: int = 64) -> list[FeatureMap]:
+    """Feature maps of every image and chosen layer from a forward pass that captured them."""
+    return [
+        _feature_map(choice, name, forward.activations[choice.name][n], max_channels)
+        for n, name in enumerate(batch.names)
+        for choice in choices
+    ]
+
+
+def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequence[str] | None = None,
+                 max_channels: int = 64) -> list[FeatureMap]:
+    """Activations of ``layers`` (default: the model's stage outputs) for each input, as grids with stats."""
+    module, loaded = unwrap(model)
+    batch = prepare_inputs(inputs, loaded)
+    choices = feature_layer_choices(module, layers)
+    forward = run_forward(module, batch.tensor, capture=[c.name for c in choices])
+    return feature_maps_from_pass(forward, batch, choices, max_channels)

@@ -1,0 +1,74 @@
+"""Top-k predictions and class targets (by index or by name)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import TargetError
+from ..forward import ForwardPass, run_forward
+from ..inputs import Inputs, prepare_inputs, unwrap
+from ..models import LoadedModel
+from ..records import Predictions
+
+__all__ = ["predict", "predictions_from_pass", "resolve_target", "class_name"]
+
+
+def class_name(categories: Sequence[str], index: int) -> str:
+    """The name of class ``index``, or ``class N`` where there are no names."""
+    return categories[index] if 0 <= index < len(categories) else f"class {index}"
+
+
+def resolve_target(target: int | str, categories: Sequence[str], num_classes: int) -> int:
+    """A class index from an index or a class name; out of range or unknown names list the fix."""
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target)
+    if isinstance(target, int):
+        if not 0 <= target < num_classes:
+            raise TargetError(f"--target {target} is out of range: the model has classes 0 to {num_classes - 1}")
+        return target
+    lowered = {name.lower(): i for i, name in enumerate(categories)}
+    if target.lower() in lowered:
+        return lowered[target.lower()]
+    close = difflib.get_close_matches(target.lower(), list(lowered), n=4, cutoff=0.5)
+    hint = f"closest: {', '.join(repr(categories[lowered[c]]) for c in close)}" if close else \
+        "give a class index or an exact class name"
+    raise TargetError(f"unknown class {target!r} ({hint})")
+
+
+def predictions_from_pass(forward: ForwardPass, names: Sequence[str], categories: Sequence[str],
+                          topk: int = 5) -> list[Predictions]:
+    """Top-k classes of each image of an existing forward pass."""
+    probs = forward.probabilities
+    k = min(topk, probs.shape[-1])
+    values, indices = probs.topk(k, dim=-1)
+    return [
+        Predictions(
+            image_name=name,
+            indices=tuple(int(i) for i in idx),
+            names=tuple(class_name(categories, int(i)) for i in idx),
+            probabilities=tuple(float(v) for v in vals),
+        )
+        for name, idx, vals in zip(names, indices.cpu(), values.cpu())
+    ]
+
+
+def predict(model: nn.Module | LoadedModel, inputs: Inputs, topk: int = 5,
+            categories: Sequence[str] | None = None) -> list[Predictions]:
+    """Top-k class names and probabilities for each input image."""
+    module, loaded = unwrap(model)
+    batch = prepare_inputs(inputs, loaded)
+    forward = run_forward(module, batch.tensor)
+    names = categories or (loaded.categories if loaded else ())
+    return predictions_from_pass(forward, batch.names, names, topk)
+
+
+def top_classes(forward: ForwardPass, topk: int, targets: Sequence[int] | None = None) -> torch.Tensor:
+    """(N, k) class indices: the given targets for every image, or each image's top-k."""
+    n = forward.logits.shape[0]
+    if targets:
+        return torch.tensor(list(targets), dtype=torch.long).expand(n, -1).clone()
+    return forward.logits.topk(min(topk, forward.logits.shape[-1]), dim=-1).indices

@@ -1,0 +1,51 @@
+"""Structure: the layer table (torchinfo) with output shapes, parameters and mult-adds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..hooks import inspecting
+from ..inputs import unwrap
+from ..models import LoadedModel
+from ..records import LayerRow, StructureSummary
+
+__all__ = ["summarize"]
+
+
+def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] | None = None,
+              depth: int = 3) -> StructureSummary:
+    """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224)."""
+    import torchinfo
+
+    module, loaded = unwrap(model)
+    size = input_size or (loaded.input_size if loaded else 224)
+    shape = (1, 3, size, size) if isinstance(size, int) else tuple(size)
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    names = {id(m): n for n, m in module.named_modules()}
+    with inspecting(module):
+        stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype), depth=depth,
+                                  verbose=0, device=device, mode="eval")
+    rows = tuple(
+        LayerRow(
+            name=names.get(info.layer_id, info.var_name) or info.var_name,
+            type=info.class_name,
+            depth=info.depth,
+            output_shape=tuple(int(s) for s in (info.output_size or ())),
+            num_params=max(int(info.num_params), 0),
+            trainable_params=max(int(info.trainable_params), 0),
+            mult_adds=int(info.macs),
+        )
+        for info in stats.summary_list
+        if info.depth > 0
+    )
+    return StructureSummary(
+        model_name=loaded.name if loaded else type(module).__name__,
+        input_shape=shape,
+        rows=rows,
+        total_params=int(stats.total_params),
+        trainable_params=int(stats.trainable_params),
+        total_mult_adds=int(stats.total_mult_adds),
+    )

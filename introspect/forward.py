@@ -1,0 +1,117 @@
+"""One forward pass that serves every analyzer that can share it.
+
+``run_forward`` runs the model once, in eval mode, inside :func:`introspect.hooks.inspecting`.
+It keeps the logits, the outputs of the layers asked for, and, when a gradient
+layer is named, makes that layer's output a leaf of a fresh autograd graph: the
+trunk before it runs without recording anything, and only the head after it is
+recorded. ``ForwardPass.gradients`` then takes the gradients of any class scores
+with respect to that leaf with ``torch.autograd.grad``: no parameter gradients,
+nothing written to ``.grad``, no backward through the trunk, every class of every
+image in one batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .hooks import first_tensor, inspecting
+from .layers import resolve_layer
+
+__all__ = ["ForwardPass", "run_forward"]
+
+
+@dataclass
+class ForwardPass:
+    """What one forward pass produced."""
+
+    logits: torch.Tensor  # (N, classes), detached
+    activations: dict[str, torch.Tensor]  # layer name -> its output (first tensor), detached
+    grad_layer: str | None = None
+    _leaf: torch.Tensor | None = field(default=None, repr=False)
+    _scores: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """Softmax of the logits, (N, classes)."""
+        return torch.softmax(self.logits.float(), dim=-1)
+
+    def gradients(self, classes: torch.Tensor) -> torch.Tensor:
+        """d score[n, classes[n, j]] / d activation, stacked as (k, N, *activation shape[1:])."""
+        if self._leaf is None or self._scores is None:
+            raise RuntimeError("this forward pass recorded no gradient layer")
+        classes = classes.to(self._scores.device)
+        k = classes.shape[1]
+        one_hot = torch.zeros((k, *self._scores.shape), dtype=self._scores.dtype, device=self._scores.device)
+        one_hot.scatter_(2, classes.T.unsqueeze(-1), 1.0)
+        try:
+            (grads,) = torch.autograd.grad(self._scores, self._leaf, one_hot, retain_graph=True,
+                                           is_grads_batched=True)
+        except RuntimeError:  # an op without a batching rule: one vector-Jacobian product per class
+            grads = torch.stack([
+                torch.autograd.grad(self._scores, self._leaf, one_hot[j], retain_graph=True)[0] for j in range(k)
+            ])
+        return grads
+
+    def release(self) -> None:
+        """Drop the recorded graph (the gradients cannot be taken after this)."""
+        self._leaf = None
+        self._scores = None
+
+
+def run_forward(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    capture: Sequence[str] = (),
+    grad_layer: str | None = None,
+) -> ForwardPass:
+    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients."""
+    modules = {name: resolve_layer(model, name) for name in capture}
+    grad_module = resolve_layer(model, grad_layer) if grad_layer else None
+    activations: dict[str, torch.Tensor] = {}
+    leaf: dict[str, torch.Tensor] = {}
+    first = next(model.parameters(), None)
+    if first is not None:
+        inputs = inputs.to(device=first.device, dtype=first.dtype if first.is_floating_point() else inputs.dtype)
+
+    def capturing(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            activations[name] = first_tensor(output).detach()
+        return hook
+
+    def make_leaf(module: nn.Module, args: tuple, output: object):
+        tensor = first_tensor(output)
+        start = tensor.detach().requires_grad_(True)
+        leaf["tensor"] = start
+        torch.set_grad_enabled(True)  # record from here on: the head only
+        if isinstance(output, torch.Tensor):
+            return start
+        if isinstance(output, tuple) and output and output[0] is tensor:
+            return (start, *output[1:])
+        return output
+
+    with inspecting(model) as scope:
+        for name, module in modules.items():
+            scope.forward_hook(module, capturing(name))
+        if grad_module is not None:
+            scope.forward_hook(grad_module, make_leaf)
+            with torch.no_grad():
+                output = model(inputs)
+        else:
+            with torch.inference_mode():
+                output = model(inputs)
+    scores = first_tensor(output)
+    if grad_layer is not None and grad_layer in modules:
+        activations[grad_layer] = leaf["tensor"].detach()
+    result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer)
+    if grad_module is not None:
+        if "tensor" not in leaf:
+            raise RuntimeError(f"layer {grad_layer!r} did not run in the forward pass")
+        if not scores.requires_grad:
+            raise RuntimeError(f"the model's output does not depend on layer {grad_layer!r}")
+        result._leaf = leaf["tensor"]
+        result._scores = scores
+    return result

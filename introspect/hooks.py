@@ -1,0 +1,82 @@
+"""The one context manager every analyzer uses to look inside a model.
+
+``inspecting(model)`` puts the model in eval mode, lets the caller register hooks
+through it, and on exit (normal, exception or Ctrl-C) removes those hooks and
+puts back each module's ``training`` flag, each parameter's ``requires_grad`` and
+``.grad`` (the same tensor object with the same values; ``None`` stays ``None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ModelScope", "inspecting", "first_tensor"]
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The tensor a module produced: itself, or the first tensor of a tuple/list/namedtuple/dict."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise TypeError(f"module produced {type(output).__name__}, not a tensor")
+
+
+class ModelScope:
+    """Hooks registered through a scope are removed when the scope ends."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def forward_hook(self, module: nn.Module, hook: Callable) -> None:
+        """Register ``hook(module, args, output)`` for the scope's lifetime."""
+        self._handles.append(module.register_forward_hook(hook))
+
+    def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
+        """Register ``hook(module, args)`` for the scope's lifetime."""
+        self._handles.append(module.register_forward_pre_hook(hook))
+
+    def full_backward_hook(self, module: nn.Module, hook: Callable) -> None:
+        """Register ``hook(module, grad_input, grad_output)`` for the scope's lifetime."""
+        self._handles.append(module.register_full_backward_hook(hook))
+
+    def remove_hooks(self) -> None:
+        """Remove every hook registered through this scope."""
+        while self._handles:
+            self._handles.pop().remove()
+
+
+@contextmanager
+def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelScope]:
+    """Scope in which hooks and mode changes on ``model`` are undone on exit."""
+    training = [(module, module.training) for module in model.modules()]
+    params = list(model.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
+    scope = ModelScope(model)
+    try:
+        if eval_mode:
+            model.eval()
+        yield scope
+    finally:
+        scope.remove_hooks()
+        for module, flag in training:
+            module.training = flag
+        for p, flag in zip(params, requires_grad):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        for p, (grad, saved) in zip(params, grads):
+            if grad is not None:
+                with torch.no_grad():
+                    grad.copy_(saved)
+            p.grad = grad

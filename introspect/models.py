@@ -1,0 +1,342 @@
+"""The one place that loads models: by torchvision name, from a checkpoint, or as given.
+
+Weights are resolved as the CLI's ``--weights`` says:
+
+- ``auto``: the model's DEFAULT weights if they are in the torch hub cache or can be
+  downloaded; otherwise random initialisation, with a loud warning.
+- ``DEFAULT`` or an enum name such as ``IMAGENET1K_V1``: those weights, or an error.
+- ``none``: random initialisation.
+- a path: a local state_dict or checkpoint, loaded with ``weights_only=True``.
+
+A model whose weights come from a file is built on the meta device and the tensors
+are assigned in place, so no time is spent on a random initialisation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pickle
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
+
+__all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFLINE_ENV = "INTROSPECT_OFFLINE"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to inspect, with what is needed to feed it and name its classes."""
+
+    model: nn.Module
+    name: str
+    weights: str  # what was loaded: an enum name, a file, or "random"
+    weights_source: str  # where it came from, in words
+    transform: Any  # image -> normalised tensor (a torchvision ImageClassification preset)
+    categories: tuple[str, ...]
+    input_size: int
+    device: torch.device
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the weights are trained ones (not a random initialisation)."""
+        return self.weights != "random"
+
+
+def list_models() -> list[str]:
+    """Names of every torchvision classification model."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_model_name(name: str) -> None:
+    names = list_models()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name.lower(), names, n=4, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `python -m introspect --list-models`"
+    raise UnknownModelError(f"unknown model {name!r}: {hint}")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; CUDA without a GPU is a clear error."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {device!r}: use cpu or cuda") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} asked for, but CUDA is not available here: use --device cpu")
+    return resolved
+
+
+def imagenet_transform(crop_size: int = 224, resize_size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The standard ImageNet preprocessing (resize, centre crop, normalise) at a given size."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    resize = resize_size if resize_size is not None else round(crop_size * 256 / 224)
+    return ImageClassification(crop_size=crop_size, resize_size=resize, mean=mean, std=std,
+                               interpolation=InterpolationMode.BILINEAR)
+
+
+def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no state_dict (a dict of tensors, or a checkpoint with a 'state_dict' "
+                           "entry): save one with torch.save(model.state_dict(), PATH)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a file with ``weights_only=True`` (never unsafe unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist: give a state_dict file, DEFAULT, an enum name, "
+                           "auto or none")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported" in line or "global" in line), reason[0] if reason
+                      else "")
+        raise WeightsError(f"{path} was refused by torch.load(weights_only=True), which introspect always uses "
+                           f"for safety ({detail.strip()}); re-save it as a plain state_dict: "
+                           "torch.save(model.state_dict(), PATH)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is not a readable PyTorch file ({first}): give a state_dict saved with "
+                           "torch.save") from None
+    return _state_dict_from(obj, path)
+
+
+def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> str | None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or wrong):
+        return None
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {few(unexpected)}")
+    if wrong:
+        parts.append(f"wrong shapes (file vs model): {few(wrong)}")
+    return f"{path} does not match {type(model).__name__}: " + "; ".join(parts)
+
+
+def _build(name: str, num_classes: int | None = None, on_meta: bool = False) -> nn.Module:
+    import torchvision
+
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name in {"googlenet", "inception_v3"}:
+        kwargs["init_weights"] = False  # only picks the (fast) init scheme; weights=None gives no aux change
+    if on_meta:
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, **kwargs)
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def _assign_state(name: str, state: dict[str, torch.Tensor], source: str, num_classes: int | None) -> nn.Module:
+    """Build ``name`` without random init where possible and load ``state`` strictly."""
+    try:
+        model = _build(name, num_classes, on_meta=True)
+    except Exception:  # some builders compute with tensors while constructing: build normally
+        model = None
+    if model is not None:
+        problem = _describe_mismatch(model, state, source)
+        if problem:
+            raise WeightsError(problem + ": pick the matching model name or file")
+        model.load_state_dict(state, strict=True, assign=True)
+        still_meta = any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+        if not still_meta:
+            return model
+    model = _build(name, num_classes)
+    problem = _describe_mismatch(model, state, source)
+    if problem:
+        raise WeightsError(problem + ": pick the matching model name or file")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _num_classes_in(state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a checkpoint's last 2-d weight (the classifier), if it has one."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
+def _cached_file(weights: Any) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _fetch_state(weights: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Weights from the hub cache, or downloaded into it; raises OSError when neither works."""
+    cached = _cached_file(weights)
+    if cached.is_file():
+        return load_checkpoint(cached), f"torch hub cache ({cached})"
+    if os.environ.get(OFFLINE_ENV):
+        raise OSError(f"not in the torch hub cache ({cached}) and {OFFLINE_ENV} is set")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        state = torch.hub.load_state_dict_from_url(weights.url, progress=False, map_location="cpu",
+                                                   check_hash=False, weights_only=True)
+    except Exception as exc:  # any network failure: the caller decides whether that is fatal
+        raise OSError(f"not in the torch hub cache ({cached}) and the download failed "
+                      f"({type(exc).__name__}: {exc})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return state, f"downloaded into the torch hub cache ({cached})"
+
+
+def _weights_enum(name: str):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+
+
+def _categories(enum: Any, num_classes: int) -> tuple[str, ...]:
+    if enum is not None:
+        categories = enum.DEFAULT.meta.get("categories")
+        if categories and len(categories) == num_classes:
+            return tuple(categories)
+    return tuple(f"class {i}" for i in range(num_classes))
+
+
+def _output_classes(model: nn.Module) -> int | None:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1].out_features
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else None
+
+
+def _check_input_size(name: str, model: nn.Module, size: int, enum: Any) -> None:
+    image_size = getattr(model, "image_size", None)
+    if type(model).__name__ == "VisionTransformer" and size != image_size:
+        raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
+                             f"use --input-size {image_size}")
+    if enum is not None:
+        min_size = enum.DEFAULT.meta.get("min_size", (1, 1))
+        if size < max(min_size):
+            raise InputSizeError(f"{name} needs inputs of at least {max(min_size)}x{max(min_size)} pixels, "
+                                 f"not {size}: use --input-size {max(min_size)} or more")
+
+
+def load_model(
+    model: str | nn.Module,
+    weights: str | os.PathLike | None = "auto",
+    device: str | torch.device | None = "cpu",
+    input_size: int | None = None,
+    categories: tuple[str, ...] | list[str] | None = None,
+) -> LoadedModel:
+    """Load a torchvision classifier by name (or wrap a module) with its weights, transform and class names.
+
+    Example: ``introspect.load_model("resnet18", weights="none")``.
+    """
+    target = resolve_device(device)
+    notes: list[str] = []
+    if isinstance(model, nn.Module):
+        first = next(model.parameters(), None)
+        size = input_size or 224
+        classes = _output_classes(model) or 0
+        names = tuple(categories) if categories else tuple(f"class {i}" for i in range(classes))
+        return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
+                           transform=imagenet_transform(size), categories=names, input_size=size,
+                           device=first.device if first is not None else target, warnings=notes)
+
+    _check_model_name(model)
+    enum = _weights_enum(model)
+    choice = "auto" if weights is None else str(weights)
+    lowered = choice.lower()
+    chosen = None  # the weights enum member actually loaded
+    state = None
+    if lowered == "none":
+        source = "random initialisation (--weights none)"
+    elif lowered == "auto" or lowered == "default" or (enum is not None and choice in enum.__members__):
+        if enum is None:
+            if lowered != "auto":
+                raise WeightsError(f"{model} has no pretrained weights in torchvision: use --weights none or a file")
+            source = "random initialisation (torchvision has no weights for it)"
+        else:
+            member = enum.DEFAULT if lowered in {"auto", "default"} else enum[choice]
+            try:
+                state, source = _fetch_state(member)
+                chosen = member
+            except OSError as exc:
+                if lowered != "auto":
+                    raise IntrospectError(f"cannot get {model} weights {member}: {exc}; put the file there or use "
+                                          "--weights PATH / none") from None
+                source = "random initialisation: no pretrained weights available"
+                notes.append(f"RANDOM WEIGHTS: {model} {member} weights are {exc}. Predictions, CAMs and kernels "
+                             f"below come from an untrained model. Put the file in the cache or pass --weights PATH.")
+    elif Path(choice).suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"} or Path(choice).exists():
+        state = load_checkpoint(choice)
+        source = f"local file {choice}"
+    else:
+        valid = ["auto", "DEFAULT", "none", "PATH"] + (list(enum.__members__) if enum is not None else [])
+        raise WeightsError(f"unknown weights {choice!r} for {model}: use one of {', '.join(valid)}")
+
+    if state is not None:
+        num_classes = _num_classes_in(state)
+        default_classes = 1000
+        net = _assign_state(model, state, source, num_classes if num_classes not in (None, default_classes)
+                            else None)
+    else:
+        net = _build(model)
+    net = net.to(target).eval()
+
+    meta_enum = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
+    size = input_size or (meta_enum.transforms().crop_size[0] if meta_enum is not None else 224)
+    _check_input_size(model, net, size, enum)
+    if meta_enum is not None and input_size is None:
+        transform = meta_enum.transforms()
+    elif meta_enum is not None:
+        preset = meta_enum.transforms()
+        ratio = preset.resize_size[0] / preset.crop_size[0]
+        transform = imagenet_transform(size, round(size * ratio), preset.mean, preset.std)
+    else:
+        transform = imagenet_transform(size)
+    classes = _output_classes(net) or 0
+    names = tuple(categories) if categories else _categories(enum, classes)
+    for note in notes:
+        warnings.warn(note, IntrospectWarning, stacklevel=2)
+    weights_name = str(chosen).split(".")[-1] if chosen is not None else (
+        "random" if state is None else Path(choice).name)
+    return LoadedModel(model=net, name=model, weights=weights_name, weights_source=source, transform=transform,
+                       categories=names, input_size=size, device=target, warnings=notes)

@@ -1,0 +1,265 @@
+"""Write analyzer records into a TensorBoard run.
+
+This is the only module that talks to ``torch.utils.tensorboard``, and it imports
+it lazily (in :class:`Reporter`), so ``import introspect.reporter`` stays cheap and
+works in environments where only the notebook API is used. The reporter computes
+nothing: it formats records (Markdown tables, tags) and writes them.
+
+Tags are ``<section>/<rest>``; layer and parameter names keep their dots
+(``kernels/features.0``, ``parameters/layer4.1.conv2.weight``). :attr:`Reporter.tags`
+counts the summaries written per section, for the CLI's "wrote: ..." line.
+
+Every record writer flushes when it is done. A flush only hands the queued events
+to the OS (cheap next to drawing a feature map), and it means that an event file
+left behind by an interrupted or killed run holds every record written so far:
+TensorBoard reads events up to the last complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import OutputError
+from .records import (
+    CamResult,
+    FeatureMap,
+    KernelGrid,
+    ParameterSummary,
+    Predictions,
+    StructureSummary,
+    _markdown_table,
+)
+
+__all__ = ["new_run_dir", "Reporter"]
+
+_MAX_REASON_CHARS = 300
+
+
+def new_run_dir(logdir: str | Path, run_name: str | None, model_name: str) -> Path:
+    """Create and return a fresh run directory ``LOGDIR/RUN``; never reuse one.
+
+    ``RUN`` defaults to ``<model_name>-<YYYYmmdd-HHMMSS>``. If that directory exists
+    (two runs in the same second, or a user-given name used before), ``-2``, ``-3``,
+    ... is appended. Raises :class:`OutputError` if ``logdir`` cannot be written.
+    """
+    logdir = Path(logdir)
+    base = run_name or f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        suffix = 1
+        while True:
+            candidate = logdir / (base if suffix == 1 else f"{base}-{suffix}")
+            try:
+                candidate.mkdir(parents=True)  # exist_ok=False: atomic "claim this name"
+                return candidate
+            except FileExistsError:
+                suffix += 1
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(f"cannot write to {logdir} ({reason}): choose another --logdir") from error
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on one line, cut to a readable length."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+def _cell(value: object) -> str:
+    """A value made safe for one Markdown table cell."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape) or "-"
+
+
+class Reporter:
+    """Writes records into one TensorBoard run directory.
+
+    Use it as a context manager: on exit (normal, exception or Ctrl-C) the event
+    file is flushed and closed.
+    """
+
+    def __init__(self, run_dir: str | Path, flush_secs: int = 10) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: the only tensorboard import
+
+        self.run_dir = Path(run_dir)
+        self.tags: dict[str, int] = {}
+        self._writer: Any = SummaryWriter(log_dir=str(self.run_dir), flush_secs=flush_secs)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._writer is None
+
+    def flush(self) -> None:
+        """Hand every queued event to the event file."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file. Calling it again does nothing."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()  # SummaryWriter.close flushes first
+
+    def _open_writer(self) -> Any:
+        if self._writer is None:
+            # SummaryWriter would silently start a second event file; refuse instead.
+            raise RuntimeError(f"Reporter for {self.run_dir} is closed")
+        return self._writer
+
+    def _count(self, tag: str) -> None:
+        section = tag.split("/", 1)[0]
+        self.tags[section] = self.tags.get(section, 0) + 1
+
+    # -- primitives -----------------------------------------------------------------
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        """A Markdown text summary (TensorBoard's TEXT tab), stored at exactly ``tag``."""
+        from torch.utils.tensorboard.summary import text as text_summary
+
+        # SummaryWriter.add_text would store it as "<tag>/text_summary"; keep the tag
+        # scheme exact by writing torch's own text proto with the tag put back.
+        summary = text_summary(tag, markdown)
+        summary.value[0].tag = tag
+        self._open_writer()._get_file_writer().add_summary(summary, step)
+        self._count(tag)
+
+    def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
+        """A ``uint8`` height x width x 3 image."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image for {tag!r} must be uint8 HxWx3, got {image.dtype} {image.shape}")
+        self._open_writer().add_image(tag, image, global_step=step, dataformats="HWC")
+        self._count(tag)
+
+    def scalar(self, tag: str, value: float, step: int = 0) -> None:
+        """One number."""
+        self._open_writer().add_scalar(tag, float(value), global_step=step)
+        self._count(tag)
+
+    def histogram(self, tag: str, values: np.ndarray | torch.Tensor, step: int = 0) -> None:
+        """A histogram of ``values`` (any shape; flattened). Empty input writes nothing."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().cpu().numpy()
+        if values.size == 0:  # TensorBoard cannot bin nothing
+            return
+        self._open_writer().add_histogram(tag, values, global_step=step)
+        self._count(tag)
+
+    def graph(self, model: nn.Module, example_input: torch.Tensor) -> str | None:
+        """Trace ``model`` on ``example_input`` into the GRAPHS tab.
+
+        Returns ``None`` on success. If tracing fails, writes the one-line reason as
+        text at ``graph/error`` and returns it instead of raising. Either way every
+        module's ``training`` flag is put back as it was (``add_graph`` resets them all
+        to the root's flag).
+        """
+        writer = self._open_writer()
+        flags = [(module, module.training) for module in model.modules()]
+        try:
+            with torch.no_grad(), _quiet_tracing():
+                writer.add_graph(model, example_input)
+        except Exception as error:  # any tracing failure is a note, not a crash
+            reason = _one_line(error)
+            self.text("graph/error", f"The model graph could not be traced: `{reason}`")
+            return reason
+        else:
+            self._count("graph")
+            return None
+        finally:
+            for module, training in flags:
+                module.training = training
+            self.flush()
+
+    # -- record writers (each flushes: see module docstring) -------------------------
+
+    def run_info(self, info: dict[str, object], warnings: Sequence[str] = ()) -> None:
+        """``run/info``: a key/value table, then a bold WARNINGS list if any."""
+        markdown = _markdown_table(["key", "value"], [[_cell(k), _cell(v)] for k, v in info.items()])
+        if warnings:
+            markdown += "\n\n**WARNINGS**\n\n" + "\n".join(f"- **{_cell(w)}**" for w in warnings)
+        self.text("run/info", markdown)
+        self.flush()
+
+    def structure(self, summary: StructureSummary) -> None:
+        """``structure/summary``: the layer table."""
+        self.text("structure/summary", summary.to_markdown())
+        self.flush()
+
+    def kernels(self, grids: Sequence[KernelGrid]) -> None:
+        """``kernels/<layer>``: one image per grid."""
+        for grid in grids:
+            self.image(f"kernels/{grid.layer}", grid.image)
+        self.flush()
+
+    def features(self, maps: Sequence[FeatureMap]) -> None:
+        """``features/<layer>/<image_name>`` images, and a ``features/stats/<image_name>`` table per input."""
+        for fmap in maps:
+            self.image(f"features/{fmap.layer}/{fmap.image_name}", fmap.image)
+        by_image: dict[str, list[FeatureMap]] = {}
+        for fmap in maps:
+            by_image.setdefault(fmap.image_name, []).append(fmap)
+        for image_name, image_maps in by_image.items():
+            self.text(f"features/stats/{image_name}", _feature_stats_table(image_maps))
+        self.flush()
+
+    def predictions(self, preds: Predictions) -> None:
+        """``predictions/<image_name>``: the top-k table."""
+        self.text(f"predictions/{preds.image_name}", preds.to_markdown())
+        self.flush()
+
+    def input_image(self, name: str, image: np.ndarray) -> None:
+        """``input/<name>``: the input as the model saw it."""
+        self.image(f"input/{name}", image)
+        self.flush()
+
+    def cams(self, results: Sequence[CamResult]) -> None:
+        """``cam/<method>/<image_name>``: the labelled panel of every class."""
+        for result in results:
+            self.image(f"cam/{result.method}/{result.image_name}", result.image)
+        self.flush()
+
+    def parameters(self, summary: ParameterSummary, step: int = 0) -> None:
+        """``parameters/<name>`` histograms, and ``gradients/<name>`` where a gradient exists."""
+        for tensor in summary.tensors:
+            self.histogram(f"parameters/{tensor.name}", tensor.values, step)
+            if tensor.grad is not None:
+                self.histogram(f"gradients/{tensor.name}", tensor.grad, step)
+        self.flush()
+
+
+def _feature_stats_table(maps: Sequence[FeatureMap]) -> str:
+    rows = [
+        [_cell(m.layer), _shape(m.shape), f"{m.mean:.4g}", f"{m.std:.4g}", f"{m.zero_fraction:.3f}"]
+        for m in maps
+    ]
+    return _markdown_table(["layer", "shape", "mean", "std", "zero fraction"], rows)
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    """Silence what ``add_graph`` prints and warns while tracing (the failure reason is kept)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
+        yield
