@@ -15,7 +15,10 @@ __all__ = ["summarize"]
 
 def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] | None = None,
               depth: int = 3) -> StructureSummary:
-    """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224)."""
+    """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224).
+
+    Rows go ``depth`` levels deep; a container's mult-adds are the sum of its leaf layers'.
+    """
     import torchinfo
 
     module, loaded = unwrap(model)
@@ -26,8 +29,18 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
-        stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype), depth=depth,
-                                  verbose=0, device=device, mode="eval")
+        stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype),
+                                  depth=max(depth, 1), verbose=0, device=device, mode="eval")
+    leaf_macs: dict[int, int] = {}
+    for info in stats.summary_list:
+        if info.is_leaf_layer:
+            leaf_macs[info.layer_id] = leaf_macs.get(info.layer_id, 0) + int(info.macs)
+
+    def mult_adds(info) -> int:  # torchinfo's own figure for a container counts its whole subtree wrongly
+        if info.is_leaf_layer:
+            return int(info.macs)
+        return sum(leaf_macs.get(id(m), 0) for m in info.module.modules())
+
     rows = tuple(
         LayerRow(
             name=names.get(info.layer_id, info.var_name) or info.var_name,
@@ -36,10 +49,10 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
             output_shape=tuple(int(s) for s in (info.output_size or ())),
             num_params=max(int(info.num_params), 0),
             trainable_params=max(int(info.trainable_params), 0),
-            mult_adds=int(info.macs),
+            mult_adds=mult_adds(info),
         )
         for info in stats.summary_list
-        if info.depth > 0
+        if 0 < info.depth <= depth
     )
     return StructureSummary(
         model_name=loaded.name if loaded else type(module).__name__,
