@@ -14,6 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from introspect.analyzers.parameters import histogram_of
 from introspect.errors import OutputError
 from introspect.records import (
     CamMap,
@@ -180,9 +181,10 @@ def test_record_writers_tags_and_counts(run_dir: Path) -> None:
     params = ParameterSummary(
         (
             ParameterTensor(
-                "0.weight", (4, 3, 3, 3), np.ones(108, np.float32), 1.0, 0.0, grad=np.zeros(108, np.float32)
+                "0.weight", (4, 3, 3, 3), histogram_of(np.ones(108, np.float32)), 1.0, 0.0,
+                grad=histogram_of(np.zeros(108, np.float32)),
             ),
-            ParameterTensor("0.bias", (4,), np.ones(4, np.float32), 1.0, 0.0),
+            ParameterTensor("0.bias", (4,), histogram_of(np.ones(4, np.float32)), 1.0, 0.0),
         )
     )
 
