@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import UnknownLayerError, UsageError
 from .hooks import first_tensor, inspecting
 from .layers import resolve_layer
 
@@ -33,6 +34,7 @@ class ForwardPass:
     grad_layer: str | None = None
     _leaf: torch.Tensor | None = field(default=None, repr=False)
     _scores: torch.Tensor | None = field(default=None, repr=False)
+    _cached: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (classes, gradients)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -44,6 +46,8 @@ class ForwardPass:
         if self._leaf is None or self._scores is None:
             raise RuntimeError("this forward pass recorded no gradient layer")
         classes = classes.to(self._scores.device)
+        if self._cached is not None and torch.equal(self._cached[0], classes):  # several methods, one backward
+            return self._cached[1]
         k = classes.shape[1]
         one_hot = torch.zeros((k, *self._scores.shape), dtype=self._scores.dtype, device=self._scores.device)
         one_hot.scatter_(2, classes.T.unsqueeze(-1), 1.0)
@@ -54,12 +58,14 @@ class ForwardPass:
             grads = torch.stack([
                 torch.autograd.grad(self._scores, self._leaf, one_hot[j], retain_graph=True)[0] for j in range(k)
             ])
+        self._cached = (classes.clone(), grads)
         return grads
 
     def release(self) -> None:
         """Drop the recorded graph (the gradients cannot be taken after this)."""
         self._leaf = None
         self._scores = None
+        self._cached = None
 
 
 def run_forward(
@@ -71,6 +77,9 @@ def run_forward(
     """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients."""
     modules = {name: resolve_layer(model, name) for name in capture}
     grad_module = resolve_layer(model, grad_layer) if grad_layer else None
+    if grad_module is not None and torch.is_inference_mode_enabled():
+        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call them outside it "
+                         "(introspect records only the head's graph), or use eigencam/fem")
     activations: dict[str, torch.Tensor] = {}
     leaf: dict[str, torch.Tensor] = {}
     first = next(model.parameters(), None)
@@ -87,10 +96,11 @@ def run_forward(
         start = tensor.detach().requires_grad_(True)
         leaf["tensor"] = start
         torch.set_grad_enabled(True)  # record from here on: the head only
+        passed = start.clone()  # the head may work on it in place (DenseNet's relu_), which a leaf forbids
         if isinstance(output, torch.Tensor):
-            return start
+            return passed
         if isinstance(output, tuple) and output and output[0] is tensor:
-            return (start, *output[1:])
+            return (passed, *output[1:])
         return output
 
     with inspecting(model) as scope:
@@ -104,12 +114,15 @@ def run_forward(
             with torch.inference_mode():
                 output = model(inputs)
     scores = first_tensor(output)
+    ran = set(activations) | ({grad_layer} if "tensor" in leaf else set())
+    silent = [name for name in [*modules, grad_layer] if name and name not in ran]
+    if silent:
+        raise UnknownLayerError(f"layer {silent[0]!r} does not run in the model's forward pass (in eval mode): "
+                                "pick another with --list-layers")
     if grad_layer is not None and grad_layer in modules:
         activations[grad_layer] = leaf["tensor"].detach()
     result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer)
     if grad_module is not None:
-        if "tensor" not in leaf:
-            raise RuntimeError(f"layer {grad_layer!r} did not run in the forward pass")
         if not scores.requires_grad:
             raise RuntimeError(f"the model's output does not depend on layer {grad_layer!r}")
         result._leaf = leaf["tensor"]

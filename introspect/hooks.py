@@ -37,6 +37,7 @@ class ModelScope:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._attributes: list[tuple[object, str, object]] = []
 
     def forward_hook(self, module: nn.Module, hook: Callable) -> None:
         """Register ``hook(module, args, output)`` for the scope's lifetime."""
@@ -48,7 +49,19 @@ class ModelScope:
 
     def full_backward_hook(self, module: nn.Module, hook: Callable) -> None:
         """Register ``hook(module, grad_input, grad_output)`` for the scope's lifetime."""
+        self._attributes.append((module, "_is_full_backward_hook", module._is_full_backward_hook))
         self._handles.append(module.register_full_backward_hook(hook))
+
+    def set_attribute(self, obj: object, name: str, value: object) -> None:
+        """Set ``obj.<name> = value`` for the scope's lifetime (e.g. a ReLU's ``inplace`` flag)."""
+        self._attributes.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def restore_attributes(self) -> None:
+        """Put back every attribute changed through this scope, newest change first."""
+        while self._attributes:
+            obj, name, value = self._attributes.pop()
+            setattr(obj, name, value)
 
     def remove_hooks(self) -> None:
         """Remove every hook registered through this scope."""
@@ -56,10 +69,25 @@ class ModelScope:
             self._handles.pop().remove()
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+def _hook_dicts(module: nn.Module) -> list[dict]:
+    return [d for d in (getattr(module, name, None) for name in _HOOK_DICTS) if isinstance(d, dict)]
+
+
 @contextmanager
 def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelScope]:
-    """Scope in which hooks and mode changes on ``model`` are undone on exit."""
+    """Scope in which hooks and mode changes on ``model`` are undone on exit.
+
+    Hooks registered in the scope by anyone (e.g. pytorch-grad-cam when the model raises
+    before it removes its own) are removed too, and a submodule swapped in place
+    (Ablation-CAM's ablation layer) is put back.
+    """
     training = [(module, module.training) for module in model.modules()]
+    children = [(module, dict(module._modules)) for module in model.modules()]
+    hook_ids = [(hooks, set(hooks)) for module in model.modules() for hooks in _hook_dicts(module)]
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
     grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
@@ -70,6 +98,14 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
         yield scope
     finally:
         scope.remove_hooks()
+        scope.restore_attributes()
+        for module, saved_children in children:
+            if [(k, id(v)) for k, v in module._modules.items()] != [(k, id(v)) for k, v in saved_children.items()]:
+                module._modules.clear()
+                module._modules.update(saved_children)
+        for hooks, saved_ids in hook_ids:
+            for hook_id in [h for h in hooks if h not in saved_ids]:
+                del hooks[hook_id]
         for module, flag in training:
             module.training = flag
         for p, flag in zip(params, requires_grad):

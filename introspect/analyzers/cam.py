@@ -90,22 +90,34 @@ def _layercam(a, g):
 def _first_component(x: np.ndarray) -> np.ndarray:
     """Projection of each (C, H, W) map on its first principal component (as pytorch-grad-cam does)."""
     x = np.nan_to_num(x.astype(np.float32, copy=True), nan=0.0)
-    out = []
-    for maps in x:
-        flat = maps.reshape(maps.shape[0], -1).T
-        flat = flat - flat.mean(axis=0)
-        _, _, vt = np.linalg.svd(flat, full_matrices=True)
-        out.append((flat @ vt[0, :]).reshape(maps.shape[1:]))
-    return np.float32(out)
+    flat = x.reshape(*x.shape[:2], -1).transpose(0, 2, 1)  # (B, H*W, C)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    # One stacked SVD; the economy form has the same first right singular vector (sign included)
+    # as pytorch-grad-cam's full_matrices=True, without building a C x C matrix per map.
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    projection = np.matmul(flat, vt[:, 0, :, None])[..., 0]
+    return np.float32(projection.reshape(x.shape[0], *x.shape[2:]))
 
 
 def _eigencam(a, g):
-    return torch.from_numpy(_first_component(a.cpu().numpy()))[None]
+    projection = _first_component(a.cpu().numpy())
+    # The SVD's sign is arbitrary (pytorch-grad-cam leaves it, and about a third of its maps come out
+    # inverted): make the side with the larger magnitude positive, as its own Seg-Eigen-CAM does (Eq. 13).
+    flip = np.abs(projection.min(axis=(-2, -1))) > np.abs(projection.max(axis=(-2, -1)))
+    projection[flip] *= -1
+    return torch.from_numpy(projection)[None]
 
 
 def _eigengradcam(a, g):
-    prod = (g * a).cpu().numpy()
-    return torch.from_numpy(np.stack([_first_component(p) for p in prod]))
+    product = g * a
+    flat = product.cpu().numpy()
+    projection = _first_component(flat.reshape(-1, *flat.shape[2:])).reshape(*flat.shape[:2], *flat.shape[3:])
+    # Fix the SVD's arbitrary sign by the class evidence: the projection must agree with
+    # the sum of gradient x activation over channels (HiResCAM's map) where the class is.
+    evidence = product.sum(dim=2).cpu().numpy()
+    flip = (projection * evidence).sum(axis=(-2, -1)) < 0
+    projection[flip] *= -1
+    return torch.from_numpy(projection)
 
 
 def _fem(a, g, k: float = 2.0):
@@ -129,9 +141,11 @@ CAM_METHODS: dict[str, CamMethod] = _register(
               _layercam),
     CamMethod("gradcamelementwise", "ReLU(gradient x activation) summed over channels", "GradCAMElementWise", True,
               _elementwise),
-    CamMethod("eigengradcam", "first principal component of gradient x activation", "EigenGradCAM", True,
+    CamMethod("eigengradcam", "first principal component of gradient x activation, sign set by the class "
+              "evidence", "EigenGradCAM", True,
               _eigengradcam),
-    CamMethod("eigencam", "first principal component of the activations (class-agnostic)", "EigenCAM", False,
+    CamMethod("eigencam", "first principal component of the activations, larger side positive "
+              "(class-agnostic)", "EigenCAM", False,
               _eigencam),
     CamMethod("fem", "feature explanation method: channels weighted by their share of strong responses", "FEM",
               False, _fem),
@@ -218,8 +232,22 @@ def _fast_maps(method: CamMethod, forward: ForwardPass, layer: LayerChoice, clas
     return _normalise(raw, size).expand(classes.shape[1], -1, -1, -1)
 
 
+def _finer_targets(logits: torch.Tensor, classes: torch.Tensor) -> list:
+    """FinerCAM's targets for given classes: each class against the 3 classes whose scores are closest."""
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+    k, n = classes.shape[1], classes.shape[0]
+    targets = []
+    for i in range(k * n):
+        row, cls = logits[i % n], int(classes[i % n, i // n])
+        nearest = torch.argsort((row - row[cls]).abs())
+        comparisons = [int(c) for c in nearest if int(c) != cls][:3]
+        targets.append(FinerWeightedTarget(cls, comparisons, alpha=1.0))
+    return targets
+
+
 def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, layer: LayerChoice,
-                    classes: torch.Tensor) -> torch.Tensor:
+                    classes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Maps from pytorch-grad-cam for the methods it alone offers, all classes in one batch."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -227,18 +255,24 @@ def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
     k = classes.shape[1]
     n = batch.shape[0]
     repeated = batch.repeat(k, 1, 1, 1)
-    targets = [ClassifierOutputTarget(int(classes[i % n, i // n])) for i in range(k * n)]
+    if method.name == "finercam":
+        targets = _finer_targets(logits.cpu(), classes.cpu())
+    else:
+        targets = [ClassifierOutputTarget(int(classes[i % n, i // n])) for i in range(k * n)]
     target_layer = resolve_layer(model, layer.name)
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
         return to_nchw(t, layer.channels_last)
 
+    maps = None
     with inspecting(model):
         with getattr(pytorch_grad_cam, method.reference)(model=model, target_layers=[target_layer],
                                                          reshape_transform=reshape) as explainer:
             if hasattr(explainer, "batch_size"):
                 explainer.batch_size = 64
             maps = explainer(input_tensor=repeated, targets=targets)
+    if maps is None:  # pytorch-grad-cam's context manager swallows an IndexError raised inside it
+        raise RuntimeError(f"pytorch-grad-cam's {method.reference} failed with an IndexError on this model")
     maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
     return torch.from_numpy(maps).reshape(k, n, *maps.shape[-2:])
 
@@ -265,7 +299,7 @@ def cams_from_pass(
         if method.single_pass:
             maps = _fast_maps(method, forward, layer, classes, size, notes)
         else:
-            maps = _reference_maps(method, model, batch.tensor, layer, classes)
+            maps = _reference_maps(method, model, batch.tensor, layer, classes, forward.logits)
         maps = maps.cpu().numpy()
         for n, image_name in enumerate(batch.names):
             entries = []
