@@ -15,14 +15,21 @@ by the functions that need them.
 from __future__ import annotations
 
 from .analyzers.cam import CAM_METHODS, cam, list_cam_methods
+from .analyzers.compare import compare_cams
+from .analyzers.embeddings import embeddings
 from .analyzers.features import feature_maps
+from .analyzers.filters import visualize_filters
 from .analyzers.kernels import kernel_grids
 from .analyzers.parameters import parameter_summary
+from .analyzers.pointing import pointing_game
 from .analyzers.predictions import predict
+from .analyzers.quality import cam_quality
+from .analyzers.saliency import SALIENCY_METHODS, saliency
 from .analyzers.structure import summarize
 from .errors import IntrospectError, IntrospectWarning, UsageError
 from .models import LoadedModel, list_models, load_model
 from .report import RunSummary, report
+from .watch import Watch, watch
 
 __version__ = "0.1.0"
 
@@ -33,17 +40,26 @@ __all__ = [
     "LoadedModel",
     "Reporter",
     "RunSummary",
+    "SALIENCY_METHODS",
     "UsageError",
+    "Watch",
     "cam",
+    "cam_quality",
+    "compare_cams",
+    "embeddings",
     "feature_maps",
     "kernel_grids",
     "list_cam_methods",
     "list_models",
     "load_model",
     "parameter_summary",
+    "pointing_game",
     "predict",
     "report",
+    "saliency",
     "summarize",
+    "visualize_filters",
+    "watch",
 ]
 
 

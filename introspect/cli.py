@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .errors import IntrospectError
@@ -29,7 +30,8 @@ then: tensorboard --logdir runs
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to render --help)."""
     from .analyzers.cam import CAM_METHODS
-    from .report import SECTIONS
+    from .analyzers.saliency import SALIENCY_METHODS
+    from .report import DEFAULT_SECTIONS, SECTIONS
 
     parser = argparse.ArgumentParser(
         prog="introspect",
@@ -46,12 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (default: DEFAULT weights if cached or downloadable, else random with a warning), "
                              "DEFAULT, an enum name like IMAGENET1K_V1, none (random), or a state_dict file PATH")
     parser.add_argument("--sections", default=None,
-                        help=f"comma list from {','.join(SECTIONS)} or all (default: all)")
+                        help=f"comma list from {','.join(SECTIONS)} or all (default: {','.join(DEFAULT_SECTIONS)}; "
+                             "saliency, filters, embeddings and quality are slower and run only when named or "
+                             "with all; quality scores the --cam maps by keeping / removing their top 20%%)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for feature maps (default: each stage's output; see --list-layers)")
     parser.add_argument("--cam", default="gradcam", metavar="METHOD[,METHOD]",
                         help=f"CAM methods, comma separated (default gradcam): {', '.join(CAM_METHODS)}")
     parser.add_argument("--cam-layer", metavar="NAME", help="CAM target layer (default: picked per model family)")
+    parser.add_argument("--saliency", default=",".join(SALIENCY_METHODS), metavar="METHOD[,METHOD]",
+                        help=f"saliency methods for --sections saliency (default all): {', '.join(SALIENCY_METHODS)}")
+    parser.add_argument("--filter-layers", nargs="+", metavar="NAME",
+                        help="layers for --sections filters (default: first, middle and last stage output)")
+    parser.add_argument("--filter-count", type=int, default=8, metavar="N",
+                        help="filters per layer to visualise: the first N (default 8)")
+    parser.add_argument("--filter-steps", type=int, default=64, metavar="N",
+                        help="gradient-ascent steps per layer (default 64)")
+    parser.add_argument("--filter-size", type=int, metavar="PX", help="side of the synthesised images (default 96)")
+    parser.add_argument("--filter-budget", type=float, default=60.0, metavar="SECONDS",
+                        help="time budget of the filters section, all layers together (default 60)")
     parser.add_argument("--topk", type=int, default=3, help="classes to explain and list (default 3)")
     parser.add_argument("--target", action="append", metavar="CLASS",
                         help="explain this class (index or ImageNet name, e.g. 281 or 'tabby'); repeatable")
@@ -89,6 +104,12 @@ def _print_summary(summary) -> None:
     print(f"open it with: tensorboard --logdir {summary.run_dir.parent}")
 
 
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (torch's own messages span several), cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
@@ -114,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             logdir=args.logdir,
             run_name=args.run_name,
             sections=args.sections,
+            saliency_methods=args.saliency,
+            filter_layers=args.filter_layers,
+            filter_count=args.filter_count,
+            filter_steps=args.filter_steps,
+            filter_size=args.filter_size,
+            filter_budget=args.filter_budget,
             layers=args.layers,
             cam_methods=args.cam,
             cam_layer=args.cam_layer,
@@ -128,15 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except IntrospectError as exc:
         if args.debug:
-            raise
-        print(f"introspect: error: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"introspect: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("introspect: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
     except Exception as exc:  # a failure at run time: one line unless --debug
         if args.debug:
-            raise
-        print(f"introspect: error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)",
-              file=sys.stderr)
+            traceback.print_exc()
+        print(f"introspect: error: {type(exc).__name__}: {_one_line(exc)} (run again with --debug for the "
+              "traceback)", file=sys.stderr)
         return 1

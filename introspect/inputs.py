@@ -17,7 +17,7 @@ from torch import nn
 
 from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, imagenet_transform
 
-__all__ = ["InputBatch", "prepare_inputs", "unwrap", "Inputs"]
+__all__ = ["InputBatch", "InputStream", "prepare_inputs", "stream_inputs", "unwrap", "Inputs"]
 
 Inputs = Union[torch.Tensor, str, Path, "PIL.Image.Image", Sequence]  # noqa: F821
 
@@ -72,3 +72,62 @@ def prepare_inputs(
     tensor = torch.cat([preprocess(image.convert("RGB"), transform) for _, image in pairs])
     labels = tuple(names) if names else tuple(name for name, _ in pairs)
     return InputBatch(tensor=tensor, photos=to_display(tensor, mean, std), names=labels)
+
+
+@dataclass(frozen=True)
+class InputStream:
+    """Image files read and preprocessed one batch at a time: memory grows with the batch, not the folder.
+
+    ``len()`` is the number of files; iterating yields :class:`InputBatch` es whose
+    names are unique and tag-safe across the whole stream. ``files`` lists the path of
+    each name. A bad file found in a folder is skipped with an IntrospectWarning; a bad
+    file named explicitly raises :class:`ImageError` when its batch is reached.
+    """
+
+    entries: tuple[tuple[Path, bool, str], ...]  # (file, found in a folder, name)
+    loaded: LoadedModel | None
+    batch_size: int
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Name -> file, for every file in the stream."""
+        return {name: path for path, _, name in self.entries}
+
+    def __iter__(self):
+        import warnings
+
+        from .errors import ImageError, IntrospectWarning
+        from .images import load_image, preprocess, to_display
+
+        transform = self.loaded.transform if self.loaded is not None else imagenet_transform(224)
+        mean, std = _mean_std(transform)
+        for start in range(0, len(self.entries), self.batch_size):
+            tensors, names = [], []
+            for path, in_folder, name in self.entries[start:start + self.batch_size]:
+                try:
+                    tensors.append(preprocess(load_image(path), transform))
+                except ImageError as error:
+                    if not in_folder:
+                        raise
+                    warnings.warn(f"skipped {path}: {error}", IntrospectWarning, stacklevel=2)
+                    continue
+                names.append(name)
+            if tensors:
+                tensor = torch.cat(tensors)
+                yield InputBatch(tensor=tensor, photos=to_display(tensor, mean, std), names=tuple(names))
+
+
+def stream_inputs(paths: Sequence[str | Path] | str | Path, loaded: LoadedModel | None = None,
+                  batch_size: int = 16) -> InputStream:
+    """An :class:`InputStream` over files and folders (folders expanded, nothing decoded yet)."""
+    from .images import _expand, _tag_names
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    found = _expand([paths] if isinstance(paths, (str, Path)) else list(paths))
+    names = _tag_names([f.stem for f, _ in found])
+    return InputStream(tuple((f, in_folder, name) for (f, in_folder), name in zip(found, names)), loaded,
+                       batch_size)

@@ -68,6 +68,10 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 
 def _family(model: nn.Module) -> str:
+    """The model's class name, or that of its nearest torchvision base (a ResNet subclass is a ResNet)."""
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("torchvision.models"):
+            return cls.__name__
     return type(model).__name__
 
 

@@ -121,8 +121,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported" in line or "global" in line), reason[0] if reason
-                      else "")
+        detail = next((line for line in reason if "unsupported" in line.lower() or "global" in line.lower()),
+                      reason[0] if reason else "")
+        detail = detail.strip().removeprefix("WeightsUnpickler error:").split(". ")[0].strip().rstrip(".")
         raise WeightsError(f"{path} was refused by torch.load(weights_only=True), which introspect always uses "
                            f"for safety ({detail.strip()}); re-save it as a plain state_dict: "
                            "torch.save(model.state_dict(), PATH)") from None
@@ -270,6 +271,8 @@ def load_model(
     Example: ``introspect.load_model("resnet18", weights="none")``.
     """
     target = resolve_device(device)
+    if input_size is not None and input_size < 1:
+        raise InputSizeError(f"--input-size {input_size} is not a size: give a positive number of pixels, e.g. 224")
     notes: list[str] = []
     if isinstance(model, nn.Module):
         first = next(model.parameters(), None)
@@ -309,7 +312,8 @@ def load_model(
         state = load_checkpoint(choice)
         source = f"local file {choice}"
     else:
-        valid = ["auto", "DEFAULT", "none", "PATH"] + (list(enum.__members__) if enum is not None else [])
+        members = list(enum.__members__) if enum is not None else []
+        valid = list(dict.fromkeys(["auto", "DEFAULT", "none", "PATH"] + members))
         raise WeightsError(f"unknown weights {choice!r} for {model}: use one of {', '.join(valid)}")
 
     if state is not None:

@@ -20,21 +20,28 @@ import torch
 from torch import nn
 
 from .analyzers.cam import CAM_METHODS, cam_layer_choice, cams_from_pass, parse_cam_methods
+from .analyzers.compare import compare_cams
 from .analyzers.features import feature_layer_choices, feature_maps_from_pass
 from .analyzers.kernels import kernel_grids
 from .analyzers.parameters import parameter_summary
 from .analyzers.predictions import predictions_from_pass, resolve_target, top_classes
+from .analyzers.embeddings import embeddings
+from .analyzers.filters import visualize_filters
+from .analyzers.saliency import parse_saliency_methods, saliency_from_batch
 from .analyzers.structure import summarize
+from .analyzers.quality import cam_quality
 from .errors import UsageError
 from .forward import run_forward
 from .inputs import InputBatch, prepare_inputs
+from .layers import resolve_layers
 from .models import LoadedModel, load_model
+from .records import CamQuality
 
 __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "parse_sections", "RunSummary", "report"]
 
-SECTIONS = ("structure", "graph", "kernels", "features", "cam", "histograms")
-DEFAULT_SECTIONS = SECTIONS
-IMAGE_SECTIONS = {"features", "cam"}
+DEFAULT_SECTIONS = ("structure", "graph", "kernels", "features", "cam", "histograms")
+SECTIONS = DEFAULT_SECTIONS + ("saliency", "filters", "embeddings", "quality")  # slower ones: only on request
+IMAGE_SECTIONS = {"features", "cam", "saliency", "embeddings", "quality"}
 BATCH_SIZE = 8
 
 
@@ -91,6 +98,12 @@ def report(
     device: str | None = "cpu",
     input_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    saliency_methods: str | Sequence[str] = "vanilla,guided,guidedgradcam",
+    filter_layers: Sequence[str] | None = None,
+    filter_count: int = 8,
+    filter_steps: int = 64,
+    filter_size: int | None = None,
+    filter_budget: float | None = 60.0,
 ) -> RunSummary:
     """Write the whole report of ``model`` (and ``images``) into a new run under ``logdir``."""
     from .reporter import Reporter, new_run_dir
@@ -100,16 +113,30 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen = parse_sections(sections)
-        methods = parse_cam_methods(cam_methods) if "cam" in chosen else []
+        if topk < 1:
+            raise UsageError(f"--topk {topk} asks for no classes: give 1 or more (default 3)")
+        uses_cams = "cam" in chosen or "quality" in chosen  # quality scores the run's CAM maps
+        methods = parse_cam_methods(cam_methods) if uses_cams else []
         loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, input_size)
         module = loaded.model
         feature_choices = feature_layer_choices(module, layers) if "features" in chosen else []
-        cam_choice = cam_layer_choice(module, cam_layer) if "cam" in chosen else None
+        cam_choice = cam_layer_choice(module, cam_layer) if uses_cams else None
+        saliency_names = parse_saliency_methods(saliency_methods) if "saliency" in chosen else []
+        saliency_layer = (cam_choice or cam_layer_choice(module, cam_layer)) if "guidedgradcam" in saliency_names \
+            else None
+        if "filters" in chosen and filter_layers:
+            resolve_layers(module, filter_layers)
         image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
-        batch = prepare_inputs(image_list, loaded) if image_list else None
+        # Embeddings stream the images themselves: load them all up front only for the per-image sections.
+        per_image = bool(set(chosen) & (IMAGE_SECTIONS - {"embeddings"})) or "embeddings" not in chosen
+        batch = prepare_inputs(image_list, loaded) if image_list and per_image else None
+        if image_list and batch is None:
+            from .images import find_images
+
+            find_images(image_list)  # a missing path fails now, before anything is written
         classes = len(loaded.categories)
         target_indices = [resolve_target(t, loaded.categories, classes) for t in targets] if targets else None
-        if batch is None:
+        if not image_list:
             missing = IMAGE_SECTIONS.intersection(chosen)
             if missing and sections is not None:
                 raise UsageError(f"sections {', '.join(sorted(missing))} need an image: add --image PATH")
@@ -129,6 +156,7 @@ def report(
             "versions": _versions(),
             "command": " ".join(sys.argv),
         }
+        qualities: list[CamQuality] = []  # one per chunk of images
         status = "failed"
         reporter = Reporter(run_dir)
         try:
@@ -146,7 +174,11 @@ def report(
             if "histograms" in chosen:
                 say("histograms")
                 reporter.parameters(parameter_summary(loaded))
-            if batch is not None:
+            if "filters" in chosen:
+                say("filters (activation maximisation)")
+                reporter.filters(visualize_filters(loaded, filter_layers, filter_count, filter_steps, filter_size,
+                                                   filter_budget))
+            if batch is not None and set(chosen) & (IMAGE_SECTIONS - {"embeddings"}):  # inputs, predictions too
                 capture = [c.name for c in feature_choices] + ([cam_choice.name] if cam_choice else [])
                 needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in methods)
                 for chunk in _chunks(batch, BATCH_SIZE):
@@ -162,9 +194,26 @@ def report(
                         reporter.features(feature_maps_from_pass(forward, chunk, feature_choices))
                     if cam_choice is not None:
                         picked = top_classes(forward, topk, target_indices)
-                        reporter.cams(cams_from_pass(module, forward, chunk, methods, cam_choice, picked,
-                                                     loaded.categories))
+                        cam_results = cams_from_pass(module, forward, chunk, methods, cam_choice, picked,
+                                                     loaded.categories)
+                        if "cam" in chosen:
+                            reporter.cams(cam_results)
+                            if len(methods) > 1:
+                                reporter.cam_comparisons(compare_cams(cam_results, chunk))
+                        if "quality" in chosen:  # this chunk's maps, scored now: only the numbers are kept
+                            say(f"quality of {sum(len(r.maps) for r in cam_results)} CAM maps")
+                            qualities.append(cam_quality(module, chunk, cam_results))
+                    if saliency_names:
+                        picked = top_classes(forward, 1, target_indices)
+                        reporter.saliency(saliency_from_batch(module, chunk, saliency_names, picked,
+                                                              loaded.categories, saliency_layer,
+                                                              forward.probabilities))
                     forward.release()
+            if qualities:
+                reporter.quality(CamQuality.concat(qualities))
+            if "embeddings" in chosen and image_list:
+                say("embeddings")
+                reporter.embedding(embeddings(loaded, image_list, batch_size=BATCH_SIZE))
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted (Ctrl-C)"

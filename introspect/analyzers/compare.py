@@ -1,0 +1,47 @@
+"""Side-by-side comparison of CAM methods, built from CamResults already computed (no forward pass)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..inputs import InputBatch
+from ..records import CamComparison, CamResult
+
+__all__ = ["compare_cams"]
+
+
+def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str, np.ndarray]) -> list[CamComparison]:
+    """One image per input: the photo, then each method's overlay, one row per explained class.
+
+    ``photos`` maps image names to the uint8 HWC pixels the model saw (an
+    :class:`~introspect.inputs.InputBatch` will do). Each row is ``1 + len(methods)``
+    labelled tiles wide: "<class> <probability>" on the photo, "<method>: <class>" on
+    each overlay. Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
+    """
+    from ..images import label_image, tile_grid
+
+    if isinstance(photos, InputBatch):
+        photos = dict(zip(photos.names, photos.photos))
+    by_image: dict[str, list[CamResult]] = {}
+    for result in results:
+        by_image.setdefault(result.image_name, []).append(result)
+    comparisons = []
+    for image_name, group in by_image.items():
+        if image_name not in photos:
+            raise KeyError(f"no photo given for image {image_name!r}")
+        photo = np.asarray(photos[image_name], dtype=np.uint8)
+        rows = min(len(r.maps) for r in group)
+        tiles = []
+        for j in range(rows):
+            first = group[0].maps[j]
+            tiles.append(label_image(photo, f"{first.class_name} {first.probability:.1%}"))
+            for result in group:
+                entry = result.maps[j]
+                tiles.append(label_image(entry.image, f"{result.method}: {entry.class_name}"))
+        grid = tile_grid(np.stack(tiles), ncols=1 + len(group), padding=4)
+        comparisons.append(CamComparison(image_name=image_name, methods=tuple(r.method for r in group),
+                                         class_indices=tuple(group[0].maps[j].class_index for j in range(rows)),
+                                         image=grid))
+    return comparisons

@@ -1,0 +1,233 @@
+"""Saliency: gradients of a class score with respect to the input pixels.
+
+- ``vanilla``: |d score / d input|, max over colour channels (Simonyan et al. 2014).
+- ``guided``: guided backpropagation (Springenberg et al. 2015): every ReLU passes back
+  only positive gradients, and only where its input was positive.
+- ``guidedgradcam``: guided backpropagation times the Grad-CAM map of the same class
+  (Selvaraju et al. 2017).
+
+Two forward passes per batch serve all three: a plain one, whose single
+``torch.autograd.grad`` call per class gives both the input gradient and the
+Grad-CAM gradient at the target layer, and (for the guided methods) one with a full
+backward hook on every ReLU that clamps its input gradient at zero. No module is
+swapped: in-place ReLUs are switched to out-of-place for the scope's lifetime and
+switched back on exit. Nothing is written into any ``.grad``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import IntrospectWarning, UnknownMethodError
+from ..hooks import first_tensor, inspecting
+from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..layers import LayerChoice, resolve_layer, to_nchw
+from ..models import LoadedModel
+from ..records import SaliencyMap, SaliencyResult
+from .cam import CAM_METHODS, _normalise, cam_layer_choice
+from .predictions import class_name, resolve_target
+
+__all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_batch", "guided_relus"]
+
+SALIENCY_METHODS: dict[str, str] = {
+    "vanilla": "|d score / d input|, max over colour channels (Simonyan et al. 2014)",
+    "guided": "guided backpropagation: ReLUs pass back only positive gradients (Springenberg et al. 2015)",
+    "guidedgradcam": "guided backpropagation x Grad-CAM map (Selvaraju et al. 2017)",
+}
+
+_ALIASES = {"gradient": "vanilla", "guidedbackprop": "guided", "guided-backprop": "guided",
+            "guided-gradcam": "guidedgradcam", "guided_gradcam": "guidedgradcam"}
+
+_GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
+
+
+def parse_saliency_methods(spec: str | Sequence[str]) -> list[str]:
+    """``"vanilla,guided"`` (or a list) -> known method names; an unknown one lists them all."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for item in items:
+        key = _ALIASES.get(item.strip().lower(), item.strip().lower())
+        if not key:
+            continue
+        if key not in SALIENCY_METHODS:
+            raise UnknownMethodError(f"unknown saliency method {item.strip()!r}: choose from "
+                                     f"{', '.join(SALIENCY_METHODS)}")
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise UnknownMethodError(f"no saliency method given: choose from {', '.join(SALIENCY_METHODS)}")
+    return names
+
+
+def _clamp_to_positive(module: nn.Module, grad_input: tuple, grad_output: tuple) -> tuple:
+    return tuple(None if g is None else g.clamp(min=0.0) for g in grad_input)
+
+
+def guided_relus(scope, model: nn.Module) -> int:
+    """Make every ReLU/ReLU6 of ``model`` guided for the scope's lifetime; returns how many there are.
+
+    In-place ReLUs are made out-of-place (full backward hooks cannot wrap an in-place
+    op); the scope puts the flag back on exit.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _GUIDED_TYPES):
+            if getattr(module, "inplace", False):
+                scope.set_attribute(module, "inplace", False)
+            scope.full_backward_hook(module, _clamp_to_positive)
+            count += 1
+    return count
+
+
+def _input_gradients(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor, guided: bool,
+                     layer: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+    """(d score / d input (k, N, 3, H, W), layer activation, d score / d layer (k, ...), guided ReLUs)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module: nn.Module, args: tuple, output: object):
+        captured["activation"] = first_tensor(output)
+        if isinstance(output, torch.Tensor):  # later in-place ops then cannot rewrite the captured tensor
+            return output.clone()
+        return None
+
+    x = inputs.detach().clone().requires_grad_(True)
+    with inspecting(model) as scope, torch.enable_grad():
+        relus = guided_relus(scope, model) if guided else 0
+        if layer is not None:
+            scope.forward_hook(layer, keep)
+        scores = first_tensor(model(x))
+        activation = captured.get("activation") if layer is not None else None
+        wanted = [x] if activation is None else [x, activation]
+        input_grads, layer_grads = [], []
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        for j in range(classes.shape[1]):
+            picked = scores[rows, classes[:, j].to(scores.device)].sum()
+            grads = torch.autograd.grad(picked, wanted, retain_graph=j + 1 < classes.shape[1], allow_unused=True)
+            input_grads.append(torch.zeros_like(x) if grads[0] is None else grads[0])
+            if activation is not None:
+                layer_grads.append(torch.zeros_like(activation) if grads[1] is None else grads[1])
+    stacked_layer = torch.stack(layer_grads).detach() if layer_grads else None
+    return (torch.stack(input_grads).detach(), None if activation is None else activation.detach(), stacked_layer,
+            relus)
+
+
+def _magnitude(gradient: np.ndarray) -> np.ndarray:
+    return np.abs(gradient).max(axis=0).astype(np.float32)
+
+
+def _draw_magnitude(saliency: np.ndarray) -> np.ndarray:
+    from ..images import normalize01
+
+    hi = float(np.percentile(saliency, 99.5)) if saliency.size else 0.0
+    grey = normalize01(np.clip(saliency, 0.0, hi) if hi > 0 else saliency)
+    return np.repeat((grey * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _draw_signed(gradient: np.ndarray) -> np.ndarray:
+    """The usual guided-backprop picture: standardised, squeezed around mid-grey (pytorch-grad-cam's)."""
+    g = gradient.transpose(1, 2, 0).astype(np.float64)
+    g = (g - g.mean()) / (g.std() + 1e-5) * 0.1 + 0.5
+    return (np.clip(g, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def saliency_from_batch(
+    model: nn.Module,
+    batch: InputBatch,
+    methods: Sequence[str],
+    classes: torch.Tensor,
+    categories: Sequence[str],
+    layer: LayerChoice | None = None,
+    probabilities: torch.Tensor | None = None,
+) -> list[SaliencyResult]:
+    """Saliency results for every method and image of ``batch``, for the (N, k) ``classes``.
+
+    ``layer`` is the Grad-CAM target layer (needed only for ``guidedgradcam``).
+    """
+    from ..images import label_image, tile_grid
+
+    names = parse_saliency_methods(methods)
+    first = next(model.parameters(), None)
+    inputs = batch.tensor
+    if first is not None:
+        inputs = inputs.to(device=first.device, dtype=first.dtype)
+    classes = classes.to(torch.long)
+    notes: list[str] = []
+    gradients: dict[str, torch.Tensor] = {}
+    cam_module = resolve_layer(model, layer.name) if layer is not None and "guidedgradcam" in names else None
+    plain, activation, layer_grads, _ = _input_gradients(model, inputs, classes, guided=False, layer=cam_module)
+    gradients["vanilla"] = plain
+    if {"guided", "guidedgradcam"} & set(names):
+        guided, _, _, relus = _input_gradients(model, inputs, classes, guided=True, layer=None)
+        if relus == 0:
+            notes.append("the model has no nn.ReLU/ReLU6 modules: guided backpropagation equals the plain gradient")
+        gradients["guided"] = guided
+        if "guidedgradcam" in names:
+            if cam_module is None:
+                raise ValueError("guidedgradcam needs the Grad-CAM target layer: pass layer=")
+            a = to_nchw(activation, layer.channels_last).float()
+            g = torch.stack([to_nchw(t, layer.channels_last) for t in layer_grads]).float()
+            cams = _normalise(CAM_METHODS["gradcam"].fast(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
+            gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
+    if probabilities is None:
+        with inspecting(model), torch.inference_mode():
+            probabilities = torch.softmax(first_tensor(model(inputs)).float(), dim=-1)
+    probs = probabilities.detach().cpu()
+
+    results = []
+    for method in names:
+        grads = torch.nan_to_num(gradients[method].float()).cpu().numpy()  # (k, N, 3, H, W)
+        for n, image_name in enumerate(batch.names):
+            entries = []
+            for j in range(classes.shape[1]):
+                index = int(classes[n, j])
+                gradient = grads[j, n].astype(np.float32)
+                magnitude = _magnitude(gradient)
+                picture = _draw_magnitude(magnitude) if method == "vanilla" else _draw_signed(gradient)
+                entries.append(SaliencyMap(method=method, class_index=index, class_name=class_name(categories, index),
+                                           probability=float(probs[n, index]), gradient=gradient,
+                                           saliency=magnitude, image=picture))
+            panel = tile_grid(np.stack([label_image(e.image, f"{e.class_name} {e.probability:.1%}")
+                                        for e in entries]), ncols=len(entries), padding=4)
+            results.append(SaliencyResult(method=method, image_name=image_name, maps=tuple(entries), image=panel,
+                                          warnings=tuple(notes) if method != "vanilla" else ()))
+    for note in dict.fromkeys(notes):
+        warnings.warn(f"saliency: {note}", IntrospectWarning, stacklevel=2)
+    return results
+
+
+def saliency(
+    model: nn.Module | LoadedModel,
+    inputs: Inputs,
+    methods: str | Sequence[str] = "vanilla,guided,guidedgradcam",
+    targets: Sequence[int | str] | None = None,
+    topk: int = 1,
+    layer: str | None = None,
+    categories: Sequence[str] | None = None,
+) -> list[SaliencyResult]:
+    """Input-gradient maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
+
+    ``layer`` is the Grad-CAM target layer for ``guidedgradcam`` (default: the family's).
+    Example: ``introspect.saliency(loaded, "cat.png", "vanilla,guided")[0].to_pil()``.
+    """
+    module, loaded = unwrap(model)
+    batch = prepare_inputs(inputs, loaded)
+    names = list(categories or (loaded.categories if loaded else ()))
+    method_names = parse_saliency_methods(methods)
+    choice = cam_layer_choice(module, layer) if "guidedgradcam" in method_names else None
+    first = next(module.parameters(), None)
+    tensor = batch.tensor if first is None else batch.tensor.to(first.device)
+    with inspecting(module), torch.inference_mode():
+        logits = first_tensor(module(tensor)).float()
+    num_classes = logits.shape[-1]
+    if targets:
+        indices = [resolve_target(t, names, num_classes) for t in targets]
+        classes = torch.tensor(indices, dtype=torch.long).expand(logits.shape[0], -1).clone()
+    else:
+        classes = logits.topk(min(topk, num_classes), dim=-1).indices.cpu()
+    return saliency_from_batch(module, batch, method_names, classes, names, choice,
+                               probabilities=torch.softmax(logits, dim=-1))

@@ -1,0 +1,46 @@
+"""The CAM comparison image: the photo and each method's overlay side by side, from existing results."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import introspect
+from introspect.images import label_image
+from introspect.inputs import prepare_inputs
+
+
+def test_compare_is_photo_then_each_method(tiny_cnn):
+    model = tiny_cnn("small")
+    batch = prepare_inputs(torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0)))
+    methods = ["gradcam", "layercam", "eigencam"]
+    results = introspect.cam(model, batch, methods, topk=2)
+    comparisons = introspect.compare_cams(results, batch)
+    assert [c.image_name for c in comparisons] == ["image0", "image1"]
+    strip = label_image(np.zeros((40, 40, 3), np.uint8), "x").shape[0] - 40
+    for n, comparison in enumerate(comparisons):
+        assert comparison.methods == tuple(methods)
+        mine = [r for r in results if r.image_name == comparison.image_name]
+        assert comparison.class_indices == tuple(m.class_index for m in mine[0].maps)
+        height, width, _ = comparison.image.shape
+        assert width == (1 + len(methods)) * (40 + 4) + 4  # one photo tile + one tile per method
+        assert height == 2 * (40 + strip + 4) + 4  # one row per explained class
+        top = 4 + strip
+        np.testing.assert_array_equal(comparison.image[top:top + 40, 4:44], batch.photos[n])
+        for i, result in enumerate(mine):
+            x = 4 + (i + 1) * 44
+            np.testing.assert_array_equal(comparison.image[top:top + 40, x:x + 40], result.maps[0].image)
+
+
+def test_report_writes_compare_only_for_several_methods(tiny_cnn, sample_cat, tmp_path):
+    loaded = introspect.load_model(tiny_cnn("small"), input_size=64)
+    tags = []
+    for name, methods in (("two", "gradcam,layercam"), ("one", "gradcam")):
+        summary = introspect.report(loaded, [sample_cat], logdir=tmp_path, run_name=name, sections="cam",
+                                    cam_methods=methods)
+        acc = EventAccumulator(str(summary.run_dir), size_guidance={"images": 0})
+        acc.Reload()
+        tags.append(set(acc.Tags()["images"]))
+    assert {"cam/gradcam/cat", "cam/layercam/cat", "cam/compare/cat"} <= tags[0]
+    assert "cam/gradcam/cat" in tags[1] and "cam/compare/cat" not in tags[1]
