@@ -260,17 +260,18 @@ def load_images(paths: Sequence[str | Path], max_side: int = 4096) -> list[tuple
     """
     files = _expand(paths)
     loaded: list[tuple[Path, Image.Image]] = []
+    skipped: list[str] = []
     for f, in_folder in files:
         try:
             loaded.append((f, load_image(f, max_side=max_side)))
         except ImageError as e:
             if not in_folder:
                 raise
+            skipped.append(f.name)
             warnings.warn(f"skipped {f}: {e}", IntrospectWarning, stacklevel=2)
     if not loaded:
-        raise ImageError(
-            "none of the images could be loaded (see the warnings above); pass at least one readable photo"
-        )
+        shown = ", ".join(skipped[:5]) + (f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else "")
+        raise ImageError(f"none of the images could be loaded ({shown}); pass at least one readable photo")
     names = _tag_names([f.stem for f, _ in loaded])
     return [(name, img) for name, (_, img) in zip(names, loaded)]
 
