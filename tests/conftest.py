@@ -252,3 +252,11 @@ MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", 
 def hook_total(model: nn.Module) -> int:
     """Number of forward, forward-pre, backward (incl. full backward) and backward-pre hooks on every module."""
     return sum(len(getattr(m, name, None) or {}) for m in model.modules() for name in MODULE_HOOK_DICTS)
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic():
+    """The synthetic task's reference model (eval mode) and its 200 held-out samples, trained once per run."""
+    from synthetic_reference import reference_model
+
+    return reference_model()

@@ -12,19 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_untouched, model_state
-from synthetic_reference import reference_model
 
 from introspect import pointing_game, synthetic
 from introspect.analyzers.pointing import GRADIENT_METHODS, SINGLE_PASS_METHODS
 from introspect.records import PointingGame
 
 GOOD_METHODS = GRADIENT_METHODS
-
-
-@pytest.fixture(scope="session")
-def trained_synthetic() -> tuple[torch.nn.Module, synthetic.SyntheticDataset]:
-    """The trained reference model (eval mode) and its held-out set, shared by every test module that asks."""
-    return reference_model()
 
 
 @pytest.fixture(scope="module")

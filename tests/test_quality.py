@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_untouched, model_state
-from synthetic_reference import reference_model
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
@@ -56,12 +55,6 @@ def table_rows(markdown: str) -> list[list[str]]:
     """Body rows of the first Markdown table (header and separator left out)."""
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-
-
-@pytest.fixture(scope="session")
-def trained_synthetic() -> tuple[torch.nn.Module, synthetic.SyntheticDataset]:
-    """The trained reference model (eval mode) and its held-out set, shared by every test module that asks."""
-    return reference_model()
 
 
 def true_class_cams(model: torch.nn.Module, batch: InputBatch, labels: torch.Tensor,
