@@ -1,6 +1,14 @@
-"""Structure: the layer table (torchinfo) with output shapes, parameters and mult-adds."""
+"""Structure: the layer table (torchinfo) with output shapes, parameters and mult-adds.
+
+torchinfo runs the model once; that run is made on the meta device (every weight
+swapped for a shapeless twin, then put back), so it costs no arithmetic. A model
+that cannot run on meta tensors gets a real forward instead.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -11,6 +19,30 @@ from ..models import LoadedModel
 from ..records import LayerRow, StructureSummary
 
 __all__ = ["summarize"]
+
+
+@contextlib.contextmanager
+def _weights_on_meta(module: nn.Module) -> Iterator[None]:
+    """Swap every parameter and buffer for a meta tensor of the same shape (tied ones stay tied); put them back."""
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    twins: dict[int, torch.Tensor] = {}
+    try:
+        for sub in module.modules():
+            for store in (sub._parameters, sub._buffers):
+                for key, value in list(store.items()):
+                    if value is None:
+                        continue
+                    twin = twins.get(id(value))
+                    if twin is None:
+                        meta = value.detach().to("meta")
+                        twin = nn.Parameter(meta, value.requires_grad) if isinstance(value, nn.Parameter) else meta
+                        twins[id(value)] = twin
+                    swapped.append((store, key, value))
+                    store[key] = twin
+        yield
+    finally:
+        for store, key, value in reversed(swapped):
+            store[key] = value
 
 
 def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] | None = None,
@@ -29,8 +61,13 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
-        stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype),
-                                  depth=max(depth, 1), verbose=0, device=device, mode="eval")
+        try:
+            with _weights_on_meta(module):
+                stats = torchinfo.summary(module, input_data=torch.zeros(shape, device="meta", dtype=dtype),
+                                          depth=max(depth, 1), verbose=0, device=torch.device("meta"), mode="eval")
+        except Exception:  # data-dependent code, tensors kept outside parameters and buffers...: run it for real
+            stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype),
+                                      depth=max(depth, 1), verbose=0, device=device, mode="eval")
     leaf_macs: dict[int, int] = {}
     for info in stats.summary_list:
         if info.is_leaf_layer:
