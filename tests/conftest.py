@@ -260,3 +260,16 @@ def trained_synthetic():
     from synthetic_reference import reference_model
 
     return reference_model()
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``introspect.cli.main(argv)`` in process, stdout and stderr captured: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from introspect import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()

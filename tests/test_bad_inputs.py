@@ -4,8 +4,6 @@ gradients through the library's ``introspect.cam``: a zero map and a warning, ne
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 import shutil
 import warnings
@@ -15,22 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 from torch import nn
 
 import introspect
-from introspect import cli
 from introspect.errors import IntrospectWarning
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = REPO / "sample_images" / "cat.png"
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def fails(argv: list[str], logdir: Path, code: int = 2) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import run_cli
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -52,13 +53,6 @@ FAMILIES = {
 
 # -- helpers --------------------------------------------------------------------------
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def run_dir_from(stdout: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_untouched, model_state
 from PIL import Image
 
 import introspect
@@ -12,7 +13,6 @@ import introspect.images
 from introspect.cli import main
 from introspect.inputs import prepare_inputs, stream_inputs
 from introspect.reporter import Reporter, new_run_dir
-from conftest import assert_untouched, model_state
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ held-out 64 px images and the CLI run one 64 px photo on a random resnet18.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import re
 from pathlib import Path
@@ -15,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_untouched, model_state
+from conftest import assert_untouched, model_state, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
-from introspect import cli, synthetic
+from introspect import synthetic
 from introspect.analyzers.cam import cam_layer_choice, cams_from_pass
 from introspect.analyzers.quality import cam_quality, rank_map
 from introspect.forward import run_forward
@@ -29,13 +27,6 @@ from introspect.records import CamQuality, CamResult
 IMAGES = 12
 METHODS = ("gradcam", "layercam", "randomcam")
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def load_run(stdout: str) -> EventAccumulator:
@@ -150,7 +141,10 @@ def test_numbers_do_not_depend_on_the_company_and_concat(trained_synthetic, scor
 
 def test_exactly_the_top_percent_is_kept_or_removed_even_with_ties() -> None:
     """Ranks make ROAD's percentile threshold exact: a map that is mostly zero still removes 20 %, not 100 %."""
-    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
 
     heatmap = np.zeros((64, 64), dtype=np.float32)
     heatmap[10:20, 30:50] = np.linspace(0.5, 1.0, 200, dtype=np.float32).reshape(10, 20)  # 200 px > 0

@@ -29,7 +29,6 @@ from introspect.records import (
 )
 from introspect.reporter import Reporter, new_run_dir
 
-
 # -- helpers -----------------------------------------------------------------------
 
 

@@ -3,9 +3,7 @@ run never writes into another run's directory."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import os
 import signal
 import subprocess
@@ -14,20 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from introspect import cli
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = REPO / "sample_images" / "cat.png"
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``cli.main(argv)`` with stdout and stderr captured: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def load_events(run_dir: Path) -> EventAccumulator:
