@@ -88,15 +88,22 @@ def _layercam(a, g):
 
 
 def _first_component(x: np.ndarray) -> np.ndarray:
-    """Projection of each (C, H, W) map on its first principal component (as pytorch-grad-cam does)."""
-    x = np.nan_to_num(x.astype(np.float32, copy=True), nan=0.0)
-    flat = x.reshape(*x.shape[:2], -1).transpose(0, 2, 1)  # (B, H*W, C)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    # One stacked SVD; the economy form has the same first right singular vector (sign included)
-    # as pytorch-grad-cam's full_matrices=True, without building a C x C matrix per map.
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    projection = np.matmul(flat, vt[:, 0, :, None])[..., 0]
-    return np.float32(projection.reshape(x.shape[0], *x.shape[2:]))
+    """Projection of each (C, H, W) map on its first principal component, up to sign (callers fix the sign).
+
+    pytorch-grad-cam takes an SVD of the centred (H*W, C) matrix X; X v1 = s1 u1, so the projection
+    is the top eigenvector of the small Gram matrix (X X^T, or X^T X when C is the smaller side)
+    scaled by its singular value: the same map, in float64, without an SVD per class and image.
+    """
+    data = torch.from_numpy(np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0)).double()
+    flat = data.reshape(data.shape[0], data.shape[1], -1).transpose(1, 2)  # (B, H*W, C)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    if flat.shape[1] <= flat.shape[2]:
+        values, vectors = torch.linalg.eigh(flat @ flat.transpose(1, 2))
+        projection = vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()
+    else:
+        _, vectors = torch.linalg.eigh(flat.transpose(1, 2) @ flat)
+        projection = (flat @ vectors[..., -1:])[..., 0]
+    return projection.float().reshape(x.shape[0], *x.shape[2:]).numpy()
 
 
 def _eigencam(a, g):
