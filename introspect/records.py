@@ -130,7 +130,8 @@ class KernelGrid(_ImageRecord):
 
     ``mode`` is ``"rgb"`` (one colour tile per filter of a 3-channel first layer),
     ``"channels"`` (one grey tile per filter x input channel, rows are filters) or
-    ``"depthwise"`` (one grey tile per channel of a depthwise conv).
+    ``"depthwise"`` (one grey tile per channel of a depthwise conv) or ``"pointwise"`` (a 1x1 conv as one
+    filters x channels matrix, normalised over the layer).
     """
 
     layer: str

@@ -3,7 +3,9 @@
 A first conv with 3 input channels gives one colour tile per filter. Deeper convs
 give one grey tile per (filter, input channel), filters as rows, capped at
 ``max_filters`` x ``max_channels`` so a grid stays readable. A depthwise conv
-(one input channel per filter) gives one grey tile per channel.
+(one input channel per filter) gives one grey tile per channel. A pointwise (1x1)
+conv gives one (filters x channels) matrix normalised over the layer, since a
+single weight normalised on its own carries nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def kernel_grid(name: str, conv: nn.Conv2d, max_filters: int = 64, max_channels:
         filters = weight[:max_filters].transpose(0, 2, 3, 1)  # (F, kh, kw, 3)
         image = tile_grid(_normalise_each(filters), padding=1, scale_to=TILE_PIXELS)
         return KernelGrid(name, tuple(conv.weight.shape), "rgb", filters.shape[0], 3, image)
+    if weight.shape[2:] == (1, 1) and in_ch > 1:
+        # Pointwise: a 1x1 kernel normalised on its own is a flat grey pixel, so show the layer as
+        # one (filters x channels) matrix normalised over the layer instead.
+        matrix = weight[:max_filters, :max_channels, 0, 0]
+        image = tile_grid(_normalise_each(matrix[None]), padding=0, scale_to=8 * max(matrix.shape))
+        return KernelGrid(name, tuple(conv.weight.shape), "pointwise", matrix.shape[0], matrix.shape[1], image)
     if in_ch == 1:
         tiles = weight[: max_filters * max_channels, 0]
         image = tile_grid(_normalise_each(tiles), padding=1, scale_to=TILE_PIXELS)
