@@ -465,3 +465,9 @@ def label_image(rgb: np.ndarray, text: str) -> np.ndarray:
     if text:
         ImageDraw.Draw(canvas).text((pad, pad - min(box[1], 0)), text, fill=(0, 0, 0), font=font)
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def labelled_row(images: Sequence[np.ndarray], labels: Sequence[str], padding: int = 4) -> np.ndarray:
+    """Same-size uint8 HWC images side by side, each with its label above it (one panel per input)."""
+    return tile_grid(np.stack([label_image(image, label) for image, label in zip(images, labels)]),
+                     ncols=len(images), padding=padding)

@@ -295,7 +295,7 @@ def cams_from_pass(
     colormap: str = "jet",
 ) -> list[CamResult]:
     """CAM results for every method and image, from a forward pass that captured ``layer``."""
-    from ..images import label_image, overlay, tile_grid
+    from ..images import labelled_row, overlay
 
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()
@@ -317,8 +317,7 @@ def cams_from_pass(
                 prob = float(probs[n, index])
                 entries.append(CamMap(method=name, class_index=index, class_name=label, probability=prob,
                                       heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = tile_grid(np.stack([label_image(e.image, f"{e.class_name} {e.probability:.1%}")
-                                        for e in entries]), ncols=len(entries), padding=4)
+            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
                                      image=panel, warnings=tuple(notes)))
         for note in notes:

@@ -148,7 +148,7 @@ def saliency_from_batch(
 
     ``layer`` is the Grad-CAM target layer (needed only for ``guidedgradcam``).
     """
-    from ..images import label_image, tile_grid
+    from ..images import labelled_row
 
     names = parse_saliency_methods(methods)
     first = next(model.parameters(), None)
@@ -191,8 +191,7 @@ def saliency_from_batch(
                 entries.append(SaliencyMap(method=method, class_index=index, class_name=class_name(categories, index),
                                            probability=float(probs[n, index]), gradient=gradient,
                                            saliency=magnitude, image=picture))
-            panel = tile_grid(np.stack([label_image(e.image, f"{e.class_name} {e.probability:.1%}")
-                                        for e in entries]), ncols=len(entries), padding=4)
+            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
             results.append(SaliencyResult(method=method, image_name=image_name, maps=tuple(entries), image=panel,
                                           warnings=tuple(notes) if method != "vanilla" else ()))
     for note in dict.fromkeys(notes):
