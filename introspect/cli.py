@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", nargs="?", help="a torchvision classification model name, e.g. resnet18, vgg11")
+    parser.add_argument("model", nargs="?",
+                        help="any torchvision model name (see --list-models), e.g. resnet18, fasterrcnn_resnet50_fpn, "
+                             "deeplabv3_resnet50, r3d_18, raft_small, quantized_resnet18")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
-                        help="a photo or a folder of photos; repeat for several (e.g. --image sample_images/cat.png)")
+                        help="a photo or a folder of photos; repeat for several (e.g. --image sample_images/cat.png); "
+                             "video models: a clip each (animated GIF, folder of frames, video file with "
+                             "introspect[video], or a photo repeated); RAFT: two photos or one clip")
     parser.add_argument("--logdir", default="runs", help="where runs go (default: runs)")
     parser.add_argument("--run-name", help="run folder name under LOGDIR (default: MODEL-TIMESTAMP; never reused)")
     parser.add_argument("--weights", default="auto",
@@ -53,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "with all; quality scores the --cam maps by keeping / removing their top 20%%)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for feature maps (default: each stage's output; see --list-layers)")
-    parser.add_argument("--cam", default="gradcam", metavar="METHOD[,METHOD]",
-                        help=f"CAM methods, comma separated (default gradcam): {', '.join(CAM_METHODS)}")
+    parser.add_argument("--cam", default=None, metavar="METHOD[,METHOD]",
+                        help=f"CAM methods, comma separated (default gradcam; eigencam for quantized models): "
+                             f"{', '.join(CAM_METHODS)}")
     parser.add_argument("--cam-layer", metavar="NAME", help="CAM target layer (default: picked per model family)")
     parser.add_argument("--saliency", default=",".join(SALIENCY_METHODS), metavar="METHOD[,METHOD]",
                         help=f"saliency methods for --sections saliency (default all): {', '.join(SALIENCY_METHODS)}")
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--filter-budget", type=float, default=60.0, metavar="SECONDS",
                         help="time budget of the filters section, all layers together (default 60)")
     parser.add_argument("--topk", type=int, default=3, help="classes to explain and list (default 3)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
+                        help="detection models: lowest score drawn and listed (default 0.5)")
     parser.add_argument("--target", action="append", metavar="CLASS",
                         help="explain this class (index or ImageNet name, e.g. 281 or 'tabby'); repeatable")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -116,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.list_models:
-            from .models import list_models
+            from .tasks import TASKS, models_by_task
 
-            print("\n".join(list_models()))
+            for task, names in models_by_task().items():
+                print(f"# {task} ({len(names)}): {TASKS[task].summary}")
+                print("\n".join(names))
             return 0
         if not args.model:
             parser.print_usage(sys.stderr)
@@ -146,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cam_layer=args.cam_layer,
             topk=args.topk,
             targets=args.target,
+            score_threshold=args.score_threshold,
             weights=args.weights,
             device=args.device,
             input_size=args.input_size,

@@ -88,7 +88,8 @@ def run_forward(
 
     def capturing(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            activations[name] = first_tensor(output).detach()
+            tensor = first_tensor(output).detach()
+            activations[name] = tensor.dequantize() if tensor.is_quantized else tensor  # int8 layers
         return hook
 
     def make_leaf(module: nn.Module, args: tuple, output: object):

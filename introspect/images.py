@@ -33,6 +33,7 @@ __all__ = [
     "tile_grid",
     "label_image",
     "normalize01",
+    "tag_names",
 ]
 
 #: Lower-case file suffixes that :func:`find_images` picks up inside a folder.
@@ -249,6 +250,11 @@ def _tag_names(stems: Sequence[str]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def tag_names(stems: Sequence[str]) -> list[str]:
+    """TensorBoard-safe ([A-Za-z0-9_.-]), unique names from file stems: cat, cat_2, ..."""
+    return _tag_names(stems)
 
 
 def load_images(paths: Sequence[str | Path], max_side: int = 4096) -> list[tuple[str, Image.Image]]:

@@ -69,8 +69,8 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 def _family(model: nn.Module) -> str:
     """The model's class name, or that of its nearest torchvision base (a ResNet subclass is a ResNet)."""
-    for cls in type(model).__mro__:
-        if cls.__module__.startswith("torchvision.models"):
+    for cls in type(model).__mro__:  # a quantizable subclass counts as its float family
+        if cls.__module__.startswith("torchvision.models") and ".quantization." not in cls.__module__:
             return cls.__name__
     return type(model).__name__
 
@@ -86,7 +86,8 @@ def _downsamples(module: nn.Module) -> bool:
     for m in module.modules():
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             return True
-        if isinstance(m, nn.Conv2d) and max(m.stride) > 1:
+        quantized_conv = type(m).__module__.startswith("torch.ao.nn") and isinstance(getattr(m, "stride", None), tuple)
+        if (isinstance(m, nn.Conv2d) or quantized_conv) and max(m.stride) > 1:
             return True
     return False
 

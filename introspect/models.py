@@ -48,6 +48,8 @@ class LoadedModel:
     input_size: int
     device: torch.device
     warnings: list[str] = field(default_factory=list)
+    task: str = "classification"  # a key of introspect.tasks.TASKS
+    clip_length: int | None = None  # frames per clip, for video models
 
     @property
     def pretrained(self) -> bool:
@@ -56,10 +58,11 @@ class LoadedModel:
 
 
 def list_models() -> list[str]:
-    """Names of every torchvision classification model."""
-    import torchvision
+    """Names of every torchvision model, over all its modules (classification, detection, segmentation,
+    video, optical flow, quantized); ``introspect.tasks.models_by_task()`` groups them."""
+    from .tasks import all_model_names
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    return all_model_names()
 
 
 def _check_model_name(name: str) -> None:
@@ -156,18 +159,23 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], path: s
     return f"{path} does not match {type(model).__name__}: " + "; ".join(parts)
 
 
-def _build(name: str, num_classes: int | None = None, on_meta: bool = False) -> nn.Module:
+def _build(name: str, num_classes: int | None = None, on_meta: bool = False, **extra: Any) -> nn.Module:
     import torchvision
 
-    kwargs: dict[str, Any] = {"weights": None}
+    from .tasks import task_of
+
+    kwargs: dict[str, Any] = {"weights": None, **task_of(name).build_kwargs, **extra}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if name in {"googlenet", "inception_v3"}:
+    if name.removeprefix("quantized_") in {"googlenet", "inception_v3"}:
         kwargs["init_weights"] = False  # only picks the (fast) init scheme; weights=None gives no aux change
     if on_meta:
         with torch.device("meta"):
             return torchvision.models.get_model(name, **kwargs)
-    return torchvision.models.get_model(name, **kwargs)
+    with warnings.catch_warnings():  # int8 conversion of observers no random calibration input reached
+        warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        return torchvision.models.get_model(name, **kwargs)
 
 
 def _assign_state(name: str, state: dict[str, torch.Tensor], source: str, num_classes: int | None) -> nn.Module:
@@ -240,8 +248,9 @@ def _categories(enum: Any, num_classes: int) -> tuple[str, ...]:
 
 
 def _output_classes(model: nn.Module) -> int | None:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) or
+               (isinstance(getattr(m, "out_features", None), int) and callable(getattr(m, "weight", None)))]
+    if linears:  # nn.Linear, or a quantized Linear (its weight() is a method)
         return linears[-1].out_features
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1].out_channels if convs else None
@@ -257,6 +266,59 @@ def _check_input_size(name: str, model: nn.Module, size: int, enum: Any) -> None
         if size < max(min_size):
             raise InputSizeError(f"{name} needs inputs of at least {max(min_size)}x{max(min_size)} pixels, "
                                  f"not {size}: use --input-size {max(min_size)} or more")
+
+
+#: Frames per clip for video models (torchvision's video recipes train on 16-frame clips).
+CLIP_LENGTH = 16
+_FIXED_SIZE = {"mvit_v1_b": 224, "mvit_v2_s": 224}  # absolute / relative position tables sized for 224
+FLOW_MIN_SIZE = 128
+
+
+def _detection_size_kwargs(name: str, input_size: int | None) -> dict[str, Any]:
+    """Builder arguments that make a detector resize its inputs to ``input_size`` (SSD's size is fixed)."""
+    if input_size is None or name.startswith("ssd"):
+        return {}
+    return {"min_size": input_size, "max_size": max(input_size, round(input_size * 1333 / 800))}
+
+
+def _task_input(name: str, task: str, net: nn.Module, meta_enum: Any, input_size: int | None):
+    """(input size, per-image transform, clip length) of a detection, segmentation, video or flow model."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import VideoClassification
+
+    if task == "detection":
+        rcnn_transform = getattr(net, "transform", None)
+        default = int(rcnn_transform.min_size[0]) if rcnn_transform is not None else 512
+        size = input_size or default
+        # Detectors normalise inside the model: they take [0, 1] pixels.
+        return size, imagenet_transform(size, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), None
+    if task == "segmentation":
+        preset = meta_enum.transforms() if meta_enum is not None else None
+        size = input_size or (int(preset.resize_size[0]) if preset is not None and preset.resize_size else 520)
+        mean, std = (preset.mean, preset.std) if preset is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        return size, imagenet_transform(size, size, mean=mean, std=std), None
+    if task == "video":
+        preset = meta_enum.transforms()
+        crop = int(preset.crop_size[0])
+        fixed = _FIXED_SIZE.get(name)
+        if fixed is not None and input_size not in (None, fixed):
+            raise InputSizeError(f"{name} takes only {fixed}x{fixed} frames, not {input_size}: "
+                                 f"use --input-size {fixed}")
+        size = input_size or crop
+        resize = [round(size * s / crop) for s in preset.resize_size]
+        # (T, 3, H, W) uint8 frames -> (3, T, H, W): resize, centre crop, scale, normalise
+        transform = VideoClassification(crop_size=(size, size), resize_size=resize, mean=preset.mean,
+                                        std=preset.std, interpolation=InterpolationMode.BILINEAR)
+        temporal = (meta_enum.meta.get("min_temporal_size") or 1) if meta_enum is not None else 1
+        return size, transform, max(CLIP_LENGTH, int(temporal))
+    if task == "optical_flow":
+        size = input_size or FLOW_MIN_SIZE * 2
+        if size < FLOW_MIN_SIZE or size % 8:
+            raise InputSizeError(f"{name} needs frames of at least {FLOW_MIN_SIZE} pixels whose side is a multiple "
+                                 f"of 8, not {size}: use --input-size {max(FLOW_MIN_SIZE, size + (-size) % 8)}")
+        # RAFT takes pixels scaled to [-1, 1] (torchvision's OpticalFlow preset).
+        return size, imagenet_transform(size, size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), None
+    raise ValueError(f"no input recipe for task {task!r}")
 
 
 def load_model(
@@ -279,9 +341,14 @@ def load_model(
         size = input_size or 224
         classes = _output_classes(model) or 0
         names = tuple(categories) if categories else tuple(f"class {i}" for i in range(classes))
+        quantized = any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+                        for m in model.modules())
         return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
                            transform=imagenet_transform(size), categories=names, input_size=size,
-                           device=first.device if first is not None else target, warnings=notes)
+                           device=first.device if first is not None else target, warnings=notes,
+                           task="quantized" if quantized else "classification")
+
+    from .tasks import task_of
 
     _check_model_name(model)
     enum = _weights_enum(model)
@@ -316,31 +383,47 @@ def load_model(
         valid = list(dict.fromkeys(["auto", "DEFAULT", "none", "PATH"] + members))
         raise WeightsError(f"unknown weights {choice!r} for {model}: use one of {', '.join(valid)}")
 
-    if state is not None:
+    task = task_of(model)
+    if task.name == "quantized" and target.type != "cpu":
+        raise DeviceError(f"{model} is an int8 quantized model, which runs on the CPU only: use --device cpu")
+    extra = _detection_size_kwargs(model, input_size) if task.name == "detection" else {}
+    if state is not None and task.name == "classification":
         num_classes = _num_classes_in(state)
         default_classes = 1000
         net = _assign_state(model, state, source, num_classes if num_classes not in (None, default_classes)
                             else None)
+    elif state is not None:  # other tasks: built for real (quantized models calibrate while built), then loaded
+        net = _build(model, **extra)
+        problem = _describe_mismatch(net, state, source)
+        if problem:
+            raise WeightsError(problem + ": pick the matching model name or file")
+        net.load_state_dict(state, strict=True)
     else:
-        net = _build(model)
+        net = _build(model, **extra)
     net = net.to(target).eval()
 
     meta_enum = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
-    size = input_size or (meta_enum.transforms().crop_size[0] if meta_enum is not None else 224)
-    _check_input_size(model, net, size, enum)
-    if meta_enum is not None and input_size is None:
-        transform = meta_enum.transforms()
-    elif meta_enum is not None:
-        preset = meta_enum.transforms()
-        ratio = preset.resize_size[0] / preset.crop_size[0]
-        transform = imagenet_transform(size, round(size * ratio), preset.mean, preset.std)
+    clip_length = None
+    if task.name in {"classification", "quantized"}:
+        size = input_size or (meta_enum.transforms().crop_size[0] if meta_enum is not None else 224)
+        _check_input_size(model, net, size, enum)
+        if meta_enum is not None and input_size is None:
+            transform = meta_enum.transforms()
+        elif meta_enum is not None:
+            preset = meta_enum.transforms()
+            ratio = preset.resize_size[0] / preset.crop_size[0]
+            transform = imagenet_transform(size, round(size * ratio), preset.mean, preset.std)
+        else:
+            transform = imagenet_transform(size)
+        classes = _output_classes(net) or 0
     else:
-        transform = imagenet_transform(size)
-    classes = _output_classes(net) or 0
+        size, transform, clip_length = _task_input(model, task.name, net, meta_enum, input_size)
+        classes = len(meta_enum.meta.get("categories") or ()) if meta_enum is not None else 0
     names = tuple(categories) if categories else _categories(enum, classes)
     for note in notes:
         warnings.warn(note, IntrospectWarning, stacklevel=2)
     weights_name = str(chosen).split(".")[-1] if chosen is not None else (
         "random" if state is None else Path(choice).name)
     return LoadedModel(model=net, name=model, weights=weights_name, weights_source=source, transform=transform,
-                       categories=names, input_size=size, device=target, warnings=notes)
+                       categories=names, input_size=size, device=target, warnings=notes, task=task.name,
+                       clip_length=clip_length)

@@ -36,6 +36,10 @@ from .inputs import InputBatch, prepare_inputs
 from .layers import resolve_layers
 from .models import LoadedModel, load_model
 from .records import CamQuality
+from .tasks import TASKS
+from .tasks.base import Task
+from .tasks.quantized import check_cam_methods
+from .tasks.runner import TASK_RUNNERS, TaskRun, run_task
 
 __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "parse_sections", "RunSummary", "report"]
 
@@ -90,7 +94,7 @@ def report(
     run_name: str | None = None,
     sections: str | Sequence[str] | None = None,
     layers: Sequence[str] | None = None,
-    cam_methods: str | Sequence[str] = "gradcam",
+    cam_methods: str | Sequence[str] | None = None,
     cam_layer: str | None = None,
     topk: int = 3,
     targets: Sequence[int | str] | None = None,
@@ -104,8 +108,14 @@ def report(
     filter_steps: int = 64,
     filter_size: int | None = None,
     filter_budget: float | None = 60.0,
+    score_threshold: float = 0.5,
 ) -> RunSummary:
-    """Write the whole report of ``model`` (and ``images``) into a new run under ``logdir``."""
+    """Write the whole report of ``model`` (and ``images``) into a new run under ``logdir``.
+
+    ``cam_methods`` defaults to the task's own (gradcam; eigencam for int8 quantized models). Sections that do
+    not apply to the model's task (introspect.tasks.TASKS) are skipped and ``run/info`` says why.
+    ``score_threshold`` is the lowest detection score drawn (detection models).
+    """
     from .reporter import Reporter, new_run_dir
 
     started = time.perf_counter()
@@ -115,10 +125,18 @@ def report(
         chosen = parse_sections(sections)
         if topk < 1:
             raise UsageError(f"--topk {topk} asks for no classes: give 1 or more (default 3)")
-        uses_cams = "cam" in chosen or "quality" in chosen  # quality scores the run's CAM maps
-        methods = parse_cam_methods(cam_methods) if uses_cams else []
         loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, input_size)
         module = loaded.model
+        task = TASKS[loaded.task]
+        skipped = {s: task.skip_reason(s) for s in chosen if task.skip_reason(s)}
+        chosen = [s for s in chosen if s not in skipped]
+        uses_cams = "cam" in chosen or "quality" in chosen  # quality scores the run's CAM maps
+        methods = parse_cam_methods(cam_methods or task.default_cam or "gradcam") if uses_cams else []
+        if task.name == "quantized" and methods:
+            check_cam_methods(methods, loaded.name)
+        if task.name in TASK_RUNNERS:
+            return _task_report(loaded, task, images, logdir, run_name, chosen, skipped, methods, cam_methods,
+                                cam_layer, layers, topk, targets, score_threshold, say, started, caught)
         feature_choices = feature_layer_choices(module, layers) if "features" in chosen else []
         cam_choice = cam_layer_choice(module, cam_layer) if uses_cams else None
         saliency_names = parse_saliency_methods(saliency_methods) if "saliency" in chosen else []
@@ -156,6 +174,7 @@ def report(
             "versions": _versions(),
             "command": " ".join(sys.argv),
         }
+        _describe_task(info, task, skipped, methods, cam_methods)
         qualities: list[CamQuality] = []  # one per chunk of images
         status = "failed"
         reporter = Reporter(run_dir)
@@ -230,4 +249,86 @@ def report(
             finally:
                 reporter.close()
             summary.tags = dict(reporter.tags)
+    return summary
+
+
+def _describe_task(info: dict[str, object], task: Task, skipped: dict[str, str], methods: Sequence[str],
+                   asked: str | Sequence[str] | None) -> None:
+    """What ``run/info`` says about the model's task: sections skipped and why, CAM method choices."""
+    info["task"] = f"{task.name}: {task.summary}"
+    if skipped:
+        info["sections skipped"] = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+    if task.default_cam and methods and not asked:
+        info["cam method choice"] = " ".join(task.notes) or f"{task.default_cam} is this task's default"
+
+
+def _task_report(loaded: LoadedModel, task: Task, images, logdir, run_name, chosen: list[str],
+                 skipped: dict[str, str], methods: list[str], asked_methods, cam_layer: str | None, layers,
+                 topk: int, targets,
+                 threshold: float, say: Callable[[str], None], started: float, caught: list) -> RunSummary:
+    """The run of a detection, segmentation, video or optical-flow model (see introspect.tasks.runner)."""
+    from .reporter import Reporter, new_run_dir
+
+    image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
+    if image_list:
+        from .images import find_images
+
+        for path in image_list:  # a missing path fails now, before anything is written (a folder may be frames)
+            if not Path(path).exists():
+                find_images([path])
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"score threshold {threshold} is not a score: give a number from 0 to 1 (default 0.5)")
+    multi_pass = [m for m in methods if not CAM_METHODS[m].single_pass]
+    if multi_pass:
+        raise UsageError(f"{multi_pass[0]} needs many forward passes and is not offered for {task.name} models: pick "
+                         f"one of {', '.join(n for n, m in CAM_METHODS.items() if m.single_pass)}")
+    target_indices = None
+    if targets:
+        target_indices = [resolve_target(t, loaded.categories, len(loaded.categories)) for t in targets] \
+            if loaded.categories else list(targets)
+    if not image_list and task.name == "optical_flow":
+        raise UsageError(f"{loaded.name} estimates the motion between two frames: add two --image (or one clip)")
+    run_dir = new_run_dir(logdir, run_name, loaded.name)
+    summary = RunSummary(run_dir=run_dir, sections=chosen, tags={})
+    info: dict[str, object] = {
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "weights from": loaded.weights_source,
+        "images": ", ".join(str(p) for p in image_list) or "none",
+        "input size": loaded.input_size,
+        "device": str(loaded.device),
+        "sections": ", ".join(chosen),
+        "cam methods": ", ".join(methods) or "-",
+    }
+    if loaded.clip_length:
+        info["clip length"] = f"{loaded.clip_length} frames"
+    if task.name == "detection":
+        info["score threshold"] = threshold
+    _describe_task(info, task, skipped, methods, asked_methods)
+    info["versions"] = _versions()
+    info["command"] = " ".join(sys.argv)
+    status = "failed"
+    reporter = Reporter(run_dir)
+    run = TaskRun(loaded=loaded, images=image_list, reporter=reporter, sections=chosen, methods=methods,
+                  cam_layer=cam_layer, layers=layers, topk=topk, targets=target_indices, threshold=threshold,
+                  say=say, info=info)
+    try:
+        run_task(run)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted (Ctrl-C)"
+        raise
+    except Exception as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        summary.seconds = time.perf_counter() - started
+        info["status"] = f"{status} in {summary.seconds:.1f} s"
+        try:
+            reporter.run_info(info, summary.warnings)
+        finally:
+            reporter.close()
+        summary.tags = dict(reporter.tags)
+        summary.predictions = [p for p in run.predictions if hasattr(p, "probabilities")]
     return summary

@@ -34,7 +34,11 @@ from .records import (
     CamComparison,
     CamQuality,
     CamResult,
+    ClipCamResult,
+    Detections,
     EmbeddingSet,
+    FlowResult,
+    SegmentationResult,
     FilterGrid,
     SaliencyResult,
     FeatureMap,
@@ -322,6 +326,43 @@ class Reporter:
             self.scalar(f"quality/{row.method}/score", row.score, step)
         self.text("quality/summary", quality.to_markdown(), step)
         self.flush()
+
+    def detections(self, detections: Detections) -> None:
+        """``detections/<image>``: the boxes drawn (IMAGES), and ``.../table`` (TEXT)."""
+        self.image(f"detections/{detections.image_name}", detections.image)
+        self.text(f"detections/{detections.image_name}/table", detections.to_markdown())
+        self.flush()
+
+    def segmentation(self, result: SegmentationResult) -> None:
+        """``segmentation/<image>``: the mask over the photo with its legend (IMAGES), and ``.../table``: the class shares (TEXT)."""
+        self.image(f"segmentation/{result.image_name}", result.image)
+        self.text(f"segmentation/{result.image_name}/table", result.to_markdown())
+        self.flush()
+
+    def flow(self, result: FlowResult) -> None:
+        """``flow/<pair>``: both frames and the flow image (IMAGES), and ``.../table``: the magnitudes (TEXT)."""
+        self.image(f"flow/{result.pair_name}", result.image)
+        self.text(f"flow/{result.pair_name}/table", result.to_markdown())
+        self.flush()
+
+    def clip_cams(self, results: Sequence[ClipCamResult], fps: int = 4) -> bool:
+        """``cam/<method>/<clip>``: the strip of frames with their heatmaps; also a VIDEOS entry
+        ``cam/<method>/<clip>/video`` of the top class's overlay where TensorBoard's encoder (moviepy) is installed.
+
+        Returns whether the videos were written.
+        """
+        import importlib.util
+
+        can_encode = importlib.util.find_spec("moviepy") is not None
+        for result in results:
+            self.image(f"cam/{result.method}/{result.clip_name}", result.image)
+            if can_encode:
+                frames = torch.from_numpy(result.overlays[:1]).permute(0, 1, 4, 2, 3)  # (1, T, 3, H, W) uint8
+                tag = f"cam/{result.method}/{result.clip_name}/video"
+                self._open_writer().add_video(tag, frames, fps=fps)
+                self._count(tag)
+        self.flush()
+        return can_encode
 
 
 def _tsv_cell(value: object) -> str:

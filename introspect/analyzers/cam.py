@@ -31,7 +31,7 @@ from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 
 __all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
-           "cam_layer_choice"]
+           "cam_layer_choice", "cam_maps", "normalise_maps"]
 
 # A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -215,6 +215,54 @@ def _normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     flat = flat - flat.amin(dim=(-2, -1), keepdim=True)
     flat = flat / (1e-7 + flat.amax(dim=(-2, -1), keepdim=True))
     return flat.reshape(*lead, *size)
+
+
+def normalise_maps(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """pytorch-grad-cam's scaling of raw maps (..., *S) with S = (H, W) or (T, H, W): ReLU, min-max over S,
+    (bi|tri)linear resize to ``size``, min-max again. Returns (..., *size)."""
+    size = tuple(int(s) for s in size)
+    if len(size) == 2:
+        return _normalise(raw, size)
+    dims = tuple(range(-len(size), 0))
+    maps = torch.relu(raw.float())
+    lead = maps.shape[:-len(size)]
+    flat = maps.reshape(-1, *maps.shape[-len(size):])
+    flat = flat - flat.amin(dim=dims, keepdim=True)
+    flat = flat / (1e-7 + flat.amax(dim=dims, keepdim=True))
+    flat = F.interpolate(flat[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
+    flat = flat - flat.amin(dim=dims, keepdim=True)
+    flat = flat / (1e-7 + flat.amax(dim=dims, keepdim=True))
+    return flat.reshape(*lead, *size)
+
+
+def cam_maps(method: str, activation: torch.Tensor, gradients: torch.Tensor | None,
+             size: Sequence[int] | None = None) -> torch.Tensor:
+    """Maps of a single-pass method over activations of any spatial rank (2-d images, 3-d clips).
+
+    Args:
+        method: a single-pass method name (``CAM_METHODS[name].single_pass``).
+        activation: (N, C, *S), S = (H, W) or (T, H, W).
+        gradients: (k, N, C, *S) for the gradient methods, else None.
+        size: resize the maps to this S (default: leave them at the layer's size, normalised).
+    Returns:
+        (k, N, *size) maps in [0, 1] (k = 1 for the class-agnostic methods). A 3-d map's channel weights
+        are taken over T, H and W together, as pytorch-grad-cam does for 5-d activations.
+    """
+    spec = CAM_METHODS[parse_cam_methods(method)[0]]
+    if not spec.single_pass:
+        raise UnknownMethodError(f"{spec.name} needs many forward passes through pytorch-grad-cam: pick one of "
+                                 f"{', '.join(n for n, m in CAM_METHODS.items() if m.single_pass)}")
+    spatial = tuple(activation.shape[2:])
+    # Every single-pass formula reduces over the last two axes: lay all positions along one of them.
+    flat_a = activation.float().reshape(*activation.shape[:2], -1, 1)
+    flat_g = None
+    if spec.uses_gradients:
+        if gradients is None:
+            raise ValueError(f"{spec.name} needs gradients=")
+        flat_g = gradients.float().reshape(*gradients.shape[:3], -1, 1)
+    raw = spec.fast(flat_a, flat_g)
+    raw = raw.reshape(*raw.shape[:2], *spatial)
+    return normalise_maps(raw, size if size is not None else spatial)
 
 
 def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:

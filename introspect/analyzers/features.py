@@ -15,7 +15,7 @@ from ..layers import to_nchw
 from ..models import LoadedModel
 from ..records import FeatureMap
 
-__all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
+__all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices", "feature_map"]
 
 
 def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None) -> list[LayerChoice]:
@@ -29,7 +29,8 @@ def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None)
     return [LayerChoice(n, channels_last=n in channels_last) for n in layers]
 
 
-def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int) -> FeatureMap:
+def feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int = 64) -> FeatureMap:
+    """One layer's output for one input (C, H, W), or tokens / channels-last as ``choice`` says, as a record."""
     from ..images import normalize01, tile_grid
 
     maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
@@ -55,7 +56,7 @@ def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Seq
                            max_channels: int = 64) -> list[FeatureMap]:
     """Feature maps of every image and chosen layer from a forward pass that captured them."""
     return [
-        _feature_map(choice, name, forward.activations[choice.name][n], max_channels)
+        feature_map(choice, name, forward.activations[choice.name][n], max_channels)
         for n, name in enumerate(batch.names)
         for choice in choices
     ]

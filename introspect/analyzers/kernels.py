@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..inputs import unwrap
-from ..layers import conv_layers, resolve_layer
+from ..layers import resolve_layer
 from ..models import LoadedModel
 from ..records import KernelGrid
 
-__all__ = ["kernel_grids", "kernel_grid"]
+__all__ = ["kernel_grids", "kernel_grid", "kernel_layers", "conv_weight"]
 
 TILE_PIXELS = 24  # each kernel tile is upscaled (nearest) to at least this many pixels
 
@@ -35,42 +35,73 @@ def _normalise_each(tiles: np.ndarray) -> np.ndarray:
     return scaled.reshape(tiles.shape).astype(np.float32)
 
 
-def kernel_grid(name: str, conv: nn.Conv2d, max_filters: int = 64, max_channels: int = 16) -> KernelGrid:
-    """One conv layer's weights as a grid image."""
+def conv_weight(module: nn.Module) -> torch.Tensor | None:
+    """The float weight of a 2-d or 3-d convolution: ``nn.Conv2d``/``nn.Conv3d``, or a quantized conv
+    (its int8 weight dequantized); None for any other module."""
+    from ..tasks.quantized import quantized_weight
+
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        return module.weight.detach()
+    weight = quantized_weight(module)
+    if weight is not None and weight.ndim in (4, 5):
+        return weight
+    return None
+
+
+def kernel_layers(model: nn.Module) -> list[str]:
+    """Names of every 2-d and 3-d convolution, quantized ones included."""
+    return [name for name, m in model.named_modules() if name and conv_weight(m) is not None]
+
+
+def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels: int = 16) -> KernelGrid:
+    """One conv layer's weights as a grid image (a 3-d conv: one tile per time step of each kernel)."""
     from ..images import tile_grid
 
-    weight = conv.weight.detach().float().cpu().numpy()
+    tensor = conv_weight(conv)
+    if tensor is None:
+        raise ValueError(f"{name} ({type(conv).__name__}) is not a convolution")
+    full_shape = tuple(tensor.shape)
+    weight = np.nan_to_num(tensor.float().cpu().numpy())
+    groups = getattr(conv, "groups", 1)
+    if weight.ndim == 5:  # (O, I, T, kh, kw)
+        if weight.shape[1] == 3 and groups == 1:  # colour tiles, one column per time step
+            filters = weight[:max_filters].transpose(0, 2, 3, 4, 1)  # (F, T, kh, kw, 3)
+            steps = filters.shape[1]
+            tiles = filters.reshape(-1, *filters.shape[2:])
+            image = tile_grid(_normalise_each(tiles), ncols=steps, padding=1, scale_to=TILE_PIXELS)
+            return KernelGrid(name, full_shape, "rgb-time", filters.shape[0], 3, image)
+        # deeper 3-d convs: each (input channel, time step) slice as a grey tile
+        weight = weight.reshape(weight.shape[0], -1, *weight.shape[3:])
     out_ch, in_ch = weight.shape[:2]
-    weight = np.nan_to_num(weight)
-    if in_ch == 3 and conv.groups == 1:
+    if in_ch == 3 and groups == 1:
         filters = weight[:max_filters].transpose(0, 2, 3, 1)  # (F, kh, kw, 3)
         image = tile_grid(_normalise_each(filters), padding=1, scale_to=TILE_PIXELS)
-        return KernelGrid(name, tuple(conv.weight.shape), "rgb", filters.shape[0], 3, image)
+        return KernelGrid(name, full_shape, "rgb", filters.shape[0], 3, image)
     if weight.shape[2:] == (1, 1) and in_ch > 1:
         # Pointwise: a 1x1 kernel normalised on its own is a flat grey pixel, so show the layer as
         # one (filters x channels) matrix normalised over the layer instead.
         matrix = weight[:max_filters, :max_channels, 0, 0]
         image = tile_grid(_normalise_each(matrix[None]), padding=0, scale_to=8 * max(matrix.shape))
-        return KernelGrid(name, tuple(conv.weight.shape), "pointwise", matrix.shape[0], matrix.shape[1], image)
+        return KernelGrid(name, full_shape, "pointwise", matrix.shape[0], matrix.shape[1], image)
     if in_ch == 1:
         tiles = weight[: max_filters * max_channels, 0]
         image = tile_grid(_normalise_each(tiles), padding=1, scale_to=TILE_PIXELS)
-        return KernelGrid(name, tuple(conv.weight.shape), "depthwise", tiles.shape[0], 1, image)
+        return KernelGrid(name, full_shape, "depthwise", tiles.shape[0], 1, image)
     shown_filters, shown_channels = min(out_ch, max_filters), min(in_ch, max_channels)
     tiles = weight[:shown_filters, :shown_channels].reshape(-1, *weight.shape[2:])
     image = tile_grid(_normalise_each(tiles), ncols=shown_channels, padding=1, scale_to=TILE_PIXELS)
-    return KernelGrid(name, tuple(conv.weight.shape), "channels", shown_filters, shown_channels, image)
+    return KernelGrid(name, full_shape, "channels", shown_filters, shown_channels, image)
 
 
 def kernel_grids(model: nn.Module | LoadedModel, layers: Sequence[str] | None = None, max_filters: int = 64,
                  max_channels: int = 16) -> list[KernelGrid]:
-    """Grids of every Conv2d (or of the named conv layers)."""
+    """Grids of every 2-d and 3-d conv, int8 quantized ones dequantized (or of the named conv layers)."""
     module, _ = unwrap(model)
-    names = list(layers) if layers else conv_layers(module)
+    names = list(layers) if layers else kernel_layers(module)
     grids = []
     with torch.no_grad():
         for name in names:
             conv = resolve_layer(module, name)
-            if isinstance(conv, nn.Conv2d):
+            if conv_weight(conv) is not None:
                 grids.append(kernel_grid(name, conv, max_filters, max_channels))
     return grids

@@ -113,6 +113,8 @@ def histogram_of(values: torch.Tensor | np.ndarray, bins: int = HISTOGRAM_BINS) 
 def parameter_summary(model: nn.Module | LoadedModel, include_grads: bool = True,
                       bins: int = HISTOGRAM_BINS) -> ParameterSummary:
     """One record per parameter tensor: its histogram, mean and std, and its gradient's histogram if it has one."""
+    from ..tasks.quantized import quantized_weight
+
     module, _ = unwrap(model)
     tensors = []
     with torch.no_grad():
@@ -121,4 +123,10 @@ def parameter_summary(model: nn.Module | LoadedModel, include_grads: bool = True
             grad = histogram_of(p.grad, bins) if include_grads and p.grad is not None else None
             tensors.append(ParameterTensor(name=name, shape=tuple(p.shape), histogram=histogram,
                                            mean=histogram.mean, std=std, grad=grad))
+        for name, sub in module.named_modules():  # int8 layers keep their weights outside parameters()
+            weight = quantized_weight(sub)
+            if weight is not None:
+                histogram, std = _summarise(weight, bins)
+                tensors.append(ParameterTensor(name=f"{name}.weight", shape=tuple(weight.shape), histogram=histogram,
+                                               mean=histogram.mean, std=std, grad=None))
     return ParameterSummary(tuple(tensors))

@@ -46,10 +46,12 @@ def _weights_on_meta(module: nn.Module) -> Iterator[None]:
 
 
 def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] | None = None,
-              depth: int = 3) -> StructureSummary:
+              depth: int = 3, num_inputs: int = 1, on_meta: bool = True) -> StructureSummary:
     """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224).
 
     Rows go ``depth`` levels deep; a container's mult-adds are the sum of its leaf layers'.
+    ``num_inputs`` tensors of that shape are passed (2 for RAFT's pair of frames). ``on_meta=False`` runs a
+    real forward (detectors cache anchors as plain attributes, which a meta run would leave on the meta device).
     """
     import torchinfo
 
@@ -62,11 +64,15 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
         try:
+            if not on_meta:
+                raise NotImplementedError("a real forward was asked for")
             with _weights_on_meta(module):
-                stats = torchinfo.summary(module, input_data=torch.zeros(shape, device="meta", dtype=dtype),
+                example = [torch.zeros(shape, device="meta", dtype=dtype)] * num_inputs
+                stats = torchinfo.summary(module, input_data=example,
                                           depth=max(depth, 1), verbose=0, device=torch.device("meta"), mode="eval")
         except Exception:  # data-dependent code, tensors kept outside parameters and buffers...: run it for real
-            stats = torchinfo.summary(module, input_data=torch.zeros(shape, device=device, dtype=dtype),
+            example = [torch.zeros(shape, device=device, dtype=dtype)] * num_inputs
+            stats = torchinfo.summary(module, input_data=example,
                                       depth=max(depth, 1), verbose=0, device=device, mode="eval")
     leaf_macs: dict[int, int] = {}
     for info in stats.summary_list:

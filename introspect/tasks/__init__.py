@@ -1,0 +1,143 @@
+"""The task registry: every torchvision model family and what introspect shows for it.
+
+Each :class:`Task` describes itself (name, summary, torchvision module, input kind,
+which report sections apply and why the others do not). ``task_of(name)`` finds the
+task of a torchvision model name; ``models_by_task()`` is the ``--list-models`` listing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .base import Task
+
+__all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names", "ALL_SECTIONS"]
+
+ALL_SECTIONS = frozenset({"structure", "graph", "kernels", "features", "cam", "histograms", "saliency", "filters",
+                          "embeddings", "quality"})
+_CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (its name must be new); returns it."""
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+register_task(Task(
+    name="classification",
+    summary="image classifiers: top-k classes, CAMs, saliency, filters, embeddings",
+    module="torchvision.models",
+    input_kind="image",
+    sections=ALL_SECTIONS,
+))
+register_task(Task(
+    name="quantized",
+    summary="int8 quantized classifiers: kernels dequantized, activation-only CAMs (eigencam, fem)",
+    module="torchvision.models.quantization",
+    input_kind="image",
+    sections=frozenset({"structure", "graph", "kernels", "features", "cam", "histograms"}),
+    not_applicable={
+        "saliency": "needs input gradients, and quantized int8 kernels have no autograd",
+        "filters": "gradient ascent on the input needs autograd, which quantized int8 kernels lack",
+        "embeddings": "not wired for quantized models yet",
+        "quality": "not wired for quantized models yet",
+    },
+    cam_methods=frozenset({"eigencam", "fem"}),
+    default_cam="eigencam",
+    build_kwargs={"quantize": True},
+    notes=("CAM: quantized int8 kernels have no autograd, so only the activation-only methods (eigencam, fem) "
+           "run; the default is eigencam",),
+))
+register_task(Task(
+    name="detection",
+    summary="object detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD): boxes drawn with COCO names",
+    module="torchvision.models.detection",
+    input_kind="image",
+    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    not_applicable={
+        "graph": "detection models take a list of images and return a list of dicts, which the graph tracer "
+                 "cannot record",
+        "cam": "detection CAMs (box-score targets) are not wired in yet; the detections are drawn instead",
+        "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
+        "quality": _CLASSIFIER_ONLY,
+    },
+    build_kwargs={"weights_backbone": None},
+))
+register_task(Task(
+    name="segmentation",
+    summary="semantic segmentation (FCN, DeepLabV3, LR-ASPP): the predicted mask with a legend of classes",
+    module="torchvision.models.segmentation",
+    input_kind="image",
+    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    not_applicable={
+        "graph": "segmentation models return a dict, which the graph tracer cannot record",
+        "cam": "segmentation CAMs (class-mask targets) are not wired in yet; the mask is drawn instead",
+        "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
+        "quality": _CLASSIFIER_ONLY,
+    },
+    build_kwargs={"weights_backbone": None, "aux_loss": False},
+))
+register_task(Task(
+    name="video",
+    summary="video classifiers (R3D, MC3, R(2+1)D, S3D, MViT, Swin3D): Kinetics-400 top-k, CAM over time",
+    module="torchvision.models.video",
+    input_kind="clip",
+    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
+    not_applicable={
+        "graph": "not traced for video models (large 5-d graphs); structure lists every layer",
+        "saliency": "written for single images, not clips", "filters": "written for single images, not clips",
+        "embeddings": "written for single images, not clips", "quality": "written for single images, not clips",
+    },
+))
+register_task(Task(
+    name="optical_flow",
+    summary="optical flow (RAFT): two frames -> the flow image and the feature encoder's maps",
+    module="torchvision.models.optical_flow",
+    input_kind="frame pair",
+    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    not_applicable={
+        "graph": "RAFT's iterative refinement loop is not traced (the graph would repeat it 12 times)",
+        "cam": "RAFT outputs a flow field, not class scores: there is no class to explain",
+        "saliency": "RAFT outputs a flow field, not class scores", "filters": "RAFT outputs a flow field, "
+        "not class scores", "embeddings": "RAFT outputs a flow field, not class scores",
+        "quality": "RAFT outputs a flow field, not class scores: there are no CAMs to score",
+    },
+))
+
+_ORDER = ("detection", "segmentation", "video", "optical_flow", "quantized")  # sub-modules before the top level
+
+
+@lru_cache(maxsize=1)
+def _name_to_task() -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for key in _ORDER:
+        for name in TASKS[key].model_names():
+            mapping.setdefault(name, key)
+    for name in TASKS["classification"].model_names():
+        mapping.setdefault(name, "classification")
+    return mapping
+
+
+def all_model_names() -> list[str]:
+    """Every model name torchvision registers, over all its modules (121 in torchvision 0.29)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models())
+
+
+def task_of(name: str) -> Task:
+    """The task of a torchvision model name (KeyError for an unknown name)."""
+    return TASKS[_name_to_task()[name]]
+
+
+def models_by_task() -> dict[str, list[str]]:
+    """Task name -> its model names (sorted), in the registry's order; every name appears once."""
+    grouped: dict[str, list[str]] = {key: [] for key in TASKS}
+    for name, key in sorted(_name_to_task().items()):
+        grouped[key].append(name)
+    return {key: names for key, names in grouped.items() if names}

@@ -1,0 +1,263 @@
+"""The report of a detection, segmentation, video or optical-flow model: the sections that apply to its task,
+each written through the :class:`~introspect.reporter.Reporter`.
+
+Classifiers (float and quantized) go through :func:`introspect.report.report`'s own path;
+this module runs the other tasks with one forward pass per batch serving predictions,
+feature maps and (for video) the CAMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..analyzers.features import feature_map
+from ..analyzers.kernels import kernel_grids
+from ..analyzers.parameters import parameter_summary
+from ..analyzers.structure import summarize
+from ..errors import TargetError, UsageError
+from ..layers import LayerChoice
+from ..models import LoadedModel
+from .common import run_model
+
+__all__ = ["TaskRun", "run_task", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
+
+BATCH_SIZE = 4
+DETECTION_THRESHOLD = 0.5
+
+
+@dataclass
+class TaskRun:
+    """What a task's report needs: the model, the inputs, the options and where to write."""
+
+    loaded: LoadedModel
+    images: list[str | Path]
+    reporter: object  # introspect.reporter.Reporter
+    sections: list[str]
+    methods: list[str] = field(default_factory=list)
+    cam_layer: str | None = None
+    layers: Sequence[str] | None = None
+    topk: int = 3
+    targets: list[int] | None = None
+    threshold: float = DETECTION_THRESHOLD
+    say: Callable[[str], None] = lambda message: None
+    info: dict[str, object] = field(default_factory=dict)
+    predictions: list = field(default_factory=list)
+
+
+def feature_root(model: nn.Module, task: str) -> str:
+    """The container whose children are the feature stages: a detector's or segmenter's backbone body,
+    RAFT's feature encoder, a video model's trunk."""
+    names = {name for name, _ in model.named_modules()}
+    if task == "optical_flow":
+        return "feature_encoder"
+    if task == "video":
+        return next((n for n in ("features", "blocks") if n in names), "")
+    return next((n for n in ("backbone.body", "backbone.features", "backbone") if n in names), "")
+
+
+def _children(model: nn.Module, root: str) -> list[str]:
+    container = model.get_submodule(root) if root else model
+    return [f"{root}.{name}" if root else name for name, _ in container.named_children()]
+
+
+def _stage_ends(shapes: dict[str, tuple[int, ...]], limit: int = 6) -> list[str]:
+    names = list(shapes)
+    ends = [n for n, after in zip(names, names[1:] + [None]) if after is None or shapes[after] != shapes[n]]
+    return ends[-limit:]
+
+
+def _static_sections(run: TaskRun, example_shape: tuple[int, ...], num_inputs: int = 1) -> None:
+    loaded, reporter = run.loaded, run.reporter
+    if "structure" in run.sections:
+        run.say("structure")
+        reporter.structure(summarize(loaded, input_size=example_shape, num_inputs=num_inputs,
+                                     on_meta=loaded.task != "detection"))
+    if "kernels" in run.sections:
+        run.say("kernels")
+        reporter.kernels(kernel_grids(loaded))
+    if "histograms" in run.sections:
+        run.say("histograms")
+        reporter.parameters(parameter_summary(loaded))
+
+
+def _feature_records(run: TaskRun, activations: dict[str, torch.Tensor], names: Sequence[str],
+                     as_map: Callable[[torch.Tensor], torch.Tensor] = lambda a: a) -> list:
+    """Feature-map records of the stage ends among ``activations`` (each turned (N, C, H, W) by ``as_map``)."""
+    maps = {layer: as_map(a) for layer, a in activations.items()}
+    maps = {layer: m for layer, m in maps.items() if m.ndim == 4}
+    chosen = list(run.layers) if run.layers else _stage_ends({k: tuple(v.shape[2:]) for k, v in maps.items()})
+    return [feature_map(LayerChoice(layer), name, maps[layer][n]) for n, name in enumerate(names)
+            for layer in chosen if layer in maps]
+
+
+def _capture(run: TaskRun, root: str) -> list[str]:
+    if "features" not in run.sections:
+        return []
+    return list(run.layers) if run.layers else _children(run.loaded.model, root)
+
+
+def _chunks(count: int, size: int = BATCH_SIZE):
+    for start in range(0, count, size):
+        yield slice(start, min(count, start + size))
+
+
+def run_detection(run: TaskRun) -> None:
+    """Detections drawn with their table, backbone feature maps, structure, kernels, histograms."""
+    from ..inputs import InputBatch, prepare_inputs
+    from .detection_view import detections_from_output
+
+    loaded, module = run.loaded, run.loaded.model
+    if run.targets:
+        raise TargetError(f"{loaded.name} is a detector: it explains detections, not a chosen class; drop targets=")
+    _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
+    if not run.images:
+        return
+    batch = prepare_inputs(run.images, loaded)
+    root = feature_root(module, "detection")
+    for part in _chunks(len(batch)):
+        chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
+        run.say(f"images {', '.join(chunk.names)}")
+        raw = run_model(module, chunk.tensor, capture=_capture(run, root))
+        for name, photo in zip(chunk.names, chunk.photos):
+            run.reporter.input_image(name, photo)
+        for record in detections_from_output(raw.output, chunk.photos, chunk.names, loaded.categories,
+                                             threshold=run.threshold):
+            run.reporter.detections(record)
+            run.predictions.append(record)
+        if raw.activations:
+            run.reporter.features(_feature_records(run, raw.activations, chunk.names))
+
+
+def run_segmentation(run: TaskRun) -> None:
+    """The mask over each photo with its legend and table, backbone feature maps, structure, kernels, histograms."""
+    from ..inputs import InputBatch, prepare_inputs
+    from .segmentation_view import segmentation_from_logits
+
+    loaded, module = run.loaded, run.loaded.model
+    if run.targets:
+        raise TargetError(f"{loaded.name} segments every class at once: drop targets=")
+    _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
+    if not run.images:
+        return
+    batch = prepare_inputs(run.images, loaded)
+    root = feature_root(module, "segmentation")
+    for part in _chunks(len(batch)):
+        chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
+        run.say(f"images {', '.join(chunk.names)}")
+        raw = run_model(module, chunk.tensor, capture=_capture(run, root))
+        logits = raw.output["out"] if isinstance(raw.output, dict) else raw.output
+        for name, photo in zip(chunk.names, chunk.photos):
+            run.reporter.input_image(name, photo)
+        for record in segmentation_from_logits(logits, chunk.photos, chunk.names, loaded.categories):
+            run.reporter.segmentation(record)
+            run.predictions.append(record)
+        if raw.activations:
+            run.reporter.features(_feature_records(run, raw.activations, chunk.names))
+
+
+def run_video(run: TaskRun) -> None:
+    """Kinetics top-k per clip, CAMs over time, the middle frame's feature maps, structure, kernels, histograms."""
+    from ..analyzers.cam import CAM_METHODS
+    from ..forward import run_forward
+    from .video import clip_cams, clip_predictions, prepare_clips, to_ncthw, video_cam_layer
+
+    loaded, module = run.loaded, run.loaded.model
+    length = loaded.clip_length or 16
+    _static_sections(run, (1, 3, length, loaded.input_size, loaded.input_size))
+    if not run.images:
+        return
+    clips = prepare_clips(run.images, loaded)
+    root = feature_root(module, "video")
+    channels_last = hasattr(module, "patch_embed")  # Swin3D lays out (N, T, H, W, C)
+    layer = video_cam_layer(module, clips.tensor[:1], run.cam_layer) if "cam" in run.sections else None
+    if layer is not None:
+        run.info["cam layer"] = f"{layer.name} ({layer.layout})"
+    needs_grad = layer is not None and any(CAM_METHODS[m].uses_gradients for m in run.methods)
+
+    def as_map(activation: torch.Tensor) -> torch.Tensor:  # the middle frame, (N, C, H, W)
+        if activation.ndim == 3:
+            grid = to_ncthw(activation, "tokens", clips.tensor.shape)
+        elif activation.ndim == 5:
+            grid = to_ncthw(activation, "nthwc" if channels_last else "ncthw", clips.tensor.shape)
+        else:
+            return activation
+        return grid[:, :, grid.shape[2] // 2]
+
+    encoded = False
+    for part in _chunks(len(clips)):
+        tensor = clips.tensor[part]
+        names = clips.names[part]
+        run.say(f"clips {', '.join(names)}")
+        feature_names = _capture(run, root)
+        capture = feature_names + ([layer.name] if layer is not None else [])
+        forward = run_forward(module, tensor, capture=list(dict.fromkeys(capture)),
+                              grad_layer=layer.name if needs_grad else None)
+        for n, name in enumerate(names):
+            run.reporter.input_image(name, clips.frames[part][n][len(clips.frames[part][n]) // 2])
+        for preds in clip_predictions(forward.logits, names, loaded.categories, max(run.topk, 5)):
+            run.reporter.predictions(preds)
+            run.predictions.append(preds)
+        if "features" in run.sections:
+            feats = {k: forward.activations[k] for k in feature_names}
+            run.reporter.features(_feature_records(run, feats, names, as_map))
+        if layer is not None:
+            if run.targets:
+                classes = torch.tensor(run.targets, dtype=torch.long).expand(len(names), -1).clone()
+            else:
+                classes = forward.logits.topk(min(run.topk, forward.logits.shape[-1]), dim=-1).indices
+            from .video import ClipBatch
+
+            part_clips = ClipBatch(tensor, clips.frames[part], names, clips.static[part])
+            encoded = run.reporter.clip_cams(clip_cams(forward, part_clips, run.methods, layer, classes,
+                                                       loaded.categories))
+        forward.release()
+    if layer is not None:
+        run.info["cam videos"] = "written (VIDEOS tab)" if encoded else \
+            "not written: TensorBoard's video encoder needs moviepy (pip install moviepy); the IMAGES strips show " \
+            "the frames"
+
+
+def run_flow(run: TaskRun) -> None:
+    """The flow image of each frame pair, the feature encoder's maps of the first frame, structure, kernels,
+    histograms."""
+    from .flow import prepare_pairs, flow_results
+
+    loaded, module = run.loaded, run.loaded.model
+    if run.targets:
+        raise TargetError(f"{loaded.name} estimates optical flow and has no classes: drop targets=")
+    if not run.images:
+        raise UsageError(f"{loaded.name} estimates the motion between two frames: give two images (images=[first, "
+                         "second]) or one clip")
+    pairs = prepare_pairs(run.images, loaded)
+    _static_sections(run, (1, 3, loaded.input_size, loaded.input_size), num_inputs=2)
+    root = feature_root(module, "optical_flow")
+    for part in _chunks(len(pairs)):
+        names = pairs.names[part]
+        run.say(f"frame pairs {', '.join(names)}")
+        raw = run_model(module, (pairs.first[part], pairs.second[part]), capture=_capture(run, root))
+        flows = raw.output[-1] if isinstance(raw.output, (list, tuple)) else raw.output
+        for record in flow_results(flows, type(pairs)(pairs.first[part], pairs.second[part], pairs.photos[part],
+                                                        names)):
+            run.reporter.flow(record)
+            run.predictions.append(record)
+        if raw.activations:  # the encoder ran on both frames at once: keep the first frame's maps
+            first = {k: v[: len(names)] for k, v in raw.activations.items()}
+            run.reporter.features(_feature_records(run, first, names))
+
+
+TASK_RUNNERS: dict[str, Callable[[TaskRun], None]] = {
+    "detection": run_detection,
+    "segmentation": run_segmentation,
+    "video": run_video,
+    "optical_flow": run_flow,
+}
+
+
+def run_task(run: TaskRun) -> None:
+    """Write the report of ``run.loaded`` (a detection, segmentation, video or optical-flow model)."""
+    TASK_RUNNERS[run.loaded.task](run)

@@ -1,0 +1,287 @@
+"""Video classifiers: clips in (animated GIF, folder of frames, video file, or a still photo repeated),
+Kinetics-400 top-k out, and CAMs over time.
+
+A clip is ``loaded.clip_length`` frames sampled evenly over the source, each frame
+resized, centre-cropped and normalised with the weights' VideoClassification preset,
+stacked as (N, C, T, H, W). The CAM layer is the model's last spatio-temporal layer:
+the last top-level child whose output is 5-d (N, C, T, H, W), channels-last after a
+LayerNorm (Swin3D), or tokens (N, 1 + T*H*W, C) (MViT). Gradient methods weight each
+channel by its mean gradient over T, H and W together (pytorch-grad-cam's 5-d rule);
+the (T, H, W) map is resized trilinearly to the clip.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analyzers.cam import CAM_METHODS, cam_maps, parse_cam_methods
+from ..analyzers.predictions import class_name
+from ..errors import ImageError, IntrospectWarning, UnknownMethodError, UsageError
+from ..forward import ForwardPass
+from ..hooks import first_tensor, inspecting
+from ..layers import resolve_layer
+from ..records import ClipCamResult, Predictions
+
+__all__ = ["VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoLayer", "read_frames", "prepare_clips",
+           "video_cam_layer", "to_ncthw", "clip_predictions", "clip_cams", "video_available"]
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+MIN_FRAME_SIDE = 16  # smaller frames carry no picture once upscaled to the model's size
+MAX_STRIP_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class ClipBatch:
+    """Preprocessed clips and what they look like."""
+
+    tensor: torch.Tensor  # (N, 3, T, H, W), normalised
+    frames: np.ndarray  # uint8 (N, T, H, W, 3): the pixels the model saw
+    names: tuple[str, ...]
+    static: tuple[bool, ...]  # True where a still photo was repeated
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+
+@dataclass(frozen=True)
+class VideoLayer:
+    """A video CAM layer and how to lay its output out as (N, C, T, H, W)."""
+
+    name: str
+    layout: str  # "ncthw", "nthwc" (channels-last) or "tokens" (N, 1 + T*H*W, C)
+
+
+def video_available() -> bool:
+    """Whether video files can be decoded here (PyAV, the ``introspect[video]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
+
+
+def _decode_video(path: Path) -> list:
+    if not video_available():
+        raise ImageError(f"{path} is a video file, and decoding one needs PyAV: pip install 'introspect[video]' "
+                         "(or av), or give an animated GIF or a folder of frames")
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return [frame.to_image() for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise ImageError(f"cannot decode video {path} ({type(exc).__name__}: {exc}); re-encode it or give its "
+                         "frames as a folder of images") from None
+
+
+def read_frames(path: str | Path) -> tuple[list, bool]:
+    """The frames of one clip as RGB PIL images, and whether it is a still photo.
+
+    Args:
+        path: an animated GIF (or other multi-frame image), a folder of frames (sorted by name),
+            a video file (needs PyAV), or a still photo.
+    Returns:
+        (frames, still).
+    """
+    from PIL import Image, ImageSequence
+
+    from ..images import find_images, load_image
+
+    p = Path(path)
+    if p.is_dir():
+        frames = [load_image(f) for f in sorted(find_images([p]))]
+        still = False
+    elif p.suffix.lower() in VIDEO_SUFFIXES:
+        frames = [f.convert("RGB") for f in _decode_video(p)]
+        still = False
+    else:
+        with warnings.catch_warnings():  # load_image warns that it keeps the first frame: all are read below
+            warnings.simplefilter("ignore", IntrospectWarning)
+            first = load_image(p)
+        frames = [first]
+        with Image.open(p) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                frames = [f.convert("RGB") for f in ImageSequence.Iterator(img)]
+        still = len(frames) == 1
+    if not frames:
+        raise ImageError(f"{p} holds no frames: give an animated GIF, a folder of frames or a video file")
+    w, h = frames[0].size
+    if min(w, h) < MIN_FRAME_SIDE:
+        raise ImageError(f"{p} has {w}x{h} frames, too small to show a video model anything: give frames of at "
+                         f"least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} pixels")
+    return frames, still
+
+
+def _sample(count: int, length: int) -> list[int]:
+    """``length`` frame indices spread evenly over ``count`` frames (repeating frames of a short clip)."""
+    return [int(round(i)) for i in np.linspace(0, count - 1, length)]
+
+
+def prepare_clips(paths: Sequence[str | Path], loaded, length: int | None = None) -> ClipBatch:
+    """A batch of clips for a video model.
+
+    Args:
+        paths: one clip per path (see :func:`read_frames`).
+        loaded: the :class:`~introspect.models.LoadedModel` (its per-frame transform and clip length).
+        length: frames per clip (default ``loaded.clip_length``).
+    Returns:
+        :class:`ClipBatch`; a still photo is repeated as a static clip, with an IntrospectWarning.
+    """
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from ..images import tag_names, to_display
+
+    length = length or loaded.clip_length or 16
+    if length < 1:
+        raise UsageError(f"length={length} frames: give 1 or more")
+    transform = loaded.transform
+    tensors, frames, stills = [], [], []
+    for path in paths:
+        images, still = read_frames(path)
+        if still:
+            warnings.warn(f"{Path(path).name} is a still photo: shown to {loaded.name} as a static clip of "
+                          f"{length} identical frames (no motion to see)", IntrospectWarning, stacklevel=2)
+        picked = [images[i] for i in _sample(len(images), length)]
+        size = picked[0].size
+        raw = torch.stack([pil_to_tensor(img.convert("RGB").resize(size)) for img in picked])  # (T, 3, H, W) uint8
+        clip = transform(raw)  # (3, T, H, W), normalised
+        tensors.append(clip)
+        frames.append(to_display(clip.permute(1, 0, 2, 3), transform.mean, transform.std))
+        stills.append(still)
+    names = tag_names([Path(p).stem or Path(p).name for p in paths])
+    return ClipBatch(torch.stack(tensors), np.stack(frames), tuple(names), tuple(stills))
+
+
+def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = None) -> VideoLayer:
+    """The CAM layer of a video model: ``layer`` if given, else the last top-level child whose output is 5-d or
+    tokens, found by running ``clip`` (N, 3, T, H, W) once."""
+    outputs: dict[str, tuple[int, ...]] = {}
+    modules = {name: child for name, child in model.named_children()}
+    if layer is not None:
+        modules = {layer: resolve_layer(model, layer)}
+
+    def recording(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            try:
+                outputs.setdefault(name, tuple(first_tensor(output).shape))
+            except TypeError:
+                pass
+        return hook
+
+    with inspecting(model) as scope:
+        for name, module in modules.items():
+            scope.forward_hook(module, recording(name))
+        with torch.inference_mode():
+            model(clip)
+    candidates = [name for name in modules if name in outputs and len(outputs[name]) in (3, 5)]
+    if not candidates:
+        raise UnknownMethodError(f"no layer of {type(model).__name__} has a spatio-temporal output to explain: "
+                                 "pass one with layer=NAME") if layer is None else \
+            UsageError(f"layer {layer!r} gives {outputs.get(layer)}, not a (N, C, T, H, W) or token output: pick "
+                       "another")
+    name = candidates[-1]
+    module = resolve_layer(model, name)
+    if len(outputs[name]) == 3:
+        return VideoLayer(name, "tokens")
+    return VideoLayer(name, "nthwc" if isinstance(module, nn.LayerNorm) else "ncthw")
+
+
+def to_ncthw(activation: torch.Tensor, layout: str, clip_shape: Sequence[int]) -> torch.Tensor:
+    """A video layer's output as (N, C, T, H, W); tokens drop their class token and take the grid whose time
+    length divides the clip's (MViT keeps T/2 and pools H, W to a square)."""
+    if layout == "ncthw":
+        return activation
+    if layout == "nthwc":
+        return activation.permute(0, 4, 1, 2, 3)
+    n, tokens, channels = activation.shape
+    t_in = int(clip_shape[2])
+    for stride in (2, 1, 4, 8):
+        t = max(1, t_in // stride)
+        for drop in (1, 0):
+            side = math.isqrt(max(tokens - drop, 0) // t)
+            if side and t * side * side == tokens - drop:
+                grid = activation[:, drop:, :].reshape(n, t, side, side, channels)
+                return grid.permute(0, 4, 1, 2, 3)
+    raise ValueError(f"cannot lay {tokens} tokens out as a (T, H, W) grid for a {t_in}-frame clip")
+
+
+def clip_predictions(logits: torch.Tensor, names: Sequence[str], categories: Sequence[str],
+                     topk: int = 5) -> list[Predictions]:
+    """Top-k classes (Kinetics-400 names for torchvision's video models) of each clip."""
+    probs = torch.softmax(logits.detach().float(), dim=-1).cpu()
+    values, indices = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+    return [Predictions(image_name=name, indices=tuple(int(i) for i in idx),
+                        names=tuple(class_name(categories, int(i)) for i in idx),
+                        probabilities=tuple(float(v) for v in vals))
+            for name, idx, vals in zip(names, indices, values)]
+
+
+def _strip(overlays: np.ndarray, labels: Sequence[str], shown: Sequence[int]) -> np.ndarray:
+    from ..images import label_image, tile_grid
+
+    tiles = [label_image(overlays[j, t], f"{labels[j]} t={t}" if i == 0 else f"t={t}")
+             for j in range(overlays.shape[0]) for i, t in enumerate(shown)]
+    return tile_grid(np.stack(tiles), ncols=len(shown), padding=2)
+
+
+def clip_cams(
+    forward: ForwardPass,
+    clips: ClipBatch,
+    methods: Sequence[str],
+    layer: VideoLayer,
+    classes: torch.Tensor,
+    categories: Sequence[str],
+    *,
+    colormap: str = "jet",
+) -> list[ClipCamResult]:
+    """CAMs over time of every clip and method, from a forward pass that captured ``layer.name`` (and made it
+    the gradient leaf when a gradient method is asked for).
+
+    Args:
+        forward: :func:`introspect.forward.run_forward` on ``clips.tensor``.
+        clips: the batch.
+        methods: single-pass CAM method names.
+        layer: from :func:`video_cam_layer`.
+        classes: (N, k) class indices to explain.
+        categories: class names.
+    Returns:
+        one :class:`ClipCamResult` per method and clip.
+    """
+    from ..images import overlay
+
+    size = tuple(clips.tensor.shape[2:])  # (T, H, W)
+    activation = to_ncthw(forward.activations[layer.name], layer.layout, clips.tensor.shape).float()
+    probs = forward.probabilities.cpu()
+    results = []
+    for name in parse_cam_methods(methods):
+        method = CAM_METHODS[name]
+        if not method.single_pass:
+            raise UnknownMethodError(f"{name} is not offered for video models (it needs many forward passes): "
+                                     f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if m.single_pass)}")
+        grads = None
+        if method.uses_gradients:
+            raw = forward.gradients(classes)
+            grads = torch.stack([to_ncthw(g, layer.layout, clips.tensor.shape) for g in raw]).float()
+        maps = cam_maps(name, activation, grads, size).expand(classes.shape[1], -1, -1, -1, -1).cpu().numpy()
+        shown = _sample(size[0], min(MAX_STRIP_FRAMES, size[0]))
+        shown = list(dict.fromkeys(shown))
+        for n, clip_name in enumerate(clips.names):
+            indices = [int(c) for c in classes[n]]
+            labels = [class_name(categories, i) for i in indices]
+            heat = maps[:, n].astype(np.float32)  # (k, T, H, W)
+            overlays = np.stack([np.stack([overlay(clips.frames[n, t], heat[j, t], colormap)
+                                           for t in range(size[0])]) for j in range(len(indices))])
+            panel_labels = [f"{label} {float(probs[n, i]):.1%}" for label, i in zip(labels, indices)]
+            results.append(ClipCamResult(
+                method=name, layer=layer.name, clip_name=clip_name, class_indices=tuple(indices),
+                class_names=tuple(labels), probabilities=tuple(float(probs[n, i]) for i in indices),
+                heatmaps=heat, overlays=overlays, frames_shown=tuple(shown),
+                image=_strip(overlays, panel_labels, shown),
+            ))
+    return results
