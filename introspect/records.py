@@ -526,7 +526,7 @@ class FlowResult(_ImageRecord):
     def to_markdown(self) -> str:
         """The flow's size and magnitudes as a Markdown table."""
         h, w = self.flow.shape[1:]
-        return _markdown_table(["pair", "size", "mean |flow| (px)", "max |flow| (px)"],
+        return _markdown_table(["pair", "size", "mean flow magnitude (px)", "max flow magnitude (px)"],
                                [[self.pair_name, f"{w}x{h}", f"{self.mean_magnitude:.3f}",
                                  f"{self.max_magnitude:.3f}"]])
 

@@ -39,7 +39,7 @@ from .records import CamQuality
 from .tasks import TASKS
 from .tasks.base import Task
 from .tasks.quantized import check_cam_methods
-from .tasks.runner import TASK_RUNNERS, TaskRun, run_task
+from .tasks.runner import TASK_RUNNERS, TaskRun, prepare_task_inputs, run_task
 
 __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "parse_sections", "RunSummary", "report"]
 
@@ -286,8 +286,7 @@ def _task_report(loaded: LoadedModel, task: Task, images, logdir, run_name, chos
     if targets:
         target_indices = [resolve_target(t, loaded.categories, len(loaded.categories)) for t in targets] \
             if loaded.categories else list(targets)
-    if not image_list and task.name == "optical_flow":
-        raise UsageError(f"{loaded.name} estimates the motion between two frames: add two --image (or one clip)")
+    prepared = prepare_task_inputs(loaded, image_list)
     run_dir = new_run_dir(logdir, run_name, loaded.name)
     summary = RunSummary(run_dir=run_dir, sections=chosen, tags={})
     info: dict[str, object] = {
@@ -311,7 +310,7 @@ def _task_report(loaded: LoadedModel, task: Task, images, logdir, run_name, chos
     reporter = Reporter(run_dir)
     run = TaskRun(loaded=loaded, images=image_list, reporter=reporter, sections=chosen, methods=methods,
                   cam_layer=cam_layer, layers=layers, topk=topk, targets=target_indices, threshold=threshold,
-                  say=say, info=info)
+                  say=say, info=info, prepared=prepared)
     try:
         run_task(run)
         status = "completed"

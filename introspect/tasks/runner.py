@@ -24,7 +24,7 @@ from ..layers import LayerChoice
 from ..models import LoadedModel
 from .common import run_model
 
-__all__ = ["TaskRun", "run_task", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
+__all__ = ["TaskRun", "run_task", "prepare_task_inputs", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
 
 BATCH_SIZE = 4
 DETECTION_THRESHOLD = 0.5
@@ -47,6 +47,29 @@ class TaskRun:
     say: Callable[[str], None] = lambda message: None
     info: dict[str, object] = field(default_factory=dict)
     predictions: list = field(default_factory=list)
+    prepared: object = None  # the inputs, from prepare_task_inputs (read before anything is written)
+
+
+def prepare_task_inputs(loaded: LoadedModel, images: Sequence[str | Path]) -> object:
+    """Read and preprocess the inputs of a task's run, so bad input fails before a run is written.
+
+    Returns an :class:`~introspect.inputs.InputBatch` (detection, segmentation), a
+    :class:`~introspect.tasks.video.ClipBatch` (video), :class:`~introspect.tasks.flow.FramePairs`
+    (optical flow), or None without images.
+    """
+    if loaded.task == "optical_flow":
+        from .flow import prepare_pairs
+
+        return prepare_pairs(images, loaded)
+    if not images:
+        return None
+    if loaded.task == "video":
+        from .video import prepare_clips
+
+        return prepare_clips(images, loaded)
+    from ..inputs import prepare_inputs
+
+    return prepare_inputs(images, loaded)
 
 
 def feature_root(model: nn.Module, task: str) -> str:
@@ -117,7 +140,7 @@ def run_detection(run: TaskRun) -> None:
     _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
     if not run.images:
         return
-    batch = prepare_inputs(run.images, loaded)
+    batch = run.prepared if run.prepared is not None else prepare_inputs(run.images, loaded)
     root = feature_root(module, "detection")
     for part in _chunks(len(batch)):
         chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
@@ -144,7 +167,7 @@ def run_segmentation(run: TaskRun) -> None:
     _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
     if not run.images:
         return
-    batch = prepare_inputs(run.images, loaded)
+    batch = run.prepared if run.prepared is not None else prepare_inputs(run.images, loaded)
     root = feature_root(module, "segmentation")
     for part in _chunks(len(batch)):
         chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
@@ -171,7 +194,7 @@ def run_video(run: TaskRun) -> None:
     _static_sections(run, (1, 3, length, loaded.input_size, loaded.input_size))
     if not run.images:
         return
-    clips = prepare_clips(run.images, loaded)
+    clips = run.prepared if run.prepared is not None else prepare_clips(run.images, loaded)
     root = feature_root(module, "video")
     channels_last = hasattr(module, "patch_embed")  # Swin3D lays out (N, T, H, W, C)
     layer = video_cam_layer(module, clips.tensor[:1], run.cam_layer) if "cam" in run.sections else None
@@ -230,10 +253,7 @@ def run_flow(run: TaskRun) -> None:
     loaded, module = run.loaded, run.loaded.model
     if run.targets:
         raise TargetError(f"{loaded.name} estimates optical flow and has no classes: drop targets=")
-    if not run.images:
-        raise UsageError(f"{loaded.name} estimates the motion between two frames: give two images (images=[first, "
-                         "second]) or one clip")
-    pairs = prepare_pairs(run.images, loaded)
+    pairs = run.prepared if run.prepared is not None else prepare_pairs(run.images, loaded)
     _static_sections(run, (1, 3, loaded.input_size, loaded.input_size), num_inputs=2)
     root = feature_root(module, "optical_flow")
     for part in _chunks(len(pairs)):

@@ -14,7 +14,9 @@ import torch
 from ..analyzers.predictions import class_name
 from ..records import SegmentationResult
 
-__all__ = ["segmentation_from_logits"]
+__all__ = ["segmentation_from_logits", "LEGEND_WIDTH"]
+
+LEGEND_WIDTH = 220  # pixels: room for a class name and its share
 
 _COLORS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [67, 99, 216], [245, 130, 49],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [188, 246, 12], [250, 190, 190],
@@ -80,8 +82,11 @@ def segmentation_from_logits(
         drawn = draw_segmentation_masks(canvas, boolean, alpha=alpha, colors=[_color(c) for c in present])
         drawn = drawn.permute(1, 2, 0).contiguous().numpy()
         labels = [class_name(categories, c) for c in present]
-        legend = _legend(drawn.shape[1], [(n, s, _color(c)) for n, s, c in
-                                          zip(labels[:max_legend], shares[:max_legend], present[:max_legend])])
+        width = max(drawn.shape[1], LEGEND_WIDTH)
+        if width > drawn.shape[1]:  # a small input: widen with white so the legend's names fit
+            drawn = np.pad(drawn, ((0, 0), (0, width - drawn.shape[1]), (0, 0)), constant_values=255)
+        legend = _legend(width, [(n, s, _color(c)) for n, s, c in
+                                 zip(labels[:max_legend], shares[:max_legend], present[:max_legend])])
         results.append(SegmentationResult(
             image_name=image_name, mask=mask.numpy().astype(np.int64), classes=tuple(present), names=tuple(labels),
             shares=tuple(shares), image=np.concatenate([drawn, legend], axis=0),

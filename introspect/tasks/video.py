@@ -159,8 +159,8 @@ def prepare_clips(paths: Sequence[str | Path], loaded, length: int | None = None
 
 
 def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = None) -> VideoLayer:
-    """The CAM layer of a video model: ``layer`` if given, else the last top-level child whose output is 5-d or
-    tokens, found by running ``clip`` (N, 3, T, H, W) once."""
+    """The CAM layer of a video model: ``layer`` if given, else the last top-level child before the global
+    pooling whose output is 5-d or tokens, found by running ``clip`` (N, 3, T, H, W) once."""
     outputs: dict[str, tuple[int, ...]] = {}
     modules = {name: child for name, child in model.named_children()}
     if layer is not None:
@@ -179,7 +179,11 @@ def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = No
             scope.forward_hook(module, recording(name))
         with torch.inference_mode():
             model(clip)
-    candidates = [name for name in modules if name in outputs and len(outputs[name]) in (3, 5)]
+    names = list(modules)
+    if layer is None:  # the head starts at the first pooling child: only what comes before it still has a layout
+        pooling = [i for i, name in enumerate(names) if "pool" in type(modules[name]).__name__.lower()]
+        names = names[: pooling[0]] if pooling else names
+    candidates = [name for name in names if name in outputs and len(outputs[name]) in (3, 5)]
     if not candidates:
         raise UnknownMethodError(f"no layer of {type(model).__name__} has a spatio-temporal output to explain: "
                                  "pass one with layer=NAME") if layer is None else \
