@@ -361,3 +361,43 @@ def test_model_untouched_by_a_task_report(tmp_path, moving_gif, name, size, imag
     paths = {"cat": [CAT], "gif": [moving_gif], "pair": [CAT, COFFEE]}[images]
     report(loaded, paths, logdir=tmp_path / "runs")
     assert_untouched(before, model)
+
+
+# -- the sweep: every torchvision model name runs the default sections -------------------
+
+_FIXED_224 = ("vit_", "swin_", "swin_v2", "maxvit", "mvit_", "s3d")
+
+
+def _sweep_args(name: str, clip: Path) -> list[str]:
+    """Small inputs where the model allows them."""
+    task = task_of(name).name
+    if task == "optical_flow":
+        return ["--image", str(CAT), "--image", str(COFFEE), "--input-size", "128"]
+    if task == "video":
+        size = "224" if name.startswith(_FIXED_224) else "32"
+        return ["--image", str(clip), "--input-size", size]
+    if name.startswith(_FIXED_224):
+        size = "224"
+    elif "inception" in name:
+        size = "80"
+    elif task == "segmentation":
+        size = "64"
+    elif task == "detection":
+        size = "128"
+    else:
+        size = "64"
+    return ["--image", str(CAT), "--input-size", size]
+
+
+_EXPECTED_TAG = {"classification": "cam/gradcam/cat", "quantized": "cam/eigencam/cat", "detection": "detections/cat",
+                 "segmentation": "segmentation/cat", "video": "cam/gradcam/square", "optical_flow": "flow/cat-coffee"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(torchvision.models.list_models()))
+def test_every_torchvision_model_runs(tmp_path, moving_gif, name):
+    acc, _ = cli_run([name, *_sweep_args(name, moving_gif)], tmp_path)
+    tags = set(acc.Tags()["images"]) | set(acc.Tags()["tensors"])
+    assert _EXPECTED_TAG[task_of(name).name] in tags, sorted(tags)[:20]
+    assert {"structure/summary", "run/info"} <= tags
+    assert "| status | completed" in text(acc, "run/info")
