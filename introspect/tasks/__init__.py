@@ -33,7 +33,7 @@ register_task(Task(
     summary="image classifiers: top-k classes, CAMs, saliency, filters, embeddings",
     module="torchvision.models",
     input_kind="image",
-    sections=ALL_SECTIONS,
+    sections=None,
 ))
 register_task(Task(
     name="quantized",

@@ -28,7 +28,7 @@ class Task:
         summary: one line for ``--list-models``.
         module: the torchvision module its models come from, e.g. ``"torchvision.models.detection"``.
         input_kind: ``"image"``, ``"clip"`` or ``"frame pair"``.
-        sections: the report sections that apply.
+        sections: the report sections that apply (None: every registered section, new ones included).
         not_applicable: section -> why it is skipped (written into ``run/info``).
         cam_methods: CAM method names it can run (``None``: every one).
         default_cam: the CAM method used when the caller keeps the default (``None``: the caller's).
@@ -40,7 +40,7 @@ class Task:
     summary: str
     module: str
     input_kind: str
-    sections: frozenset[str]
+    sections: frozenset[str] | None
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     cam_methods: frozenset[str] | None = None
     default_cam: str | None = None
@@ -65,6 +65,6 @@ class Task:
 
     def skip_reason(self, section: str) -> str | None:
         """Why ``section`` does not run for this task, or None when it does."""
-        if section in self.sections:
+        if self.sections is None or section in self.sections:
             return None
         return self.not_applicable.get(section, f"{section} does not apply to {self.name} models")
