@@ -43,7 +43,7 @@ from .records import (
     ParameterSummary,
     Predictions,
     StructureSummary,
-    _markdown_table,
+    markdown_table,
 )
 
 __all__ = ["new_run_dir", "Reporter"]
@@ -231,7 +231,7 @@ class Reporter:
 
     def run_info(self, info: dict[str, object], warnings: Sequence[str] = ()) -> None:
         """``run/info``: a key/value table, then a bold WARNINGS list if any."""
-        markdown = _markdown_table(["key", "value"], [[_cell(k), _cell(v)] for k, v in info.items()])
+        markdown = markdown_table(["key", "value"], [[_cell(k), _cell(v)] for k, v in info.items()])
         if warnings:
             markdown += "\n\n**WARNINGS**\n\n" + "\n".join(f"- **{_cell(w)}**" for w in warnings)
         self.text("run/info", markdown)
@@ -334,7 +334,7 @@ def _feature_stats_table(maps: Sequence[FeatureMap]) -> str:
         [_cell(m.layer), _shape(m.shape), f"{m.mean:.4g}", f"{m.std:.4g}", f"{m.zero_fraction:.3f}"]
         for m in maps
     ]
-    return _markdown_table(["layer", "shape", "mean", "std", "zero fraction"], rows)
+    return markdown_table(["layer", "shape", "mean", "std", "zero fraction"], rows)
 
 
 def _traced_graph(model: nn.Module, example_input: torch.Tensor) -> Any:

@@ -1,6 +1,6 @@
 """The pointing game on the synthetic task: each gradient-family CAM of the true class peaks on the object.
 
-The reference model of :mod:`introspect.synthetic` is trained once per test process
+The reference model of :mod:`introspect.testing.synthetic` is trained once per test process
 (tests/synthetic_reference.py); its held-out set has 200 images whose deciding
 object's box is known. A hit is a map peak inside the box (no margin).
 """
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_untouched, model_state
 
-from introspect import pointing_game, synthetic
+from introspect import pointing_game
+from introspect.testing import synthetic
 from introspect.analyzers.pointing import GRADIENT_METHODS, SINGLE_PASS_METHODS
 from introspect.records import PointingGame
 

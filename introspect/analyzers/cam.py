@@ -24,9 +24,9 @@ from torch import nn
 from ..errors import IntrospectWarning, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 
@@ -295,7 +295,7 @@ def cams_from_pass(
     colormap: str = "jet",
 ) -> list[CamResult]:
     """CAM results for every method and image, from a forward pass that captured ``layer``."""
-    from ..images import labelled_row, overlay
+    from ..drawing import labelled_row, overlay
 
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()

@@ -20,7 +20,7 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     labelled tiles wide: "<class> <probability>" on the photo, "<method>: <class>" on
     each overlay. Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
     """
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     if isinstance(photos, InputBatch):
         photos = dict(zip(photos.names, photos.photos))

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..hooks import first_tensor, inspecting
-from ..inputs import stream_inputs, unwrap
-from ..models import LoadedModel
+from ..inputs import stream_inputs
+from ..models import LoadedModel, unwrap
 from ..records import EmbeddingSet
 from .predictions import class_name
 

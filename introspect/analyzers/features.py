@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from ..forward import ForwardPass, run_forward
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, default_feature_layers, resolve_layer
 from ..layers import to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import FeatureMap
 
 __all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
@@ -30,7 +30,7 @@ def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None)
 
 
 def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int) -> FeatureMap:
-    from ..images import normalize01, tile_grid
+    from ..drawing import normalize01, tile_grid
 
     maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
     maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)

@@ -25,9 +25,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..hooks import first_tensor, inspecting
-from ..inputs import unwrap
 from ..layers import LayerChoice, default_feature_layers, resolve_layer, to_nchw
-from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 from ..records import FilterGrid
 
 __all__ = ["visualize_filters", "default_filter_layers"]
@@ -184,7 +183,7 @@ def _mean_activation(maps: torch.Tensor, filters: Sequence[int]) -> torch.Tensor
 
 
 def _grid(tiles: np.ndarray, filters: Sequence[int]) -> np.ndarray:
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     labelled = np.stack([label_image(tile, f"filter {f}") for tile, f in zip(tiles, filters)])
     return tile_grid(labelled, ncols=math.ceil(math.sqrt(len(filters))), padding=4)

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import unwrap
 from ..layers import conv_layers, resolve_layer
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import KernelGrid
 
 __all__ = ["kernel_grids", "kernel_grid"]
@@ -37,7 +36,7 @@ def _normalise_each(tiles: np.ndarray) -> np.ndarray:
 
 def kernel_grid(name: str, conv: nn.Conv2d, max_filters: int = 64, max_channels: int = 16) -> KernelGrid:
     """One conv layer's weights as a grid image."""
-    from ..images import tile_grid
+    from ..drawing import tile_grid
 
     weight = conv.weight.detach().float().cpu().numpy()
     out_ch, in_ch = weight.shape[:2]

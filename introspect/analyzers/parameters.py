@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import unwrap
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import Histogram, ParameterSummary, ParameterTensor
 
 __all__ = ["parameter_summary", "histogram_of", "HISTOGRAM_BINS"]

@@ -1,6 +1,6 @@
 """The pointing game: does a class activation map's peak fall on the object that decides the class?
 
-Needs images whose evidence location is known (e.g. :mod:`introspect.synthetic`).
+Needs images whose evidence location is known (e.g. :mod:`introspect.testing.synthetic`).
 Every map is of the image's *true* class (one class per image, so each image gets
 its own target in one batched gradient call), computed with the single-pass CAM
 methods from one shared forward pass per batch.

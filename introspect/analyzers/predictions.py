@@ -10,8 +10,8 @@ from torch import nn
 
 from ..errors import TargetError
 from ..forward import ForwardPass, run_forward
-from ..inputs import Inputs, prepare_inputs, unwrap
-from ..models import LoadedModel
+from ..inputs import Inputs, prepare_inputs
+from ..models import LoadedModel, unwrap
 from ..records import Predictions
 
 __all__ = ["predict", "predictions_from_pass", "resolve_target", "class_name"]

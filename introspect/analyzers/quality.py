@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ..hooks import inspecting
-from ..inputs import Inputs, prepare_inputs, unwrap
-from ..models import LoadedModel
+from ..inputs import Inputs, prepare_inputs
+from ..models import LoadedModel, unwrap
 from ..records import CamQuality, CamResult
 
 __all__ = ["cam_quality", "rank_map", "DEFAULT_PERCENT"]

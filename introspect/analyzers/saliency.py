@@ -25,9 +25,9 @@ from torch import nn
 
 from ..errors import IntrospectWarning, UnknownMethodError
 from ..hooks import first_tensor, inspecting
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, resolve_layer, to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import SaliencyMap, SaliencyResult
 from .cam import CAM_METHODS, _normalise, cam_layer_choice
 from .predictions import class_name, resolve_target
@@ -121,7 +121,7 @@ def _magnitude(gradient: np.ndarray) -> np.ndarray:
 
 
 def _draw_magnitude(saliency: np.ndarray) -> np.ndarray:
-    from ..images import normalize01
+    from ..drawing import normalize01
 
     hi = float(np.percentile(saliency, 99.5)) if saliency.size else 0.0
     grey = normalize01(np.clip(saliency, 0.0, hi) if hi > 0 else saliency)
@@ -148,7 +148,7 @@ def saliency_from_batch(
 
     ``layer`` is the Grad-CAM target layer (needed only for ``guidedgradcam``).
     """
-    from ..images import labelled_row
+    from ..drawing import labelled_row
 
     names = parse_saliency_methods(methods)
     first = next(model.parameters(), None)

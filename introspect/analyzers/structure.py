@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ..hooks import inspecting
-from ..inputs import unwrap
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import LayerRow, StructureSummary
 
 __all__ = ["summarize"]
