@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ArgumentTypeError
+
 __all__ = ["ModelScope", "inspecting", "first_tensor"]
 
 
@@ -28,7 +30,8 @@ def first_tensor(output: Any) -> torch.Tensor:
         for item in output:
             if isinstance(item, torch.Tensor):
                 return item
-    raise TypeError(f"module produced {type(output).__name__}, not a tensor")
+    raise ArgumentTypeError(f"module produced {type(output).__name__}, not a tensor: introspect needs a module "
+                            "whose output is (or starts with) a tensor", parameter="output")
 
 
 class ModelScope:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .analyzers.cam import CAM_METHODS, cam_layer_choice, cams_from_pass, parse_cam_methods
+from .analyzers.cam import cam_layer_choice, cams_from_pass, needs_layer_gradient, parse_cam_methods
 from .analyzers.compare import compare_cams
 from .analyzers.features import feature_layer_choices, feature_maps_from_pass
 from .analyzers.kernels import kernel_grids
@@ -27,7 +27,7 @@ from .analyzers.parameters import parameter_summary
 from .analyzers.predictions import predictions_from_pass, resolve_target, top_classes
 from .analyzers.embeddings import embeddings
 from .analyzers.filters import visualize_filters
-from .analyzers.saliency import parse_saliency_methods, saliency_from_batch
+from .analyzers.saliency import parse_saliency_methods, saliency_from_pass
 from .analyzers.structure import summarize
 from .analyzers.quality import cam_quality
 from .errors import UsageError
@@ -180,7 +180,7 @@ def report(
                                                    filter_budget))
             if batch is not None and set(chosen) & (IMAGE_SECTIONS - {"embeddings"}):  # inputs, predictions too
                 capture = [c.name for c in feature_choices] + ([cam_choice.name] if cam_choice else [])
-                needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in methods)
+                needs_grad = needs_layer_gradient(methods)
                 for chunk in _chunks(batch, BATCH_SIZE):
                     say(f"images {', '.join(chunk.names)}")
                     forward = run_forward(module, chunk.tensor, capture=capture,
@@ -205,9 +205,9 @@ def report(
                             qualities.append(cam_quality(module, chunk, cam_results))
                     if saliency_names:
                         picked = top_classes(forward, 1, target_indices)
-                        reporter.saliency(saliency_from_batch(module, chunk, saliency_names, picked,
-                                                              loaded.categories, saliency_layer,
-                                                              forward.probabilities))
+                        reporter.saliency(saliency_from_pass(module, chunk, saliency_names, picked,
+                                                             loaded.categories, saliency_layer,
+                                                             forward.probabilities))
                     forward.release()
             if qualities:
                 reporter.quality(CamQuality.concat(qualities))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import OutputError
+from .errors import ArgumentError, ArgumentTypeError, OutputError, StateError
 from .records import (
     CamComparison,
     CamQuality,
@@ -72,7 +72,8 @@ def new_run_dir(logdir: str | Path, run_name: str | None, model_name: str) -> Pa
                 suffix += 1
     except OSError as error:
         reason = error.strerror or str(error)
-        raise OutputError(f"cannot write to {logdir} ({reason}): choose another --logdir") from error
+        raise OutputError(f"cannot write to logdir={str(logdir)!r} ({reason}): choose another logdir",
+                          parameter="logdir") from error
 
 
 def _one_line(error: BaseException) -> str:
@@ -113,7 +114,8 @@ class Reporter:
         from torch.utils.tensorboard import SummaryWriter
 
         if not isinstance(writer, SummaryWriter):
-            raise TypeError(f"expected a torch.utils.tensorboard.SummaryWriter, got {type(writer).__name__}")
+            raise ArgumentTypeError(f"writer is a {type(writer).__name__}: give a torch.utils.tensorboard.SummaryWriter",
+                                    parameter="writer")
         reporter = cls.__new__(cls)
         reporter.run_dir = Path(writer.log_dir)
         reporter.tags = {}
@@ -147,7 +149,7 @@ class Reporter:
     def _open_writer(self) -> Any:
         if self._writer is None:
             # SummaryWriter would silently start a second event file; refuse instead.
-            raise RuntimeError(f"Reporter for {self.run_dir} is closed")
+            raise StateError(f"Reporter for {self.run_dir} is closed: open a new one")
         return self._writer
 
     def _count(self, tag: str) -> None:
@@ -170,7 +172,8 @@ class Reporter:
     def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
         """A ``uint8`` height x width x 3 image."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image for {tag!r} must be uint8 HxWx3, got {image.dtype} {image.shape}")
+            raise ArgumentError(f"image for {tag!r} is {image.dtype} {image.shape}: it must be uint8 HxWx3",
+                                parameter="image")
         from PIL import Image
         from tensorboard.compat.proto.summary_pb2 import Summary
 

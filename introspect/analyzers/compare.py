@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..inputs import InputBatch
 from ..records import CamComparison, CamResult
 
@@ -30,7 +31,8 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     comparisons = []
     for image_name, group in by_image.items():
         if image_name not in photos:
-            raise KeyError(f"no photo given for image {image_name!r}")
+            raise ArgumentError(f"photos has no photo of image {image_name!r}: give one per image of the results",
+                                parameter="photos")
         photo = np.asarray(photos[image_name], dtype=np.uint8)
         rows = min(len(r.maps) for r in group)
         tiles = []

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import ArgumentError, LayerError
 from ..hooks import first_tensor, inspecting
 from ..layers import LayerChoice, default_feature_layers, resolve_layer, to_nchw
-from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
+from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
 from ..records import FilterGrid
 
 __all__ = ["visualize_filters", "default_filter_layers"]
@@ -136,12 +136,13 @@ def _redirected_relus(scope, model: nn.Module, active: dict[str, bool]) -> None:
 def _pick_filters(filters: int | Sequence[int], channels: int, layer: str) -> list[int]:
     if isinstance(filters, int):
         if filters < 1:
-            raise UsageError(f"the number of filters to show must be at least 1, not {filters}")
+            raise ArgumentError(f"filters={filters} must be at least 1", parameter="filters")
         return list(range(min(filters, channels)))
     chosen = [int(f) for f in filters]
     bad = [f for f in chosen if not 0 <= f < channels]
     if bad or not chosen:
-        raise UsageError(f"filters {bad or '(none)'} are not in layer {layer} (it has channels 0 to {channels - 1})")
+        raise ArgumentError(f"filters={bad or '[]'} are not in layer {layer} (it has channels 0 to {channels - 1})",
+                            parameter="filters")
     return chosen
 
 
@@ -171,7 +172,8 @@ def _run_to_layer(model: nn.Module, module: nn.Module, choice: LayerChoice, inpu
     finally:
         handle.remove()
     if "out" not in captured:
-        raise UsageError(f"layer {choice.name} did not run in the forward pass: pick another with --filter-layers")
+        raise LayerError(f"layers={[choice.name]!r}: layer {choice.name!r} did not run in the forward pass, pick "
+                         "another", parameter="layers")
     return to_nchw(captured["out"], choice.channels_last)
 
 
@@ -210,16 +212,14 @@ def visualize_filters(
 
     module, loaded = unwrap(model)
     if steps < 1:
-        raise UsageError(f"--filter-steps must be at least 1, not {steps}")
+        raise ArgumentError(f"steps={steps} must be at least 1", parameter="steps")
     choices = _layer_choices(module, layers)
     fixed = getattr(module, "image_size", None)
     side = int(size or (fixed if isinstance(fixed, int) else 96))
     transform = loaded.transform if loaded is not None else None
     mean = torch.tensor(getattr(transform, "mean", IMAGENET_MEAN)).reshape(1, 3, 1, 1)
     std = torch.tensor(getattr(transform, "std", IMAGENET_STD)).reshape(1, 3, 1, 1)
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device, dtype = device_and_dtype(module)
     mean, std = mean.to(device, dtype), std.to(device, dtype)
     scale = _frequency_scale(side).to(device, dtype)[None, None]
     started = time.perf_counter()

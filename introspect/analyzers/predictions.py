@@ -28,7 +28,8 @@ def resolve_target(target: int | str, categories: Sequence[str], num_classes: in
         target = int(target)
     if isinstance(target, int):
         if not 0 <= target < num_classes:
-            raise TargetError(f"--target {target} is out of range: the model has classes 0 to {num_classes - 1}")
+            raise TargetError(f"target={target} is out of range: the model has classes 0 to {num_classes - 1}",
+                              parameter="target")
         return target
     lowered = {name.lower(): i for i, name in enumerate(categories)}
     if target.lower() in lowered:
@@ -36,7 +37,7 @@ def resolve_target(target: int | str, categories: Sequence[str], num_classes: in
     close = difflib.get_close_matches(target.lower(), list(lowered), n=4, cutoff=0.5)
     hint = f"closest: {', '.join(repr(categories[lowered[c]]) for c in close)}" if close else \
         "give a class index or an exact class name"
-    raise TargetError(f"unknown class {target!r} ({hint})")
+    raise TargetError(f"unknown class {target!r} ({hint})", parameter="target")
 
 
 def predictions_from_pass(forward: ForwardPass, names: Sequence[str], categories: Sequence[str],

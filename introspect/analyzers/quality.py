@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
 from ..hooks import inspecting
 from ..inputs import Inputs, prepare_inputs
-from ..models import LoadedModel, unwrap
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import CamQuality, CamResult
 
 __all__ = ["cam_quality", "rank_map", "DEFAULT_PERCENT"]
@@ -103,9 +104,9 @@ def cam_quality(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     if not 0.0 < percent < 100.0:
-        raise ValueError(f"percent must be between 0 and 100 (exclusive), got {percent}")
+        raise ArgumentError(f"percent={percent} must be between 0 and 100 (exclusive)", parameter="percent")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", parameter="batch_size")
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     position = {name: i for i, name in enumerate(batch.names)}
@@ -113,12 +114,13 @@ def cam_quality(
     entries = []  # (method, image index, CamMap)
     for result in results:
         if result.image_name not in position:
-            raise ValueError(f"CAM result for image {result.image_name!r} but no such image in the inputs "
-                             f"({', '.join(batch.names)})")
+            raise ArgumentError(f"results hold a CAM of image {result.image_name!r} but no such image in the inputs "
+                             f"({', '.join(batch.names)}): give the inputs the CAMs were computed on", parameter="results")
         for entry in result.maps:
             if entry.heatmap.shape != size:
-                raise ValueError(f"{result.method} map of {result.image_name!r} is {entry.heatmap.shape}, "
-                                 f"the input is {size}: compute the CAMs on these inputs")
+                raise ArgumentError(f"results hold a {result.method} map of {result.image_name!r} of size "
+                                    f"{entry.heatmap.shape}, the input is {size}: compute the CAMs on these inputs",
+                                    parameter="results")
             entries.append((result.method, position[result.image_name], entry))
     count = len(entries)
     images = np.array([i for _, i, _ in entries], dtype=np.int64)
@@ -133,8 +135,7 @@ def cam_quality(
         metric.perturbation.imputer = _SeededImputer(metric.perturbation.imputer)
         imputers.append(metric.perturbation.imputer)
 
-    first = next(module.parameters(), None)
-    tensor = batch.tensor.to(first.device) if first is not None else batch.tensor
+    tensor = batch.tensor.to(device_and_dtype(module)[0])
     keep = np.zeros(count, dtype=np.float64)
     remove = np.zeros(count, dtype=np.float64)
     with inspecting(module), torch.random.fork_rng(devices=[]), warnings.catch_warnings():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..hooks import inspecting
-from ..models import LoadedModel, unwrap
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import LayerRow, StructureSummary
 
 __all__ = ["summarize"]
@@ -55,9 +55,7 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     module, loaded = unwrap(model)
     size = input_size or (loaded.input_size if loaded else 224)
     shape = (1, 3, size, size) if isinstance(size, int) else tuple(size)
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device, dtype = device_and_dtype(module)
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
         try:
