@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from introspect.errors import ArgumentError, UsageError
+from introspect.errors import ArgumentError
 
 __all__ = ["normalize01", "colorize", "overlay", "tile_grid", "label_image", "labelled_row"]
 
@@ -51,15 +51,14 @@ def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
         uint8 ``(H, W, 3)``.
 
     Raises:
-        UsageError: ``colormap`` is not a matplotlib colormap.
-        ArgumentError: ``values`` is not two-dimensional.
+        ArgumentError: ``colormap`` is not a matplotlib colormap, or ``values`` is not two-dimensional.
     """
     import matplotlib
 
     try:
         cmap = matplotlib.colormaps[colormap]
     except KeyError:
-        raise UsageError(
+        raise ArgumentError(
             f"colormap={colormap!r} is not a matplotlib colormap: use one such as jet, viridis, inferno or magma",
             parameter="colormap",
         ) from None
@@ -110,8 +109,8 @@ def overlay(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha: 
         uint8 ``(H, W, 3)``.
 
     Raises:
-        ArgumentError: ``alpha`` is outside [0, 1], or an array has the wrong number of dimensions.
-        UsageError: ``colormap`` is not a matplotlib colormap.
+        ArgumentError: ``alpha`` is outside [0, 1], an array has the wrong number of dimensions, or
+            ``colormap`` is not a matplotlib colormap.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ArgumentError(f"alpha={alpha} must be in [0, 1]", parameter="alpha")

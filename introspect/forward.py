@@ -43,7 +43,18 @@ class ForwardPass:
         return torch.softmax(self.logits.float(), dim=-1)
 
     def gradients(self, classes: torch.Tensor) -> torch.Tensor:
-        """d score[n, classes[n, j]] / d activation, stacked as (k, N, *activation shape[1:])."""
+        """Gradients of class scores at the gradient layer, every class of every image in one call.
+
+        Args:
+            classes: ``(N, k)`` class indices per image.
+
+        Returns:
+            ``d score[n, classes[n, j]] / d activation`` stacked as ``(k, N, *activation.shape[1:])``
+            (cached: the same classes again cost nothing).
+
+        Raises:
+            StateError: the pass recorded no gradient layer, or was released.
+        """
         if self._leaf is None or self._scores is None:
             raise StateError("this forward pass recorded no gradient layer (or was released): run "
                              "run_forward(..., grad_layer=NAME) and take the gradients before release()")
@@ -76,7 +87,23 @@ def run_forward(
     capture: Sequence[str] = (),
     grad_layer: str | None = None,
 ) -> ForwardPass:
-    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients."""
+    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients.
+
+    Args:
+        model: the module (comes back untouched).
+        inputs: ``(N, 3, H, W)`` normalised images (moved to the model's device and dtype).
+        capture: names of the layers whose outputs to keep.
+        grad_layer: the layer whose gradients :meth:`ForwardPass.gradients` will take (only
+            the part of the model after it is recorded), or None.
+
+    Returns:
+        The :class:`ForwardPass`; call :meth:`~ForwardPass.release` when done with its gradients.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model, or does not run.
+        LayerError: the output does not depend on ``grad_layer``.
+        UsageError: ``grad_layer`` inside ``torch.inference_mode()``.
+    """
     modules = {name: resolve_layer(model, name) for name in capture}
     grad_module = resolve_layer(model, grad_layer) if grad_layer else None
     if grad_module is not None and torch.is_inference_mode_enabled():

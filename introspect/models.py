@@ -127,7 +127,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise DeviceError(f"device={str(device)!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'", parameter="device") from exc
+        raise DeviceError(f"device={str(device)!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'",
+                          parameter="device") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device={str(device)!r} asked for, but CUDA is not available here: use device='cpu'",
                           parameter="device")

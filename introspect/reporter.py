@@ -56,7 +56,18 @@ def new_run_dir(logdir: str | Path, run_name: str | None, model_name: str) -> Pa
 
     ``RUN`` defaults to ``<model_name>-<YYYYmmdd-HHMMSS>``. If that directory exists
     (two runs in the same second, or a user-given name used before), ``-2``, ``-3``,
-    ... is appended. Raises :class:`OutputError` if ``logdir`` cannot be written.
+    ... is appended.
+
+    Args:
+        logdir: the folder of runs (created if missing).
+        run_name: the run's name, or None for ``<model_name>-<timestamp>``.
+        model_name: the model's name.
+
+    Returns:
+        The new, empty run directory.
+
+    Raises:
+        OutputError: ``logdir`` cannot be written.
     """
     logdir = Path(logdir)
     base = run_name or f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -107,15 +118,15 @@ class Reporter:
 
     @classmethod
     def from_writer(cls, writer: Any) -> Reporter:
-        """A reporter that writes through an existing ``SummaryWriter`` (TypeError for anything else).
+        """A reporter that writes through an existing ``SummaryWriter`` (ArgumentTypeError, a TypeError, otherwise).
 
         Closing the reporter closes that writer; leave it open if its owner closes it.
         """
         from torch.utils.tensorboard import SummaryWriter
 
         if not isinstance(writer, SummaryWriter):
-            raise ArgumentTypeError(f"writer is a {type(writer).__name__}: give a torch.utils.tensorboard.SummaryWriter",
-                                    parameter="writer")
+            raise ArgumentTypeError(f"writer is a {type(writer).__name__}: give a "
+                                    "torch.utils.tensorboard.SummaryWriter", parameter="writer")
         reporter = cls.__new__(cls)
         reporter.run_dir = Path(writer.log_dir)
         reporter.tags = {}

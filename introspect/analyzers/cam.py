@@ -187,12 +187,26 @@ _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "grad-cam"
 
 
 def list_cam_methods() -> list[str]:
-    """Every CAM method name, in the registry's order."""
+    """Every CAM method name, in the registry's order.
+
+    Returns:
+        The keys of :data:`CAM_METHODS`.
+    """
     return list(CAM_METHODS)
 
 
 def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"gradcam,layercam"`` (or a list) -> known method names; an unknown one lists them all."""
+    """Known CAM method names from a comma-separated string or a list (aliases resolved, duplicates dropped).
+
+    Args:
+        spec: e.g. ``"gradcam,layercam"`` or ``["gradcam", "gradcam++"]``.
+
+    Returns:
+        Registry keys, in the order given.
+
+    Raises:
+        UnknownMethodError: an unknown name (the message lists them all), or none at all.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = []
     for item in items:
@@ -329,7 +343,26 @@ def cams_from_pass(
     categories: Sequence[str],
     colormap: str = "jet",
 ) -> list[CamResult]:
-    """CAM results for every method and image, from a forward pass that captured ``layer``."""
+    """CAM results for every method and image of a batch that went through the shared forward pass.
+
+    Args:
+        model: the module (delegated methods run it again).
+        forward: the pass over ``batch`` that captured ``layer`` (and recorded its gradient
+            when :func:`needs_layer_gradient` says so).
+        batch: the images.
+        methods: CAM method names.
+        layer: the target layer.
+        classes: ``(N, k)`` class indices to explain, per image.
+        categories: class names (``class N`` where missing).
+        colormap: matplotlib colormap of the overlays.
+
+    Returns:
+        One :class:`CamResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        MethodFailedError: pytorch-grad-cam failed on this model.
+    """
     from ..drawing import labelled_row, overlay
 
     size = tuple(batch.tensor.shape[-2:])
@@ -373,6 +406,27 @@ def cam(
     """Class activation maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 
     Example: ``introspect.cam(loaded, "cat.png", "gradcam,layercam")[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: image paths, folders, PIL images or a normalised tensor (see
+            :func:`~introspect.inputs.prepare_inputs`).
+        methods: CAM method names, a list or comma-separated (see :data:`CAM_METHODS`).
+        layer: the target layer's name (default: picked from the model's structure).
+        targets: classes to explain in every image, by index or name (default: each image's top-k).
+        topk: how many top classes to explain when ``targets`` is not given.
+        categories: class names (default: the loaded model's).
+        colormap: matplotlib colormap of the overlays.
+
+    Returns:
+        One :class:`~introspect.records.CamResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        UnknownLayerError: ``layer`` is not a layer of the model.
+        TargetError: a target out of range or not a class name.
+        ImageError: an input image cannot be loaded.
+        MethodFailedError: pytorch-grad-cam failed on this model.
     """
     from .predictions import resolve_target
 

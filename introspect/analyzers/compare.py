@@ -20,6 +20,16 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     :class:`~introspect.inputs.InputBatch` will do). Each row is ``1 + len(methods)``
     labelled tiles wide: "<class> <probability>" on the photo, "<method>: <class>" on
     each overlay. Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
+
+    Args:
+        results: CAM results, several methods of the same images and classes.
+        photos: image name -> uint8 ``(H, W, 3)`` pixels, or an ``InputBatch``.
+
+    Returns:
+        One :class:`~introspect.records.CamComparison` per image, in the order first seen.
+
+    Raises:
+        ArgumentError: ``photos`` lacks an image of the results.
     """
     from ..drawing import label_image, tile_grid
 

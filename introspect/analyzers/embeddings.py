@@ -29,7 +29,18 @@ __all__ = ["embeddings", "penultimate_source"]
 
 
 def penultimate_source(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """Candidates for the penultimate features: (name, module, "input"|"output"), the last one to run wins."""
+    """Candidates for the penultimate features; the last one to run in the forward pass wins.
+
+    Args:
+        model: the module.
+
+    Returns:
+        ``(name, module, "input" | "output")``: every ``nn.Linear`` (its input), or else the
+        last adaptive pooling layer (its output).
+
+    Raises:
+        UsageError: the model has neither.
+    """
     linears = [(n, m, "input") for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears
@@ -58,6 +69,22 @@ def embeddings(
     """Penultimate features, predictions and thumbnails of every image file in ``images`` (files or folders).
 
     Example: ``introspect.embeddings(loaded, "sample_images/").features.shape``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        images: image files and folders (streamed, ``batch_size`` at a time).
+        batch_size: images per forward pass.
+        thumbnail_size: side of the projector's thumbnails in pixels.
+        categories: class names (default: the loaded model's).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`~introspect.records.EmbeddingSet`.
+
+    Raises:
+        UsageError: the model has no penultimate layer to read.
+        LayerError: that layer did not run.
+        ImageError: a named image cannot be loaded, or none can.
     """
     from tqdm import tqdm
 

@@ -41,7 +41,15 @@ class _ReachedLayer(Exception):
 
 
 def default_filter_layers(model: nn.Module, count: int = 3) -> list[LayerChoice]:
-    """The first, middle and last of the model's default feature layers (``count`` of them)."""
+    """Layers evenly spread over the model's default feature layers (the first, middle and last for 3).
+
+    Args:
+        model: the module.
+        count: how many layers.
+
+    Returns:
+        At most ``count`` layer choices, in model order.
+    """
     choices = default_feature_layers(model)
     if len(choices) <= count:
         return choices
@@ -207,6 +215,25 @@ def visualize_filters(
     ``size`` is the side of the synthesised images (default 96, or the model's fixed
     input size); ``budget_s`` bounds the wall-clock time of all layers together, shared
     evenly. Example: ``introspect.visualize_filters(loaded, ["layer3"], steps=32)[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        layers: layer names (default: three stage outputs).
+        filters: how many filters per layer (the first ones), or their indices.
+        steps: optimisation steps per layer.
+        size: side of the synthesised images (default 96, or the model's fixed input size).
+        budget_s: wall-clock seconds for all layers together (None: no limit).
+        lr: Adam's learning rate.
+        seed: seed of the starting noise and the augmentations.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One :class:`~introspect.records.FilterGrid` per layer.
+
+    Raises:
+        ArgumentError: ``steps`` below 1, or ``filters`` not in the layer.
+        UnknownLayerError: a name that is not a layer of the model.
+        LayerError: a layer that does not run in the forward pass.
     """
     from tqdm import tqdm
 

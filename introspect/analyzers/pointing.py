@@ -42,6 +42,23 @@ def pointing_game(
 
     ``boxes`` are ``(x0, y0, x1, y1)`` with exclusive upper bounds, in the images' pixels.
     Example: ``pointing_game(model, normalize(test.images), test.labels, test.boxes).fraction("gradcam")``.
+
+    Args:
+        model: the module.
+        images: ``(N, 3, H, W)`` normalised images.
+        classes: ``(N,)`` the class whose evidence each image holds.
+        boxes: ``(N, 4)`` the evidence's box per image.
+        methods: CAM method names (default: every method computed here).
+        layer: the target layer's name (default: picked from the model's structure).
+        batch_size: images per forward pass.
+
+    Returns:
+        A :class:`~introspect.records.PointingGame` (peaks and boxes; ask it for ``fraction(method)``).
+
+    Raises:
+        ArgumentError: ``images``, ``classes`` and ``boxes`` differ in length.
+        UnknownMethodError: an unknown method name.
+        UnknownLayerError: ``layer`` is not a layer of the model.
     """
     names = parse_cam_methods(methods)
     classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)

@@ -47,7 +47,15 @@ DEFAULT_PERCENT = 20.0
 
 
 def rank_map(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``heatmap``'s pixel ranks scaled to [0, 1] (float32, same shape); ties are broken at random."""
+    """A map's pixel ranks scaled to [0, 1], ties broken at random.
+
+    Args:
+        heatmap: any array (NaN counts as 0).
+        rng: the generator that breaks ties.
+
+    Returns:
+        float32 ranks of the same shape: the smallest value 0, the largest 1.
+    """
     flat = np.nan_to_num(np.asarray(heatmap, dtype=np.float64)).ravel()
     order = np.lexsort((rng.random(flat.size), flat))  # by value, then by the random key
     ranks = np.empty(flat.size, dtype=np.float32)
@@ -99,6 +107,22 @@ def cam_quality(
         quality            # renders as a table, best method first
 
     The model comes back untouched; the caller's torch RNG state is kept.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: the images the results were computed on.
+        results: CAM results of those images.
+        percent: share of the map's pixels kept or removed, in (0, 100).
+        batch_size: perturbed images per forward pass.
+        seed: seed of the tie-breaking and the imputation noise.
+
+    Returns:
+        A :class:`~introspect.records.CamQuality` with one entry per method, image and class.
+
+    Raises:
+        ArgumentError: ``percent`` or ``batch_size`` out of range, or ``results`` that do not
+            belong to ``inputs``.
+        ImageError: an input image cannot be loaded.
     """
     from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -115,7 +139,8 @@ def cam_quality(
     for result in results:
         if result.image_name not in position:
             raise ArgumentError(f"results hold a CAM of image {result.image_name!r} but no such image in the inputs "
-                             f"({', '.join(batch.names)}): give the inputs the CAMs were computed on", parameter="results")
+                                f"({', '.join(batch.names)}): give the inputs the CAMs were computed on",
+                                parameter="results")
         for entry in result.maps:
             if entry.heatmap.shape != size:
                 raise ArgumentError(f"results hold a {result.method} map of {result.image_name!r} of size "

@@ -47,7 +47,17 @@ _GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
 
 
 def parse_saliency_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"vanilla,guided"`` (or a list) -> known method names; an unknown one lists them all."""
+    """Known saliency method names from a comma-separated string or a list (aliases resolved, duplicates dropped).
+
+    Args:
+        spec: e.g. ``"vanilla,guided"`` or ``["guidedgradcam"]``.
+
+    Returns:
+        Keys of :data:`SALIENCY_METHODS`, in the order given.
+
+    Raises:
+        UnknownMethodError: an unknown name (the message lists them all), or none at all.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names: list[str] = []
     for item in items:
@@ -69,10 +79,17 @@ def _clamp_to_positive(module: nn.Module, grad_input: tuple, grad_output: tuple)
 
 
 def guided_relus(scope, model: nn.Module) -> int:
-    """Make every ReLU/ReLU6 of ``model`` guided for the scope's lifetime; returns how many there are.
+    """Make every ReLU/ReLU6 of ``model`` guided (positive gradients only) for the scope's lifetime.
 
     In-place ReLUs are made out-of-place (full backward hooks cannot wrap an in-place
     op); the scope puts the flag back on exit.
+
+    Args:
+        scope: the :class:`~introspect.hooks.ModelScope` of an ``inspecting(model)`` block.
+        model: the module.
+
+    Returns:
+        How many ReLU/ReLU6 modules were made guided.
     """
     count = 0
     for module in model.modules():
@@ -224,8 +241,25 @@ def saliency(
 ) -> list[SaliencyResult]:
     """Input-gradient maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 
-    ``layer`` is the Grad-CAM target layer for ``guidedgradcam`` (default: the family's).
     Example: ``introspect.saliency(loaded, "cat.png", "vanilla,guided")[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: image paths, folders, PIL images or a normalised tensor.
+        methods: saliency method names, a list or comma-separated (see :data:`SALIENCY_METHODS`).
+        targets: classes to explain in every image, by index or name (default: each image's top-k).
+        topk: how many top classes to explain when ``targets`` is not given.
+        layer: the Grad-CAM target layer for ``guidedgradcam`` (default: picked from the model).
+        categories: class names (default: the loaded model's).
+
+    Returns:
+        One :class:`~introspect.records.SaliencyResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        UnknownLayerError: ``layer`` is not a layer of the model.
+        TargetError: a target out of range or not a class name.
+        ImageError: an input image cannot be loaded.
     """
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)

@@ -49,6 +49,14 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224).
 
     Rows go ``depth`` levels deep; a container's mult-adds are the sum of its leaf layers'.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        input_size: side of a square input, or a full input shape ``(N, C, H, W)``.
+        depth: how many levels of submodules get rows.
+
+    Returns:
+        A :class:`~introspect.records.StructureSummary` (renders as a table).
     """
     import torchinfo
 
