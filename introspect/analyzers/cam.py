@@ -33,6 +33,7 @@ from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, unwrap
 from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
+from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
            "cams_from_pass", "cam_layer_choice", "needs_layer_gradient", "normalize_cam"]
@@ -341,7 +342,7 @@ def cams_from_pass(
     layer: LayerChoice,
     classes: torch.Tensor,
     categories: Sequence[str],
-    colormap: str = "jet",
+    colormap: str = CamOptions.colormap,
 ) -> list[CamResult]:
     """CAM results for every method and image of a batch that went through the shared forward pass.
 
@@ -396,12 +397,12 @@ def cams_from_pass(
 def cam(
     model: nn.Module | LoadedModel,
     inputs: Inputs,
-    methods: str | Sequence[str] = "gradcam",
+    methods: str | Sequence[str] = CamOptions.methods,
     layer: str | None = None,
     targets: Sequence[int | str] | None = None,
-    topk: int = 3,
+    topk: int = CamOptions.topk,
     categories: Sequence[str] | None = None,
-    colormap: str = "jet",
+    colormap: str = CamOptions.colormap,
 ) -> list[CamResult]:
     """Class activation maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 

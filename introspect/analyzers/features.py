@@ -14,6 +14,7 @@ from ..layers import LayerChoice, default_feature_layers, resolve_layer
 from ..layers import to_nchw
 from ..models import LoadedModel, unwrap
 from ..records import FeatureMap
+from ..options import FeatureOptions
 
 __all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
 
@@ -63,7 +64,7 @@ def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor,
 
 
 def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Sequence[LayerChoice],
-                           max_channels: int = 64) -> list[FeatureMap]:
+                           max_channels: int = FeatureOptions.max_channels) -> list[FeatureMap]:
     """Feature maps of every image and chosen layer from a forward pass that captured them.
 
     Args:
@@ -83,7 +84,7 @@ def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Seq
 
 
 def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequence[str] | None = None,
-                 max_channels: int = 64) -> list[FeatureMap]:
+                 max_channels: int = FeatureOptions.max_channels) -> list[FeatureMap]:
     """Activations of ``layers`` for each input, as grids of the most active channels with statistics.
 
     Args:

@@ -28,6 +28,7 @@ from ..hooks import first_tensor, inspecting
 from ..layers import LayerChoice, default_feature_layers, resolve_layer, to_nchw
 from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
 from ..records import FilterGrid
+from ..options import FilterOptions
 
 __all__ = ["visualize_filters", "default_filter_layers"]
 
@@ -202,10 +203,10 @@ def _grid(tiles: np.ndarray, filters: Sequence[int]) -> np.ndarray:
 def visualize_filters(
     model: nn.Module | LoadedModel,
     layers: Sequence[str] | None = None,
-    filters: int | Sequence[int] = 8,
-    steps: int = 64,
-    size: int | None = None,
-    budget_s: float | None = 60.0,
+    filters: int | Sequence[int] = FilterOptions.count,
+    steps: int = FilterOptions.steps,
+    size: int | None = FilterOptions.size,
+    budget_s: float | None = FilterOptions.budget_s,
     lr: float = 0.1,
     seed: int = 0,
     progress: bool = True,

@@ -31,6 +31,7 @@ from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
 from .cam import CAM_METHODS, cam_layer_choice, normalize_cam
 from .predictions import class_name, resolve_target
+from ..options import SaliencyOptions
 
 __all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_pass", "guided_relus"]
 
@@ -233,9 +234,9 @@ def saliency_from_pass(
 def saliency(
     model: nn.Module | LoadedModel,
     inputs: Inputs,
-    methods: str | Sequence[str] = "vanilla,guided,guidedgradcam",
+    methods: str | Sequence[str] = SaliencyOptions.methods,
     targets: Sequence[int | str] | None = None,
-    topk: int = 1,
+    topk: int = SaliencyOptions.topk,
     layer: str | None = None,
     categories: Sequence[str] | None = None,
 ) -> list[SaliencyResult]:
