@@ -218,10 +218,10 @@ def _task_report(loaded: LoadedModel, task: Task, images, *, logdir, run_name, c
 
     image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
     methods = parse_cam_methods(cam.methods or task.default_cam or "gradcam") if "cam" in chosen else []
-    multi_pass = [m for m in methods if not CAM_METHODS[m].single_pass]
+    multi_pass = [m for m in methods if CAM_METHODS[m].delegated]
     if multi_pass:
         raise UsageError(f"{multi_pass[0]} needs many forward passes and is not offered for {task.name} models: "
-                         f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if m.single_pass)}",
+                         f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if not m.delegated)}",
                          parameter="methods")
     target_indices = None
     if cam.targets:

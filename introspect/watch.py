@@ -58,9 +58,9 @@ from torch import nn
 
 from .errors import UsageError
 from .hooks import first_tensor
-from .inputs import InputBatch, unwrap
+from .inputs import InputBatch
 from .layers import LayerChoice, default_feature_layers, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
 __all__ = ["Watch", "watch"]
 
@@ -283,7 +283,7 @@ class Watch:
         from .analyzers.cam import cams_from_pass
         from .analyzers.predictions import resolve_target, top_classes
         from .forward import run_forward
-        from .images import label_image
+        from .drawing import label_image
 
         batch, layer = self._batch, self._cam_layer
         forward = run_forward(self.model, batch.tensor, capture=[layer.name], grad_layer=layer.name)

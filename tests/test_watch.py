@@ -195,7 +195,7 @@ def test_probe_cams_are_written_at_each_logging_step_and_change_as_the_model_lea
         assert not np.array_equal(frames[0], frames[-1])
     assert steps_of(acc.Scalars("train/probe_true_class_probability")) == [3, 6, 9]
     # the last frame is the project's CAM of the true class, on the final model
-    from introspect.images import label_image
+    from introspect.drawing import label_image
     from introspect.watch import _enlarge
 
     for i, label in enumerate(labels):

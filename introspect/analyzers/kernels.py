@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import unwrap
 from ..layers import resolve_layer
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import KernelGrid
 
 __all__ = ["kernel_grids", "kernel_grid", "kernel_layers", "conv_weight"]
@@ -49,13 +48,23 @@ def conv_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def kernel_layers(model: nn.Module) -> list[str]:
-    """Names of every 2-d and 3-d convolution, quantized ones included."""
+    """Names of every 2-d and 3-d convolution, int8 quantized ones included."""
     return [name for name, m in model.named_modules() if name and conv_weight(m) is not None]
 
 
 def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels: int = 16) -> KernelGrid:
-    """One conv layer's weights as a grid image (a 3-d conv: one tile per time step of each kernel)."""
-    from ..images import tile_grid
+    """One conv layer's weights as a grid image (a 3-d conv: a column per time step of each kernel).
+
+    Args:
+        name: the layer's name.
+        conv: the layer.
+        max_filters: most filters shown.
+        max_channels: most input channels shown per filter.
+
+    Returns:
+        A :class:`~introspect.records.KernelGrid`.
+    """
+    from ..drawing import tile_grid
 
     tensor = conv_weight(conv)
     if tensor is None:
@@ -66,12 +75,10 @@ def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels:
     if weight.ndim == 5:  # (O, I, T, kh, kw)
         if weight.shape[1] == 3 and groups == 1:  # colour tiles, one column per time step
             filters = weight[:max_filters].transpose(0, 2, 3, 4, 1)  # (F, T, kh, kw, 3)
-            steps = filters.shape[1]
             tiles = filters.reshape(-1, *filters.shape[2:])
-            image = tile_grid(_normalise_each(tiles), ncols=steps, padding=1, scale_to=TILE_PIXELS)
+            image = tile_grid(_normalise_each(tiles), ncols=filters.shape[1], padding=1, scale_to=TILE_PIXELS)
             return KernelGrid(name, full_shape, "rgb-time", filters.shape[0], 3, image)
-        # deeper 3-d convs: each (input channel, time step) slice as a grey tile
-        weight = weight.reshape(weight.shape[0], -1, *weight.shape[3:])
+        weight = weight.reshape(weight.shape[0], -1, *weight.shape[3:])  # each (channel, time step) slice a tile
     out_ch, in_ch = weight.shape[:2]
     if in_ch == 3 and groups == 1:
         filters = weight[:max_filters].transpose(0, 2, 3, 1)  # (F, kh, kw, 3)
@@ -95,7 +102,20 @@ def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels:
 
 def kernel_grids(model: nn.Module | LoadedModel, layers: Sequence[str] | None = None, max_filters: int = 64,
                  max_channels: int = 16) -> list[KernelGrid]:
-    """Grids of every 2-d and 3-d conv, int8 quantized ones dequantized (or of the named conv layers)."""
+    """Grids of every 2-d and 3-d conv, int8 ones dequantized (or of the named conv layers).
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        layers: layer names (default: every Conv2d); other layer types are skipped.
+        max_filters: most filters shown per layer.
+        max_channels: most input channels shown per filter.
+
+    Returns:
+        One :class:`~introspect.records.KernelGrid` per conv layer.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model.
+    """
     module, _ = unwrap(model)
     names = list(layers) if layers else kernel_layers(module)
     grids = []

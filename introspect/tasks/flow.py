@@ -78,7 +78,7 @@ def flow_results(flows: torch.Tensor, pairs: FramePairs) -> list[FlowResult]:
     """One :class:`FlowResult` per pair from RAFT's final flow (N, 2, H, W)."""
     from torchvision.utils import flow_to_image
 
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     flows = flows.detach().float().cpu()
     pictures = flow_to_image(flows).permute(0, 2, 3, 1).numpy()

@@ -227,7 +227,7 @@ def clip_predictions(logits: torch.Tensor, names: Sequence[str], categories: Seq
 
 
 def _strip(overlays: np.ndarray, labels: Sequence[str], shown: Sequence[int]) -> np.ndarray:
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     tiles = [label_image(overlays[j, t], f"{labels[j]} t={t}" if i == 0 else f"t={t}")
              for j in range(overlays.shape[0]) for i, t in enumerate(shown)]
@@ -257,7 +257,7 @@ def clip_cams(
     Returns:
         one :class:`ClipCamResult` per method and clip.
     """
-    from ..images import overlay
+    from ..drawing import overlay
 
     size = tuple(clips.tensor.shape[2:])  # (T, H, W)
     activation = to_ncthw(forward.activations[layer.name], layer.layout, clips.tensor.shape).float()
@@ -265,9 +265,9 @@ def clip_cams(
     results = []
     for name in parse_cam_methods(methods):
         method = CAM_METHODS[name]
-        if not method.single_pass:
+        if method.delegated:
             raise UnknownMethodError(f"{name} is not offered for video models (it needs many forward passes): "
-                                     f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if m.single_pass)}")
+                                     f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if not m.delegated)}")
         grads = None
         if method.uses_gradients:
             raw = forward.gradients(classes)
