@@ -239,6 +239,18 @@ def test_quantized_kernels_and_histograms_see_the_int8_convs():
     assert params["fc.weight"].shape == (1000, 512)
 
 
+def test_library_cam_on_a_quantized_model_defaults_to_eigencam_and_refuses_gradients():
+    import introspect
+    from introspect.errors import UnknownMethodError
+
+    loaded = introspect.load_model("quantized_resnet18", weights="none", input_size=64)
+    (result,) = introspect.cam(loaded, CAT, topk=2)
+    assert result.method == "eigencam" and result.layer == "layer4" and len(result.maps) == 2
+    assert result.maps[0].heatmap.shape == (64, 64) and float(result.maps[0].heatmap.max()) == pytest.approx(1.0)
+    with pytest.raises(UnknownMethodError, match="gradcam needs gradients.*no autograd"):
+        introspect.cam(loaded.model, CAT, methods="gradcam")
+
+
 # -- the CLI over one model per task family, tags read back ------------------------------
 
 

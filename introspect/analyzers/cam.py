@@ -447,7 +447,7 @@ def cams_from_pass(
 def cam(
     model: nn.Module | LoadedModel,
     inputs: Inputs,
-    methods: str | Sequence[str] = CamOptions.methods,
+    methods: str | Sequence[str] | None = CamOptions.methods,
     layer: str | None = None,
     targets: Sequence[int | str] | None = None,
     topk: int = CamOptions.topk,
@@ -462,7 +462,8 @@ def cam(
         model: a module or a :class:`~introspect.models.LoadedModel`.
         inputs: image paths, folders, PIL images or a normalised tensor (see
             :func:`~introspect.inputs.prepare_inputs`).
-        methods: CAM method names, a list or comma-separated (see :data:`CAM_METHODS`).
+        methods: CAM method names, a list or comma-separated (see :data:`CAM_METHODS`); default: gradcam,
+            or eigencam for an int8 quantized model (whose kernels have no autograd; gradient methods are refused).
         layer: the target layer's name (default: picked from the model's structure).
         targets: classes to explain in every image, by index or name (default: each image's top-k).
         topk: how many top classes to explain when ``targets`` is not given.
@@ -485,7 +486,13 @@ def cam(
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
     choice = cam_layer_choice(module, layer)
-    method_names = parse_cam_methods(methods)
+    from ..tasks import TASKS
+    from ..tasks.quantized import check_cam_methods, is_quantized_model
+
+    task = TASKS[loaded.task if loaded else ("quantized" if is_quantized_model(module) else "classification")]
+    method_names = parse_cam_methods(methods or task.default_cam or "gradcam")
+    if task.name == "quantized":
+        check_cam_methods(method_names, loaded.name if loaded else type(module).__name__)
     grad_layer = choice.name if needs_layer_gradient(method_names) else None
     forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=grad_layer)
     num_classes = forward.logits.shape[-1]
