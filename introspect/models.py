@@ -158,16 +158,24 @@ def imagenet_transform(crop_size: int = 224, resize_size: int | None = None, mea
                                interpolation=InterpolationMode.BILINEAR)
 
 
+def _is_state(obj: dict) -> bool:
+    """A state_dict: tensors, plus the dtypes and packed (weight, bias) tuples of int8 quantized layers."""
+    def entry(v: Any) -> bool:
+        return isinstance(v, (torch.Tensor, torch.dtype)) or (
+            isinstance(v, (tuple, list)) and all(isinstance(x, torch.Tensor) or x is None for x in v))
+    return any(isinstance(v, torch.Tensor) for v in obj.values()) and all(entry(v) for v in obj.values())
+
+
 def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model", "module"):
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if isinstance(inner, dict) and inner and _is_state(inner):
                 obj = inner
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not _is_state(obj):
         raise WeightsError(f"{path} holds no state_dict (a dict of tensors, or a checkpoint with a 'state_dict' "
                            "entry): save one with torch.save(model.state_dict(), PATH)")
     if all(k.startswith("module.") for k in obj):
@@ -213,7 +221,8 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], path: s
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+             if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
+             and tuple(state[k].shape) != tuple(v.shape)]
     if not (missing or unexpected or wrong):
         return None
 
@@ -481,6 +490,8 @@ def load_model(
         raise DeviceError(f"{model} is an int8 quantized model, which runs on the CPU only: use device='cpu'",
                           parameter="device")
     extra = _detection_size_kwargs(model, input_size) if task.name == "detection" else {}
+    if task.name == "segmentation" and state is not None:  # trained weights carry the auxiliary head or not
+        extra["aux_loss"] = any(key.startswith("aux_classifier.") for key in state)
     if state is not None and task.name == "classification":
         num_classes = _num_classes_in(state)
         default_classes = 1000

@@ -239,6 +239,24 @@ def test_quantized_kernels_and_histograms_see_the_int8_convs():
     assert params["fc.weight"].shape == (1000, 512)
 
 
+def test_weights_from_a_file_for_quantized_and_segmentation_models(tmp_path):
+    """weights=PATH works as for classifiers: int8 state_dicts (packed params, dtypes) and an auxiliary head."""
+    from introspect import load_model
+
+    torch.manual_seed(0)
+    quantized = torchvision.models.get_model("quantized_mobilenet_v2", weights=None, quantize=True)
+    torch.save(quantized.state_dict(), tmp_path / "q.pth")
+    loaded = load_model("quantized_mobilenet_v2", weights=str(tmp_path / "q.pth"), input_size=64)
+    assert loaded.weights == "q.pth" and loaded.task == "quantized"
+    assert torch.equal(loaded.model.features[0][0].weight().int_repr(), quantized.features[0][0].weight().int_repr())
+    segmenter = torchvision.models.get_model("deeplabv3_mobilenet_v3_large", weights=None, weights_backbone=None,
+                                             aux_loss=True)
+    torch.save(segmenter.state_dict(), tmp_path / "s.pth")
+    loaded = load_model("deeplabv3_mobilenet_v3_large", weights=str(tmp_path / "s.pth"), input_size=64)
+    assert loaded.model.aux_classifier is not None
+    assert torch.equal(loaded.model.classifier[4].weight, segmenter.classifier[4].weight)
+
+
 def test_library_cam_on_a_quantized_model_defaults_to_eigencam_and_refuses_gradients():
     import introspect
     from introspect.errors import UnknownMethodError

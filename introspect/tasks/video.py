@@ -24,7 +24,7 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS, cam_maps, parse_cam_methods
 from ..analyzers.predictions import class_name
-from ..errors import ImageError, IntrospectWarning, UnknownMethodError, UsageError
+from ..errors import ImageError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
@@ -185,10 +185,10 @@ def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = No
         names = names[: pooling[0]] if pooling else names
     candidates = [name for name in names if name in outputs and len(outputs[name]) in (3, 5)]
     if not candidates:
-        raise UnknownMethodError(f"no layer of {type(model).__name__} has a spatio-temporal output to explain: "
-                                 "pass one with layer=NAME") if layer is None else \
-            UsageError(f"layer {layer!r} gives {outputs.get(layer)}, not a (N, C, T, H, W) or token output: pick "
-                       "another")
+        raise UnknownLayerError(f"no layer of {type(model).__name__} has a spatio-temporal output to explain: "
+                                "pass one with layer=NAME", parameter="layer") if layer is None else \
+            UnknownLayerError(f"layer={layer!r} gives {outputs.get(layer)}, not a (N, C, T, H, W) or token output: "
+                              "pick another", parameter="layer")
     name = candidates[-1]
     module = resolve_layer(model, name)
     if len(outputs[name]) == 3:
