@@ -29,7 +29,7 @@ from .analyzers.structure import summarize
 from .errors import IntrospectError, IntrospectWarning, UsageError
 from .models import LoadedModel, list_models, load_model
 from .report import RunSummary, report
-from .watch import Watch, watch
+from .watch import Watch, WatchOptions, watch
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "SALIENCY_METHODS",
     "UsageError",
     "Watch",
+    "WatchOptions",
     "cam",
     "cam_quality",
     "compare_cams",

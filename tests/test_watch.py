@@ -259,8 +259,8 @@ def test_a_summary_writer_is_wrapped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"every": 0}, "every must be"),
-    ({"every": 2.5}, "every must be"),
+    ({"every": 0}, "every=0 must be"),
+    ({"every": 2.5}, "every=2.5 must be"),
     ({"optimizer": "adam"}, "Optimizer"),
     ({"probe": torch.zeros(2, 3, 8, 8), "labels": [0]}, "1 entries for 2 probe images"),
     ({"labels": [0]}, "without probe"),
