@@ -80,7 +80,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -481,7 +482,8 @@ class Watch:
         from .images import label_image
 
         batch, layer = self._batch, self._cam_layer
-        forward = run_forward(self.model, batch.tensor, capture=[layer.name], grad_layer=layer.name)
+        with _eager(self.model):
+            forward = run_forward(self.model, batch.tensor, capture=[layer.name], grad_layer=layer.name)
         try:
             if self._labels is None:
                 classes = top_classes(forward, 1)
@@ -541,6 +543,21 @@ def _training_module(module: nn.Module) -> tuple[nn.Module, bool]:
             break
     compiled = compiled or any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
     return module, compiled
+
+
+@contextmanager
+def _eager(module: nn.Module) -> Iterator[None]:
+    """Run the modules compiled in place (``module.compile()``) eagerly inside: the probe's hooks and eval mode
+    must not send the training's compiled code into recompiling."""
+    compiled = [(m, m._compiled_call_impl) for m in module.modules()
+                if getattr(m, "_compiled_call_impl", None) is not None]
+    try:
+        for m, _ in compiled:
+            m._compiled_call_impl = None
+        yield
+    finally:
+        for m, impl in compiled:
+            m._compiled_call_impl = impl
 
 
 def _is_rank_zero() -> bool:
