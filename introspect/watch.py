@@ -84,7 +84,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -103,6 +103,9 @@ else:  # pragma: no cover - Python 3.10: the annotation is for type checkers, wh
         from typing_extensions import Unpack
     except ImportError:
         Unpack = Any
+
+if TYPE_CHECKING:
+    from .reporter import Reporter
 
 __all__ = ["Watch", "WatchOptions", "WatchSettings", "watch"]
 
@@ -290,7 +293,7 @@ class Watch:
         return self._reporter.run_dir if self._reporter is not None else None
 
     @property
-    def reporter(self):
+    def reporter(self) -> Reporter | None:
         """The :class:`introspect.reporter.Reporter` written to (None where this process does not write)."""
         return self._reporter
 
