@@ -179,8 +179,12 @@ class Watch:
     """Log a model's training into TensorBoard every ``every`` steps; use as a ``with`` block.
 
     ``watch`` is this class: ``with introspect.watch(model, "runs", every=50) as w: ...``.
-    See the module docstring (``help(introspect.watch)``'s module) for what is counted as a
-    step, every tag written and when.
+    A step is a training backward pass of the model (one that accumulates into the
+    parameters' ``.grad`` in train mode), logged at the end of that backward; with
+    ``optimizer=``, a completed ``optimizer.step()``, logged right after it. Under
+    ``torch.distributed`` only rank 0 writes. The docstring of the module
+    ``introspect.watch`` (``sys.modules["introspect.watch"]``) lists every tag and when
+    it is measured.
 
     Args:
         model: the module being trained (or a :class:`introspect.models.LoadedModel`);
