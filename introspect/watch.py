@@ -23,7 +23,9 @@ writes steps 2, 4 and 6); ``w.log()`` writes one set at any other moment.
   unused ones are simply not reached). ``torch.autograd.grad``, eval-mode backward passes
   and ``backward(inputs=...)`` that stop short of the parameters are not counted. With
   gradient accumulation each micro-batch's backward is a step and ``.grad`` holds the sum
-  so far; pass ``optimizer=`` to count updates instead.
+  so far; pass ``optimizer=`` to count updates instead. Under a ``GradScaler`` the
+  gradients of a backward are still scaled: pass ``optimizer=`` (then they are read after
+  ``scaler.step`` has unscaled them).
 - With ``optimizer=`` a step is a completed ``optimizer.step()`` (a post-step hook,
   ``Optimizer.register_step_post_hook``); a step that a ``GradScaler`` skips is not a step.
 
@@ -57,8 +59,8 @@ without: right after its backward, before the update):
 
 **Wrapped models.** ``DistributedDataParallel`` / ``DataParallel`` (``.module``) and
 ``torch.compile`` (``OptimizedModule._orig_mod``, or ``module.compile()``) are unwrapped
-for parameter and layer names. Under ``torch.distributed`` every rank counts steps and
-only rank 0 writes (no run directory, no probe, no hooks but the counter elsewhere);
+for parameter and layer names. Under ``torch.distributed`` (or torchrun's ``RANK`` before
+the process group exists) every rank counts steps and only rank 0 writes (no run directory, no probe, no hooks but the counter elsewhere);
 gradients are read after DDP's all-reduce (after ``optimizer.step()``, or at the end of
 the backward), so the gradient statistics are those of the reduced gradients; inside
 ``no_sync()`` they are rank 0's local ones. Activation statistics are rank 0's own batch.
@@ -79,6 +81,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -568,8 +571,11 @@ def _eager(module: nn.Module) -> Iterator[None]:
 
 
 def _is_rank_zero() -> bool:
+    """Rank 0 of the default process group; before it is initialised, torchrun's ``RANK`` (0 when unset)."""
     dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _queue_at_end_of_backward(callback: Any) -> None:

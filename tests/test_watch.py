@@ -552,3 +552,18 @@ def test_without_optimizer_a_frozen_model_is_a_usage_error(tmp_path: Path) -> No
         introspect.watch(model, tmp_path)
     with introspect.watch(model, tmp_path, optimizer=opt):  # with an optimizer it counts its steps
         pass
+
+
+def test_a_rank_other_than_0_counts_but_writes_nothing(tmp_path: Path, probe, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = probe
+    monkeypatch.setenv("RANK", "1")  # torchrun's rank, before (or without) a process group
+    model, opt = fresh()
+    with introspect.watch(model, tmp_path, every=1, probe=images, labels=labels) as w:
+        train_steps(model, opt, make_data(2))
+        w.scalar("loss", 1.0)
+        w.log()
+    assert not w.writes and w.run_dir is None and w.reporter is None and w.step == 2
+    assert list(tmp_path.iterdir()) == []
+    assert hook_count(model) == 0 and param_hook_count(model) == 0
+    with pytest.raises(UsageError, match="every=0"):  # the settings are checked on every rank alike
+        introspect.watch(model, tmp_path, every=0)
