@@ -20,8 +20,11 @@ writes steps 2, 4 and 6); ``w.log()`` writes one set at any other moment.
   queued to run when that whole backward has finished (after every other end-of-backward
   callback, DistributedDataParallel's gradient all-reduce included), so a logging step
   sees every gradient of its backward, however many parameters it reached (frozen or
-  unused ones are simply not reached). ``torch.autograd.grad``, eval-mode backward passes
-  and ``backward(inputs=...)`` that stop short of the parameters are not counted. With
+  unused ones are simply not reached). The nested backward passes of reentrant gradient
+  checkpointing belong to the step of the backward running them (when that backward has
+  reached a parameter outside the checkpointed segments first, as a head outside them
+  does). ``torch.autograd.grad``, eval-mode backward passes and ``backward(inputs=...)``
+  that stop short of the parameters are not counted. With
   gradient accumulation each micro-batch's backward is a step and ``.grad`` holds the sum
   so far; pass ``optimizer=`` to count updates instead. Under a ``GradScaler`` the
   gradients of a backward are still scaled: pass ``optimizer=`` (then they are read after
@@ -83,6 +86,7 @@ import dataclasses
 import math
 import os
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -274,6 +278,7 @@ class Watch:
         self._pre_step_handle: Any = None
         self._counter_handles: list[Any] = []
         self._backward_task: int | None = None
+        self._pending: weakref.ref | None = None  # the queued end-of-backward count, while its backward runs
         self._before: list[torch.Tensor] | None = None
         self._resolved_labels: torch.Tensor | None = None
 
@@ -375,10 +380,15 @@ class Watch:
         if task == self._backward_task:
             return
         self._backward_task = task
+        if self._pending is not None and self._pending() is not None:
+            return  # a backward nested in one still running (reentrant checkpointing): part of that step
         if self.model.training:
-            _queue_at_end_of_backward(self._end_of_backward)
+            callback = _Callback(self._end_of_backward)
+            self._pending = weakref.ref(callback)  # dies unrun with the engine's graph task if the backward fails
+            _queue_at_end_of_backward(callback)
 
     def _end_of_backward(self) -> None:
+        self._pending = None
         with torch.enable_grad():  # the engine runs callbacks with grad mode off; the probe CAM needs it
             self._count()
 
@@ -576,6 +586,18 @@ def _is_rank_zero() -> bool:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+class _Callback:
+    """A callable that a weak reference can follow (the engine holds the only strong one)."""
+
+    __slots__ = ("function", "__weakref__")
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def __call__(self) -> None:
+        self.function()
 
 
 def _queue_at_end_of_backward(callback: Any) -> None:

@@ -567,3 +567,21 @@ def test_a_rank_other_than_0_counts_but_writes_nothing(tmp_path: Path, probe, mo
     assert hook_count(model) == 0 and param_hook_count(model) == 0
     with pytest.raises(UsageError, match="every=0"):  # the settings are checked on every rank alike
         introspect.watch(model, tmp_path, every=0)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_without_optimizer_checkpointed_segments_are_one_step(tmp_path: Path, reentrant: bool) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    model, opt = fresh()
+    norms = []
+    with introspect.watch(model, tmp_path, every=1, layers=[]) as w:
+        for x, y in make_data(3):
+            opt.zero_grad()
+            x = x.requires_grad_(True)  # the reentrant variant needs an input that requires grad
+            features = model.features[4:](checkpoint(model.features[:4], x, use_reentrant=reentrant))
+            nn.functional.cross_entropy(model.fc(model.pool(features).flatten(1)), y).backward()
+            norms.append(math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters())))
+            opt.step()
+        assert w.step == 3  # the nested backward of a reentrant checkpoint is part of its step
+    assert [e.value for e in load(w.run_dir).Scalars("train/grad_norm")] == pytest.approx(norms, rel=1e-5)
