@@ -64,8 +64,9 @@ without: right after its backward, before the update):
 ``torch.compile`` (``OptimizedModule._orig_mod``, or ``module.compile()``) are unwrapped
 for parameter and layer names. Under ``torch.distributed`` (or torchrun's ``RANK`` before
 the process group exists) every rank counts steps and only rank 0 writes (elsewhere: no
-run directory, no probe, no hooks but the counter); gradients are read after DDP's all-reduce (after ``optimizer.step()``, or at the end of
-the backward), so the gradient statistics are those of the reduced gradients; inside
+run directory, no probe, no hooks but the counter); gradients are read after DDP's
+all-reduce (after ``optimizer.step()``, or at the end of the backward), so the gradient
+statistics are those of the reduced gradients; inside
 ``no_sync()`` they are rank 0's local ones. Activation statistics are rank 0's own batch.
 watch runs no collective operation. For a compiled model watch attaches nothing to the
 forward (forward hooks would force recompilation and could change the compiled code), so
