@@ -239,7 +239,7 @@ class Watch:
         options = _merge_options(options, settings)
         module, loaded = unwrap(model)
         if not isinstance(module, nn.Module):
-            raise UsageError(f"model must be a torch.nn.Module or a LoadedModel, got {type(module).__name__}")
+            raise UsageError(f"model= must be a torch.nn.Module or a LoadedModel, got {type(module).__name__}")
         module, compiled = _training_module(module)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise UsageError(f"optimizer= must be the torch.optim.Optimizer that trains the model (or None to "
@@ -626,10 +626,10 @@ def _probe_batch(probe: Any, loaded: LoadedModel | None, mean: Sequence[float] |
     if isinstance(probe, InputBatch):
         return probe
     if not isinstance(probe, torch.Tensor):
-        raise UsageError(f"probe must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}")
+        raise UsageError(f"probe= must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}")
     tensor = probe.detach().unsqueeze(0) if probe.ndim == 3 else probe.detach()
     if tensor.ndim != 4 or tensor.shape[1] != 3 or tensor.shape[0] == 0:
-        raise UsageError(f"probe must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}")
+        raise UsageError(f"probe= must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}")
     transform = loaded.transform if loaded is not None else None
     mean = mean if mean is not None else getattr(transform, "mean", IMAGENET_MEAN)
     std = std if std is not None else getattr(transform, "std", IMAGENET_STD)
@@ -644,12 +644,12 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
         labels = labels.detach().cpu().reshape(-1).tolist()
     items = list(labels)
     if len(items) != count:
-        raise UsageError(f"labels has {len(items)} entries for {count} probe images: give one class per image")
+        raise UsageError(f"labels= has {len(items)} entries for {count} probe images: give one class per image")
     for item in items:
         if isinstance(item, str) and not item.strip().lstrip("-").isdigit() and not categories:
-            raise UsageError(f"label {item!r} is a class name but no categories were given: pass categories=...")
+            raise UsageError(f"labels= entry {item!r} is a class name but no categories were given: pass categories=...")
         if isinstance(item, int) and item < 0:
-            raise UsageError(f"label {item} is negative: class indices start at 0")
+            raise UsageError(f"labels= entry {item} is negative: class indices start at 0")
     return [int(i) if isinstance(i, (int, np.integer)) else i for i in items]
 
 
@@ -659,7 +659,8 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
 
     if isinstance(target, Reporter):
         if target.closed:
-            raise UsageError(f"the Reporter for {target.run_dir} is closed: pass an open one or a log directory")
+            raise UsageError(f"logdir_or_writer= is the closed Reporter of {target.run_dir}: pass an open one or a "
+                             "log directory")
         return target, False
     if isinstance(target, (str, Path)):
         name = loaded.name if loaded is not None else type(module).__name__
@@ -668,5 +669,6 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
         return Reporter.from_writer(target), False
     except TypeError:
         raise UsageError(
-            f"cannot log to a {type(target).__name__}: pass a log directory, a Reporter or a SummaryWriter"
+            f"logdir_or_writer= cannot be a {type(target).__name__}: pass a log directory, a Reporter or a "
+            "SummaryWriter"
         ) from None

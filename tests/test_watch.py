@@ -277,7 +277,7 @@ def test_usage_errors(tmp_path: Path, kwargs, message) -> None:
 
 def test_an_unknown_writer_is_a_usage_error(tmp_path: Path) -> None:
     model, opt = fresh()
-    with pytest.raises(UsageError, match="log directory, a Reporter or a SummaryWriter"):
+    with pytest.raises(UsageError, match="logdir_or_writer= cannot be a object: pass a log directory, a Reporter or a"):
         introspect.watch(model, object(), optimizer=opt)
 
 
@@ -585,3 +585,24 @@ def test_without_optimizer_checkpointed_segments_are_one_step(tmp_path: Path, re
             opt.step()
         assert w.step == 3  # the nested backward of a reentrant checkpoint is part of its step
     assert [e.value for e in load(w.run_dir).Scalars("train/grad_norm")] == pytest.approx(norms, rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"probe": [1, 2]}, r"probe= must be a normalised image tensor \(N, 3, H, W\), got list"),
+    ({"probe": torch.zeros(2, 1, 8, 8)}, r"probe= must be .* got shape \(2, 1, 8, 8\)"),
+    ({"probe": torch.zeros(1, 3, 8, 8), "labels": [-1]}, "labels= entry -1 is negative"),
+])
+def test_probe_errors_name_the_parameter(tmp_path: Path, kwargs, message) -> None:
+    model, _ = fresh()
+    with pytest.raises(UsageError, match=message):
+        introspect.watch(model, tmp_path, **kwargs)
+
+
+def test_a_closed_reporter_and_a_non_module_are_usage_errors(tmp_path: Path) -> None:
+    model, _ = fresh()
+    reporter = Reporter(new_run_dir(tmp_path, "closed", "m"))
+    reporter.close()
+    with pytest.raises(UsageError, match="logdir_or_writer= is the closed Reporter"):
+        introspect.watch(model, reporter)
+    with pytest.raises(UsageError, match="model= must be a torch.nn.Module"):
+        introspect.watch("resnet18", tmp_path)
