@@ -99,11 +99,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import ArgumentError, ArgumentTypeError, StateError
 from .hooks import first_tensor
-from .inputs import InputBatch, unwrap
+from .inputs import InputBatch
 from .layers import LayerChoice, default_feature_layers, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -128,8 +128,9 @@ class WatchOptions:
     Attributes:
         every: log every ``every``-th step (a step: a training backward pass, or an
             ``optimizer.step()`` when ``optimizer=`` is given); a whole number >= 1.
-        layers: the layers whose activation mean/std/zero fraction are logged
-            (default: the model's stages, :func:`introspect.layers.default_feature_layers`).
+        layers: the layers whose activation mean/std/zero fraction are logged, as names or
+            one comma-separated string (default: the model's stages,
+            :func:`introspect.layers.default_feature_layers`; ``()``: none).
         cam_layer: the probe CAM's layer (default: the model family's CAM layer).
         cam_method: the probe CAM's method (a name of ``introspect.CAM_METHODS``).
         categories: class names, for ``labels`` given as names and for the CAM captions
@@ -141,12 +142,12 @@ class WatchOptions:
         start_step: the step number before the first counted step (to continue a run).
 
     Raises:
-        UsageError: ``every`` or ``start_step`` is not a whole number in range, or a
-            sequence field is a plain string.
+        ArgumentError: ``every`` or ``start_step`` is not a whole number in range.
+        ArgumentTypeError: ``categories``, ``mean`` or ``std`` is not a sequence.
     """
 
     every: int = 100
-    layers: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | str | None = None
     cam_layer: str | None = None
     cam_method: str = "gradcam"
     categories: tuple[str, ...] | None = None
@@ -157,16 +158,19 @@ class WatchOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise UsageError(f"every={self.every!r} must be a whole number of steps >= 1")
+            raise ArgumentError(f"every={self.every!r} must be a whole number of steps, 1 or more", parameter="every")
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
-            raise UsageError(f"start_step={self.start_step!r} must be a whole number >= 0")
+            raise ArgumentError(f"start_step={self.start_step!r} must be a whole number, 0 or more",
+                                parameter="start_step")
+        if isinstance(self.layers, str):  # "features.2,features.6", as the other option groups take layers
+            object.__setattr__(self, "layers", tuple(n.strip() for n in self.layers.split(",") if n.strip()))
         for name in ("layers", "categories", "mean", "std"):
             value = getattr(self, name)
             if value is None:
                 continue
             if isinstance(value, str) or not isinstance(value, Sequence):
-                raise UsageError(f"{name}={value!r} must be a sequence (list or tuple), not "
-                                 f"{type(value).__name__}")
+                raise ArgumentTypeError(f"{name}={value!r} must be a sequence (list or tuple), not "
+                                        f"{type(value).__name__}", parameter=name)
             object.__setattr__(self, name, tuple(value))
 
 
@@ -174,7 +178,7 @@ class WatchSettings(TypedDict, total=False):
     """``WatchOptions``' fields, accepted as keywords by :func:`watch` (``every=50``)."""
 
     every: int
-    layers: Sequence[str] | None
+    layers: Sequence[str] | str | None
     cam_layer: str | None
     cam_method: str
     categories: Sequence[str] | None
@@ -213,11 +217,12 @@ class Watch:
             the same fields of ``options``.
 
     Raises:
-        UsageError: a setting out of range or unknown, ``optimizer`` that is not a
-            ``torch.optim.Optimizer``, a probe that is not an image batch, ``labels``
-            without ``probe`` or of the wrong length, class names without ``categories``,
-            a model without trainable parameters (when no optimizer is given), or a
-            writer of an unknown kind or already closed.
+        ArgumentError: a setting out of range, a probe that is not an (N, 3, H, W) batch,
+            ``labels`` without ``probe``, of the wrong length or naming classes without
+            ``categories``, or a model without trainable parameters when no optimizer is given.
+        ArgumentTypeError: an unknown setting, or ``model``, ``optimizer``, ``options``,
+            ``probe`` or ``logdir_or_writer`` of a type that cannot be used.
+        StateError: ``logdir_or_writer`` is a closed Reporter.
         UnknownLayerError: a name in ``layers`` or ``cam_layer`` the model does not have.
         UnknownMethodError: an unknown ``cam_method``.
         OutputError: a log directory that cannot be written.
@@ -239,11 +244,12 @@ class Watch:
         options = _merge_options(options, settings)
         module, loaded = unwrap(model)
         if not isinstance(module, nn.Module):
-            raise UsageError(f"model= must be a torch.nn.Module or a LoadedModel, got {type(module).__name__}")
+            raise ArgumentTypeError(f"model= must be a torch.nn.Module or a LoadedModel, got {type(module).__name__}",
+                                    parameter="model")
         module, compiled = _training_module(module)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise UsageError(f"optimizer= must be the torch.optim.Optimizer that trains the model (or None to "
-                             f"count backward passes), got {type(optimizer).__name__}")
+            raise ArgumentTypeError(f"optimizer= must be the torch.optim.Optimizer that trains the model (or None to "
+                                    f"count backward passes), got {type(optimizer).__name__}", parameter="optimizer")
         self.model = module
         self.optimizer = optimizer
         self.options = options
@@ -257,8 +263,9 @@ class Watch:
         self.layers: dict[str, nn.Module] = {} if compiled else layers  # no forward hooks on compiled code
         self._params = [(name, p) for name, p in module.named_parameters()]
         if optimizer is None and not any(p.requires_grad for _, p in self._params):
-            raise UsageError("the model has no parameter that requires grad: without optimizer=, watch counts the "
-                             "backward passes that reach the parameters; pass optimizer=... to count its steps")
+            raise ArgumentError("the model has no parameter that requires grad: without optimizer=, watch counts the "
+                                "backward passes that reach the parameters; pass optimizer=... to count its steps",
+                                parameter="optimizer")
 
         self._batch: InputBatch | None = None
         self._labels: list[int | str] | None = None
@@ -269,7 +276,7 @@ class Watch:
             self._cam_layer = cam_layer_choice(module, options.cam_layer)
             self._labels = _probe_labels(labels, len(self._batch), self.categories)
         elif labels is not None:
-            raise UsageError("labels= were given without probe images: pass probe=... as well")
+            raise ArgumentError("labels= were given without probe images: pass probe=... as well", parameter="labels")
 
         self._writes = _is_rank_zero()  # under torch.distributed only rank 0 writes
         self._reporter, self._owns_reporter = (
@@ -501,7 +508,7 @@ class Watch:
         from .analyzers.cam import cams_from_pass
         from .analyzers.predictions import resolve_target, top_classes
         from .forward import run_forward
-        from .images import label_image
+        from .drawing import label_image
 
         batch, layer = self._batch, self._cam_layer
         with _eager(self.model):
@@ -538,14 +545,14 @@ the :class:`Watch` class under the name used in ``with introspect.watch(...) as 
 
 
 def _merge_options(options: WatchOptions, settings: dict[str, Any]) -> WatchOptions:
-    """``options`` with the fields named in ``settings`` replaced; an unknown name is a UsageError."""
+    """``options`` with the fields named in ``settings`` replaced; an unknown name is an ArgumentTypeError."""
     if not isinstance(options, WatchOptions):
-        raise UsageError(f"options= must be a WatchOptions, got {type(options).__name__}")
+        raise ArgumentTypeError(f"options= must be a WatchOptions, got {type(options).__name__}", parameter="options")
     fields = [f.name for f in dataclasses.fields(WatchOptions)]
     unknown = [name for name in settings if name not in fields]
     if unknown:
-        raise UsageError(f"watch() has no setting {unknown[0]}=: the settings are {', '.join(fields)} "
-                         "(and optimizer=, probe=, labels=, options=)")
+        raise ArgumentTypeError(f"watch() has no setting {unknown[0]}=: the settings are {', '.join(fields)} "
+                                "(and optimizer=, probe=, labels=, options=)", parameter=unknown[0])
     return dataclasses.replace(options, **settings) if settings else options
 
 
@@ -626,10 +633,12 @@ def _probe_batch(probe: Any, loaded: LoadedModel | None, mean: Sequence[float] |
     if isinstance(probe, InputBatch):
         return probe
     if not isinstance(probe, torch.Tensor):
-        raise UsageError(f"probe= must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}")
+        raise ArgumentTypeError(f"probe= must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}",
+                                parameter="probe")
     tensor = probe.detach().unsqueeze(0) if probe.ndim == 3 else probe.detach()
     if tensor.ndim != 4 or tensor.shape[1] != 3 or tensor.shape[0] == 0:
-        raise UsageError(f"probe= must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}")
+        raise ArgumentError(f"probe= must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}",
+                            parameter="probe")
     transform = loaded.transform if loaded is not None else None
     mean = mean if mean is not None else getattr(transform, "mean", IMAGENET_MEAN)
     std = std if std is not None else getattr(transform, "std", IMAGENET_STD)
@@ -644,12 +653,14 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
         labels = labels.detach().cpu().reshape(-1).tolist()
     items = list(labels)
     if len(items) != count:
-        raise UsageError(f"labels= has {len(items)} entries for {count} probe images: give one class per image")
+        raise ArgumentError(f"labels= has {len(items)} entries for {count} probe images: give one class per image",
+                            parameter="labels")
     for item in items:
         if isinstance(item, str) and not item.strip().lstrip("-").isdigit() and not categories:
-            raise UsageError(f"labels= entry {item!r} is a class name but no categories were given: pass categories=...")
+            raise ArgumentError(f"labels= entry {item!r} is a class name but no categories were given: pass "
+                                "categories=...", parameter="labels")
         if isinstance(item, int) and item < 0:
-            raise UsageError(f"labels= entry {item} is negative: class indices start at 0")
+            raise ArgumentError(f"labels= entry {item} is negative: class indices start at 0", parameter="labels")
     return [int(i) if isinstance(i, (int, np.integer)) else i for i in items]
 
 
@@ -659,8 +670,8 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
 
     if isinstance(target, Reporter):
         if target.closed:
-            raise UsageError(f"logdir_or_writer= is the closed Reporter of {target.run_dir}: pass an open one or a "
-                             "log directory")
+            raise StateError(f"logdir_or_writer= is the closed Reporter of {target.run_dir}: pass an open one or a "
+                             "log directory", parameter="logdir_or_writer")
         return target, False
     if isinstance(target, (str, Path)):
         name = loaded.name if loaded is not None else type(module).__name__
@@ -668,7 +679,7 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
     try:
         return Reporter.from_writer(target), False
     except TypeError:
-        raise UsageError(
+        raise ArgumentTypeError(
             f"logdir_or_writer= cannot be a {type(target).__name__}: pass a log directory, a Reporter or a "
-            "SummaryWriter"
+            "SummaryWriter", parameter="logdir_or_writer"
         ) from None

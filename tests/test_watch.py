@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import introspect
-from introspect.errors import UsageError
+from introspect.errors import ArgumentError, ArgumentTypeError, UsageError
 from introspect.reporter import Reporter, new_run_dir
 from introspect.watch import Watch
 
@@ -195,7 +195,7 @@ def test_probe_cams_are_written_at_each_logging_step_and_change_as_the_model_lea
         assert not np.array_equal(frames[0], frames[-1])
     assert steps_of(acc.Scalars("train/probe_true_class_probability")) == [3, 6, 9]
     # the last frame is the project's CAM of the true class, on the final model
-    from introspect.images import label_image
+    from introspect.drawing import label_image
     from introspect.watch import _enlarge
 
     for i, label in enumerate(labels):
@@ -529,20 +529,24 @@ def test_options_and_keyword_settings_are_the_same_settings(tmp_path: Path) -> N
     assert w.every == 5 and w.options == WatchOptions(every=5, run_name="a") and w.run_dir.name == "a"
     w.close()
     assert WatchOptions(layers=["features.2"]).layers == ("features.2",)
+    assert WatchOptions(layers="features.2, features.6").layers == ("features.2", "features.6")
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"evry": 2}, UsageError, "no setting evry="),
-    ({"options": {"every": 2}}, UsageError, "options= must be a WatchOptions"),
-    ({"start_step": -1}, UsageError, "start_step=-1 must be"),
-    ({"layers": "features.2"}, UsageError, "layers='features.2' must be a sequence"),
+    ({"evry": 2}, ArgumentTypeError, "no setting evry="),
+    ({"options": {"every": 2}}, ArgumentTypeError, "options= must be a WatchOptions"),
+    ({"start_step": -1}, ArgumentError, "start_step=-1 must be"),
+    ({"categories": "cat"}, ArgumentTypeError, "categories='cat' must be a sequence"),
     ({"cam_method": "nope", "probe": torch.zeros(1, 3, 8, 8)}, introspect.errors.UnknownMethodError, "nope"),
 ])
 def test_setting_errors_name_the_parameter(tmp_path: Path, kwargs, error, message) -> None:
     model, _ = fresh()
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message) as raised:
         introspect.watch(model, tmp_path, **kwargs)
     assert list(tmp_path.iterdir()) == []
+    assert isinstance(raised.value, UsageError)
+    if error is not introspect.errors.UnknownMethodError:
+        assert raised.value.parameter == next(iter(kwargs))  # the CLI maps it to its flag
 
 
 def test_without_optimizer_a_frozen_model_is_a_usage_error(tmp_path: Path) -> None:
