@@ -143,11 +143,15 @@ def _in_flags(exc: IntrospectError) -> str:
 def _list_layers(model_name: str, weights: str) -> None:
     from .layers import cam_target_layer, default_feature_layers
     from .models import load_model
+    from .tasks.runner import TASK_RUNNERS, task_layers
 
     loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
     module = loaded.model
-    features = {c.name for c in default_feature_layers(module)}
-    target = cam_target_layer(module).name
+    if loaded.task in TASK_RUNNERS:  # detection, segmentation, video, optical flow: probed on a blank input
+        features, target = task_layers(loaded)
+    else:
+        features = {c.name for c in default_feature_layers(module)}
+        target = cam_target_layer(module).name
     for name, layer in module.named_modules():
         if not name:
             continue

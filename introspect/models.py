@@ -338,9 +338,11 @@ def _output_classes(model: nn.Module) -> int | None:
 
 def _check_input_size(name: str, model: nn.Module, size: int, enum: Any) -> None:
     image_size = getattr(model, "image_size", None)
-    if type(model).__name__ == "VisionTransformer" and size != image_size:
-        raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
-                             f"use input_size={image_size}", parameter="input_size")
+    if type(model).__name__ == "VisionTransformer":  # the built model's own size (vit_h_14 random: 224, not 518)
+        if size != image_size:
+            raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
+                                 f"use input_size={image_size}", parameter="input_size")
+        return
     if enum is not None:
         min_size = enum.DEFAULT.meta.get("min_size", (1, 1))
         if size < max(min_size):

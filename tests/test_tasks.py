@@ -406,7 +406,9 @@ def _sweep_args(name: str, clip: Path) -> list[str]:
     if task == "video":
         size = "224" if name.startswith(_FIXED_224) else "32"
         return ["--image", str(clip), "--input-size", size]
-    if name.startswith(_FIXED_224):
+    if name.startswith("swin_v2"):
+        size = "256"  # its weights' min_size
+    elif name.startswith(_FIXED_224):
         size = "224"
     elif "inception" in name:
         size = "80"
@@ -431,3 +433,11 @@ def test_every_torchvision_model_runs(tmp_path, moving_gif, name):
     assert _EXPECTED_TAG[task_of(name).name] in tags, sorted(tags)[:20]
     assert {"structure/summary", "run/info"} <= tags
     assert "| status | completed" in text(acc, "run/info")
+
+
+def test_list_layers_of_a_video_model_marks_its_stages_and_cam_layer():
+    code, out, err = run_cli(["r3d_18", "--list-layers"])
+    assert code == 0, err
+    marked = {line.split()[0]: line for line in out.splitlines() if "[" in line}
+    assert "[cam]" in marked["layer4"] and "[features]" in marked["layer4"]
+    assert "avgpool" not in marked and "fc" not in marked

@@ -24,7 +24,7 @@ from ..layers import LayerChoice
 from ..models import LoadedModel
 from .common import run_model
 
-__all__ = ["TaskRun", "run_task", "prepare_task_inputs", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
+__all__ = ["TaskRun", "run_task", "prepare_task_inputs", "task_layers", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
 
 BATCH_SIZE = 4
 DETECTION_THRESHOLD = 0.5
@@ -84,8 +84,10 @@ def feature_root(model: nn.Module, task: str) -> str:
 
 
 def _children(model: nn.Module, root: str) -> list[str]:
+    """The children of ``root`` that may end a stage (pooling layers, a video model's global pool, are left out)."""
     container = model.get_submodule(root) if root else model
-    return [f"{root}.{name}" if root else name for name, _ in container.named_children()]
+    return [f"{root}.{name}" if root else name for name, child in container.named_children()
+            if "pool" not in type(child).__name__.lower()]
 
 
 def _stage_ends(shapes: dict[str, tuple[int, ...]], limit: int = 6) -> list[str]:
@@ -276,6 +278,37 @@ TASK_RUNNERS: dict[str, Callable[[TaskRun], None]] = {
     "video": run_video,
     "optical_flow": run_flow,
 }
+
+
+def task_layers(loaded: LoadedModel) -> tuple[set[str], str | None]:
+    """The default feature layers and CAM layer (None where the task has no CAM) of a detection, segmentation,
+    video or optical-flow model, found by running a blank input of its size once.
+
+    Returns:
+        (feature layer names, CAM layer name or None).
+    """
+    module, size = loaded.model, loaded.input_size
+    if loaded.task == "video":
+        example: object = torch.zeros(1, 3, loaded.clip_length or 16, size, size)
+    elif loaded.task == "optical_flow":
+        example = (torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size))
+    else:
+        example = torch.zeros(1, 3, size, size)
+    root = feature_root(module, loaded.task)
+    raw = run_model(module, example, capture=_children(module, root))
+    if loaded.task == "video":
+        from .video import to_ncthw, video_cam_layer
+
+        channels_last = hasattr(module, "patch_embed")
+        grids = {}
+        for name, a in raw.activations.items():
+            if a.ndim in (3, 5):
+                grids[name] = to_ncthw(a, "tokens" if a.ndim == 3 else ("nthwc" if channels_last else "ncthw"),
+                                       example.shape)
+        features = set(_stage_ends({k: tuple(v.shape[2:]) for k, v in grids.items()}))
+        return features, video_cam_layer(module, example).name
+    shapes = {k: tuple(v.shape[2:]) for k, v in raw.activations.items() if v.ndim == 4}
+    return set(_stage_ends(shapes)), None
 
 
 def run_task(run: TaskRun) -> None:
