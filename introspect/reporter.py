@@ -360,14 +360,12 @@ class Reporter:
         self.flush()
 
     def clip_cams(self, results: Sequence[ClipCamResult], fps: int = 4) -> bool:
-        """``cam/<method>/<clip>``: the strip of frames with their heatmaps; also a VIDEOS entry
+        """``cam/<method>/<clip>``: the strip of frames with their heatmaps; also an animated GIF (IMAGES tab) at
         ``cam/<method>/<clip>/video`` of the top class's overlay where TensorBoard's encoder (moviepy) is installed.
 
         Returns whether the videos were written.
         """
-        import importlib.util
-
-        can_encode = importlib.util.find_spec("moviepy") is not None
+        can_encode = _video_encoder_available()
         for result in results:
             self.image(f"cam/{result.method}/{result.clip_name}", result.image)
             if can_encode:
@@ -377,6 +375,20 @@ class Reporter:
                 self._count(tag)
         self.flush()
         return can_encode
+
+
+def _video_encoder_available() -> bool:
+    """Whether ``SummaryWriter.add_video`` can encode: it needs ``moviepy.editor`` (moviepy 1.x); without it
+    torch prints a note and writes an empty entry."""
+    import importlib.util
+
+    if importlib.util.find_spec("moviepy") is None:
+        return False
+    try:
+        from moviepy import editor  # noqa: F401
+    except Exception:  # moviepy 2 has no editor module; a broken install raises anything
+        return False
+    return True
 
 
 def _tsv_cell(value: object) -> str:

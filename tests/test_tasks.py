@@ -306,7 +306,7 @@ def test_cli_video_clip(tmp_path, moving_gif):
     assert strip.shape[1] > 8 * 32 and strip.shape[0] > 2 * 32  # 8 frames across, 2 classes down
     info = text(acc, "run/info")
     assert "cam layer | layer4 (ncthw)" in info and "16 frames" in info
-    assert "moviepy" in info or f"cam/gradcam/{name}/video" in acc.Tags()["tensors"]
+    assert "moviepy" in info or f"cam/gradcam/{name}/video" in acc.Tags()["images"]
     assert any(t.startswith("kernels/stem.0") for t in acc.Tags()["images"])
 
 

@@ -242,9 +242,9 @@ def run_video(run: TaskRun) -> None:
                                                        loaded.categories))
         forward.release()
     if layer is not None:
-        run.info["cam videos"] = "written (VIDEOS tab)" if encoded else \
-            "not written: TensorBoard's video encoder needs moviepy (pip install moviepy); the IMAGES strips show " \
-            "the frames"
+        run.info["cam videos"] = "written: cam/<method>/<clip>/video, an animated GIF (IMAGES tab)" if encoded else \
+            "not written: TensorBoard's video encoder needs moviepy 1.x (pip install 'moviepy<2'); the IMAGES " \
+            "strips show the frames"
 
 
 def run_flow(run: TaskRun) -> None:
