@@ -348,7 +348,8 @@ class Reporter:
         self.flush()
 
     def segmentation(self, result: SegmentationResult) -> None:
-        """``segmentation/<image>``: the mask over the photo with its legend (IMAGES), and ``.../table``: the class shares (TEXT)."""
+        """``segmentation/<image>``: the mask over the photo with its legend (IMAGES), and ``.../table``: the class
+        shares (TEXT)."""
         self.image(f"segmentation/{result.image_name}", result.image)
         self.text(f"segmentation/{result.image_name}/table", result.to_markdown())
         self.flush()

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from ..analyzers.predictions import class_name
+from ..options import DetectionOptions
 from ..records import Detections
 
-__all__ = ["detections_from_output", "SCORE_THRESHOLD", "MAX_SHOWN"]
+__all__ = ["detections_from_output", "MAX_SHOWN"]
 
-SCORE_THRESHOLD = 0.5
 MAX_SHOWN = 20
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe",
             "#008080", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#808080"]
@@ -43,7 +43,7 @@ def detections_from_output(
     names: Sequence[str],
     categories: Sequence[str],
     *,
-    threshold: float = SCORE_THRESHOLD,
+    threshold: float = DetectionOptions.score_threshold,
     max_shown: int = MAX_SHOWN,
 ) -> list[Detections]:
     """One :class:`Detections` per image from a torchvision detector's eval-mode output.

@@ -19,15 +19,14 @@ from ..analyzers.features import feature_map
 from ..analyzers.kernels import kernel_grids
 from ..analyzers.parameters import parameter_summary
 from ..analyzers.structure import summarize
-from ..errors import TargetError, UsageError
+from ..errors import TargetError
 from ..layers import LayerChoice
 from ..models import LoadedModel
+from ..options import BATCH_SIZE, DetectionOptions
 from .common import run_model
 
-__all__ = ["TaskRun", "run_task", "prepare_task_inputs", "task_layers", "TASK_RUNNERS", "feature_root", "DETECTION_THRESHOLD"]
+__all__ = ["TaskRun", "run_task", "prepare_task_inputs", "task_layers", "TASK_RUNNERS", "feature_root"]
 
-BATCH_SIZE = 4
-DETECTION_THRESHOLD = 0.5
 
 
 @dataclass
@@ -43,7 +42,7 @@ class TaskRun:
     layers: Sequence[str] | None = None
     topk: int = 3
     targets: list[int] | None = None
-    threshold: float = DETECTION_THRESHOLD
+    threshold: float = DetectionOptions.score_threshold
     say: Callable[[str], None] = lambda message: None
     info: dict[str, object] = field(default_factory=dict)
     predictions: list = field(default_factory=list)
