@@ -27,14 +27,18 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS
 from ..errors import IntrospectWarning, TargetError, UsageError
+from ..hooks import inspecting
 from .featurepass import FeaturePass, feature_pass, scaled_maps, single_pass_methods, task_images
 from .records import DetectionCamMap, DetectionCamResult, Detections
 
-__all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "COCO_PERSON_SKELETON", "coco_categories",
+__all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_score_targets"]
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 """Detections scoring less are not shown or explained."""
+
+MAX_DRAWN = 25
+"""At most this many detections (the best) are drawn on an image; the record and table keep them all."""
 
 DEFAULT_IOU_THRESHOLD = 0.5
 """A box matches a reference detection when their IoU exceeds this (pytorch-grad-cam's default)."""
@@ -95,9 +99,15 @@ def _resolve_targets(targets: Sequence[int | str] | None, categories: Sequence[s
 def draw_detections(photo: np.ndarray, boxes: np.ndarray, names: Sequence[str], scores: np.ndarray,
                     labels: np.ndarray, masks: np.ndarray | None = None,
                     keypoints: np.ndarray | None = None) -> np.ndarray:
-    """The photo with masks (alpha 0.5), boxes labelled ``name score`` and keypoints drawn; uint8 HWC."""
+    """The photo with masks (alpha 0.5), boxes labelled ``name score`` and keypoints drawn; uint8 HWC.
+
+    Detections come best first; only the first :data:`MAX_DRAWN` are drawn.
+    """
     from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
+    boxes, names, scores, labels = boxes[:MAX_DRAWN], names[:MAX_DRAWN], scores[:MAX_DRAWN], labels[:MAX_DRAWN]
+    masks = masks[:MAX_DRAWN] if masks is not None else None
+    keypoints = keypoints[:MAX_DRAWN] if keypoints is not None else None
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
     if not len(scores):
         return np.ascontiguousarray(photo)
@@ -150,12 +160,12 @@ def _lowered_thresholds(module: nn.Module, score_threshold: float) -> list[tuple
 
 
 def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, gradients: bool,
-         score_threshold: float) -> FeaturePass:
+         score_threshold: float, capture: dict[str, nn.Module] | None = None) -> FeaturePass:
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer, gradients=gradients,
-                      settings=_lowered_thresholds(module, score_threshold))
+                      settings=_lowered_thresholds(module, score_threshold), capture=capture)
     if not (isinstance(fp.output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in fp.output)):
         raise UsageError(f"{type(module).__name__} does not return detections (a list of dicts with 'boxes', "
                          "'labels', 'scores' per image): use it with the classification or segmentation analyzers")
@@ -219,6 +229,85 @@ def box_score_targets(outputs: Sequence[dict[str, torch.Tensor]], references: Se
     return torch.stack(rows)
 
 
+def _box_path(module: nn.Module) -> nn.Module | None:
+    """The R-CNN box path (torchvision ``RoIHeads``: ``box_roi_pool``, ``box_head``, ``box_predictor``,
+    ``box_coder``, fed by an ``rpn``), when the model has one."""
+    roi = getattr(module, "roi_heads", None)
+    parts = ("box_roi_pool", "box_head", "box_predictor", "box_coder")
+    if not isinstance(roi, nn.Module) or not all(getattr(roi, p, None) is not None for p in parts):
+        return None
+    return roi if isinstance(getattr(module, "rpn", None), nn.Module) else None
+
+
+def _feeds(module: nn.Module, roi: nn.Module) -> str:
+    """Name of the direct child whose output the box path reads (torchvision: ``backbone``)."""
+    for name, child in module.named_children():
+        if child is getattr(module, "backbone", None):
+            return name
+    return ""
+
+
+def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       original_sizes: Sequence[tuple[int, int]], k: int,
+                       iou_threshold: float) -> dict[str, torch.Tensor]:
+    """Gradients of ``box_score_targets`` of an R-CNN, through its box head on the explained RoIs only.
+
+    Each detection comes from one proposal (RoI) and one class; the box head treats RoIs independently, so
+    its score and box, and hence the target (IoU with the reference + score), depend on that RoI's row alone:
+    the same values and gradients as through the whole graph, without a dense backward over every RoI.
+    The feature maps are copied once per target (k copies of the batch), each target reads its own copy,
+    and one plain backward of the summed targets gives every target's gradients: (k, N, C, h, w) per level.
+    """
+    import torch.nn.functional as F
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import box_iou, clip_boxes_to_image
+
+    proposals = list(fp.captured["proposals"][0])
+    class_logits, box_regression = fp.captured["predictions"]
+    _, resized = fp.canvas
+    counts = [len(p) for p in proposals]
+    logits_list, regression_list = class_logits.split(counts), box_regression.split(counts)
+    n_images = len(references)
+    # the RoI row behind each explained detection: the row whose decoded box and score are the detection's
+    selected = [proposals[0][:0]] * (k * n_images)  # slot j * N + n: target j of image n (or no RoI)
+    for n, (ref_boxes, ref_labels, ref_scores) in enumerate(references):
+        decoded = clip_boxes_to_image(roi.box_coder.decode(regression_list[n], [proposals[n]]), resized[n])
+        probs = F.softmax(logits_list[n], -1)
+        for j, (box, label, score) in enumerate(zip(ref_boxes, ref_labels, ref_scores)):
+            candidates = resize_boxes(decoded[:, int(label)], resized[n], original_sizes[n])
+            reference = torch.as_tensor(box, dtype=candidates.dtype, device=candidates.device)
+            error = (candidates - reference).abs().sum(1) + (probs[:, int(label)] - float(score)).abs()
+            row = int(error.argmin())
+            selected[j * n_images + n] = proposals[n][row:row + 1]
+    activations = fp.activations()
+    copies = {name: a[None].expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]).clone().requires_grad_()
+              for name, a in activations.items()}
+    with torch.enable_grad():
+        pooled = roi.box_roi_pool(copies, selected, list(resized) * k)
+        logits, regression = roi.box_predictor(roi.box_head(pooled))
+        boxes = roi.box_coder.decode(regression, selected)
+        probs = F.softmax(logits, -1)
+        total = torch.zeros((), dtype=probs.dtype, device=probs.device)
+        row = 0
+        for slot, rois in enumerate(selected):
+            if not len(rois):
+                continue
+            j, n = divmod(slot, n_images)
+            box, label = references[n][0][j], int(references[n][1][j])
+            out = clip_boxes_to_image(boxes[row, label], resized[n])
+            out = resize_boxes(out[None], resized[n], original_sizes[n])
+            iou = box_iou(torch.as_tensor(box[None, :], dtype=out.dtype, device=out.device), out)[0, 0]
+            if iou > iou_threshold:
+                total = total + iou + probs[row, label]
+            row += 1
+        if not total.requires_grad:
+            return {name: torch.zeros((k, *a.shape), dtype=a.dtype, device=a.device) for name, a in activations.items()}
+        names = list(copies)
+        grads = torch.autograd.grad(total, [copies[name] for name in names], allow_unused=True,
+                                    materialize_grads=True)
+    return {name: g.reshape(k, *activations[name].shape) for name, g in zip(names, grads)}
+
+
 def detection_cams(
     model: nn.Module,
     images: Any,
@@ -232,6 +321,7 @@ def detection_cams(
     categories: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     colormap: str = "jet",
+    restrict_to_rois: bool = True,
 ) -> list[DetectionCamResult]:
     """A CAM for each of the top-k detections of each image: one forward pass, one batched backward.
 
@@ -249,6 +339,9 @@ def detection_cams(
         categories: class names by label; None: COCO's.
         names: one name per image.
         colormap: matplotlib colormap of the overlays.
+        restrict_to_rois: R-CNN models: differentiate the box head on the RoIs behind the explained detections
+            only (the same targets and maps at a fraction of the cost); False: through the whole graph of the
+            model's output, as pytorch-grad-cam does.
     Returns:
         One result per method and image (method-major), each carrying that image's :class:`Detections`.
     """
@@ -261,7 +354,9 @@ def detection_cams(
     module, categories = _model_and_categories(model, categories)
     batch = task_images(images, names)
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
-    fp = _run(module, batch.tensors, layer, needs_grad, score_threshold)
+    roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
+    capture = {"proposals": module.rpn, "predictions": roi.box_predictor} if roi is not None else None
+    fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, capture)
     outputs = fp.output
     cats = categories if categories is not None else coco_categories(person_only="keypoints" in outputs[0])
     wanted = _resolve_targets(targets, cats)
@@ -273,14 +368,21 @@ def detection_cams(
     if k == 0:
         notes.append(f"no detection scored {score_threshold:g} or more" + (" in the classes asked for" if wanted
                                                                             else "") + ": nothing to explain")
+    sizes = [tuple(p.shape[:2]) for p in batch.photos]
     grads = None
     if needs_grad and k:
-        references = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
-        scores = box_score_targets(outputs, references, k, iou_threshold)
-        grads = fp.gradients(scores)
+        if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
+            references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
+            with inspecting(roi):  # eval mode for the box path only: nothing else runs
+                grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+        else:
+            if roi is not None:  # the features found are not what the box head reads: the whole graph
+                fp = _run(module, batch.tensors, layer, True, score_threshold)
+                outputs = fp.output
+            references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
+            grads = fp.gradients(box_score_targets(outputs, references2, k, iou_threshold))
         if not any(g.abs().amax().item() > 0 for g in grads.values()):
             notes.append(f"all gradients are zero at {fp.layer}: the maps are blank")
-    sizes = [tuple(p.shape[:2]) for p in batch.photos]
     results = []
     try:
         for method in method_names:

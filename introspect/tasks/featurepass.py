@@ -43,7 +43,7 @@ from ..errors import ImageError, UnknownLayerError, UnknownMethodError, UsageErr
 from ..hooks import inspecting
 from ..layers import resolve_layer
 
-__all__ = ["TaskImages", "task_images", "FeaturePass", "feature_pass", "single_pass_methods", "scaled_maps"]
+__all__ = ["TaskImages", "task_images", "FeaturePass", "feature_pass", "batched_gradients", "single_pass_methods", "scaled_maps"]
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -147,6 +147,7 @@ class FeaturePass:
     layer: str
     leaves: dict[str, torch.Tensor]  # level name ("" for a single tensor) -> leaf (N, C, h, w)
     canvas: tuple[tuple[int, int], tuple[tuple[int, int], ...]] | None = None  # detectors: padded, resized sizes
+    captured: dict[str, Any] = field(default_factory=dict)  # outputs of the modules named in capture=
     _recorded: bool = field(default=False, repr=False)
 
     @property
@@ -159,34 +160,41 @@ class FeaturePass:
         return {name: leaf.detach() for name, leaf in self.leaves.items()}
 
     def gradients(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        """d scores[n, j] / d feature map, for every j at once: level -> (k, N, C, h, w).
-
-        ``scores`` is (N, k): target j of image n (0 where an image has fewer targets).
-        One ``torch.autograd.grad`` with ``is_grads_batched=True`` over the k targets; an op
-        without a batching rule falls back to one vector-Jacobian product per target on the same graph.
-        """
+        """d scores[n, j] / d feature map for every j at once (see :func:`batched_gradients`)."""
         if not self._recorded:
             raise RuntimeError("this feature pass recorded no graph (gradients=False)")
-        names = list(self.leaves)
-        leaves = [self.leaves[n] for n in names]
-        n, k = scores.shape
-        if k == 0 or not scores.requires_grad:
-            return {name: torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
-                    for name, leaf in zip(names, leaves)}
-        eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
-        one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
-        try:
-            grads = torch.autograd.grad(scores, leaves, one_hot, retain_graph=True, is_grads_batched=True,
-                                        allow_unused=True, materialize_grads=True)
-        except (RuntimeError, NotImplementedError):
-            per_target = [torch.autograd.grad(scores, leaves, one_hot[j], retain_graph=True, allow_unused=True,
-                                              materialize_grads=True) for j in range(k)]
-            grads = tuple(torch.stack([g[i] for g in per_target]) for i in range(len(leaves)))
-        return dict(zip(names, grads))
+        return batched_gradients(scores, self.leaves)
+
+
+def batched_gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """d scores[n, j] / d leaf, for every target j at once: name -> (k, N, C, h, w).
+
+    ``scores`` is (N, k): target j of image n (0 where an image has fewer targets). One
+    ``torch.autograd.grad`` with ``is_grads_batched=True`` over the k targets; where an op has no
+    batching rule, one vector-Jacobian product per target on the same graph. A leaf the scores do not
+    reach gets zeros.
+    """
+    names = list(leaves)
+    tensors = [leaves[n] for n in names]
+    n, k = scores.shape
+    if k == 0 or not scores.requires_grad:
+        return {name: torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
+                for name, leaf in zip(names, tensors)}
+    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+    one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
+    try:
+        grads = torch.autograd.grad(scores, tensors, one_hot, retain_graph=True, is_grads_batched=True,
+                                    allow_unused=True, materialize_grads=True)
+    except (RuntimeError, NotImplementedError):
+        per_target = [torch.autograd.grad(scores, tensors, one_hot[j], retain_graph=True, allow_unused=True,
+                                          materialize_grads=True) for j in range(k)]
+        grads = tuple(torch.stack([g[i] for g in per_target]) for i in range(len(tensors)))
+    return dict(zip(names, grads))
 
 
 def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gradients: bool = True,
-                 settings: Sequence[tuple[object, str, object]] = ()) -> FeaturePass:
+                 settings: Sequence[tuple[object, str, object]] = (),
+                 capture: Mapping[str, nn.Module] | None = None) -> FeaturePass:
     """Run ``model(inputs)`` once in eval mode, the features it hands its heads made autograd leaves.
 
     Args:
@@ -196,6 +204,7 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
             child whose output is a dict of (N, C, H, W) maps.
         gradients: record the heads' graph (False: everything under ``torch.no_grad``).
         settings: ``(object, attribute, value)`` set for this pass only (e.g. a detector's ``score_thresh``).
+        capture: modules whose outputs to keep, by key (``FeaturePass.captured``).
     Returns:
         A :class:`FeaturePass`.
     """
@@ -228,6 +237,11 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
             return None
         return hook
 
+    def capturing(key: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            found.setdefault("captured", {})[key] = output
+        return hook
+
     def target_hook(module: nn.Module, args: tuple, output: Any) -> Any:
         passed = make_leaves(layer, output)
         if passed is None:
@@ -242,6 +256,8 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
             scope.forward_hook(child, child_hook(name))
         if target is not None:
             scope.forward_hook(target, target_hook)
+        for key, module in (capture or {}).items():
+            scope.forward_hook(module, capturing(key))
         with torch.no_grad():
             output = model(inputs)
     if "leaves" not in found:
@@ -251,7 +267,7 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
         raise UsageError(f"{type(model).__name__} has no direct child that outputs a dict of (N, C, H, W) feature "
                          "maps: name the layer to explain with layer=")
     return FeaturePass(output=output, layer=found["layer"], leaves=found["leaves"], canvas=found.get("canvas"),
-                       _recorded=gradients)
+                       captured=found.get("captured", {}), _recorded=gradients)
 
 
 # ------------------------------------------------------------------------------ maps
