@@ -56,6 +56,7 @@ class TaskImages:
     tensors: tuple[torch.Tensor, ...]
     photos: tuple[np.ndarray, ...]  # uint8 (H, W, 3): the same pixels
     names: tuple[str, ...]
+    normalized: bool = False  # True: the tensors are already what the model eats (from an InputBatch)
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -93,7 +94,7 @@ def task_images(images: Any, names: Sequence[str] | None = None) -> TaskImages:
 
     if hasattr(images, "tensor") and hasattr(images, "names") and hasattr(images, "photos"):  # an InputBatch
         return TaskImages(tuple(images.tensor.unbind(0)), tuple(np.asarray(p) for p in images.photos),
-                          tuple(images.names))
+                          tuple(images.names), normalized=True)
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         items: list[Any] = list(images.unbind(0))
     elif isinstance(images, (list, tuple)):
