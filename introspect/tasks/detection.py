@@ -164,8 +164,12 @@ def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, 
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer, gradients=gradients,
-                      settings=_lowered_thresholds(module, score_threshold), capture=capture)
+    try:
+        fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer,
+                          gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture)
+    except TypeError as error:  # a model that takes one batched tensor, not a list of images
+        raise UsageError(f"{type(module).__name__} does not take a list of images as torchvision detectors do "
+                         f"({error.__class__.__name__}: {str(error).splitlines()[0][:80]}): is it a detector?") from error
     if not (isinstance(fp.output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in fp.output)):
         raise UsageError(f"{type(module).__name__} does not return detections (a list of dicts with 'boxes', "
                          "'labels', 'scores' per image): use it with the classification or segmentation analyzers")

@@ -128,7 +128,9 @@ def _is_map(value: Any) -> bool:
 
 
 def _is_map_dict(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) > 0 and all(_is_map(v) for v in value.values())
+    """A dict of (N, C, H, W) maps (the smallest of a pyramid may be 1x1, as SSD's last ones)."""
+    return isinstance(value, Mapping) and len(value) > 0 and any(_is_map(v) for v in value.values()) and all(
+        isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point() for v in value.values())
 
 
 def _canvas(value: Any) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]] | None:
