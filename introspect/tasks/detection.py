@@ -160,13 +160,15 @@ def _lowered_thresholds(module: nn.Module, score_threshold: float) -> list[tuple
 
 
 def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, gradients: bool,
-         score_threshold: float, capture: dict[str, nn.Module] | None = None) -> FeaturePass:
+         score_threshold: float, capture: dict[str, nn.Module] | None = None,
+         require_features: bool = True) -> FeaturePass:
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     try:
         fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer,
-                          gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture)
+                          gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture,
+                          require_features=require_features)
     except TypeError as error:  # a model that takes one batched tensor, not a list of images
         raise UsageError(f"{type(module).__name__} does not take a list of images as torchvision detectors do "
                          f"({error.__class__.__name__}: {str(error).splitlines()[0][:80]}): is it a detector?") from error
@@ -200,7 +202,7 @@ def detect(
     _check_threshold(score_threshold)
     module, categories = _model_and_categories(model, categories)
     batch = task_images(images, names)
-    fp = _run(module, batch.tensors, None, False, score_threshold)
+    fp = _run(module, batch.tensors, None, False, score_threshold, require_features=False)
     return [_detections(out, name, photo, score_threshold, categories)
             for out, name, photo in zip(fp.output, batch.names, batch.photos)]
 

@@ -197,7 +197,7 @@ def batched_gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) 
 
 def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gradients: bool = True,
                  settings: Sequence[tuple[object, str, object]] = (),
-                 capture: Mapping[str, nn.Module] | None = None) -> FeaturePass:
+                 capture: Mapping[str, nn.Module] | None = None, require_features: bool = True) -> FeaturePass:
     """Run ``model(inputs)`` once in eval mode, the features it hands its heads made autograd leaves.
 
     Args:
@@ -208,6 +208,7 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
         gradients: record the heads' graph (False: everything under ``torch.no_grad``).
         settings: ``(object, attribute, value)`` set for this pass only (e.g. a detector's ``score_thresh``).
         capture: modules whose outputs to keep, by key (``FeaturePass.captured``).
+        require_features: raise when no feature maps were found (False: ``leaves`` may be empty).
     Returns:
         A :class:`FeaturePass`.
     """
@@ -263,13 +264,13 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
             scope.forward_hook(module, capturing(key))
         with torch.no_grad():
             output = model(inputs)
-    if "leaves" not in found:
+    if "leaves" not in found and (require_features or target is not None):
         if target is not None:
             raise UnknownLayerError(f"layer {layer!r} does not run in the model's forward pass (in eval mode): "
                                     "pick another layer=")
         raise UsageError(f"{type(model).__name__} has no direct child that outputs a dict of (N, C, H, W) feature "
                          "maps: name the layer to explain with layer=")
-    return FeaturePass(output=output, layer=found["layer"], leaves=found["leaves"], canvas=found.get("canvas"),
+    return FeaturePass(output=output, layer=found.get("layer", ""), leaves=found.get("leaves", {}), canvas=found.get("canvas"),
                        captured=found.get("captured", {}), _recorded=gradients)
 
 
@@ -303,13 +304,14 @@ def scaled_maps(method: str, fp: FeaturePass, grads: dict[str, torch.Tensor] | N
     activations = fp.activations()
     per_image: list[torch.Tensor | None] = [None] * len(sizes)
     for level, activation in activations.items():
-        a = torch.nan_to_num(activation.float())
+        dtype = torch.float64 if activation.dtype == torch.float64 else torch.float32  # half -> float
+        a = torch.nan_to_num(activation.to(dtype))
         g = None
         if entry.uses_gradients:
             if grads is None:
                 raise RuntimeError(f"{method} needs gradients")
-            g = torch.nan_to_num(grads[level].float())
-        raw = entry.fast(a, g).to(a.device).float()  # (k or 1, N, h, w)
+            g = torch.nan_to_num(grads[level].to(dtype))
+        raw = entry.fast(a, g).to(device=a.device, dtype=dtype)  # (k or 1, N, h, w)
         raw = _minmax(torch.relu(raw)).expand(k, -1, -1, -1)
         for n, (height, width) in enumerate(sizes):
             maps = raw[:, n]
@@ -322,4 +324,4 @@ def scaled_maps(method: str, fp: FeaturePass, grads: dict[str, torch.Tensor] | N
             maps = F.interpolate(maps[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
             maps = maps[:, :height, :width]
             per_image[n] = maps if per_image[n] is None else per_image[n] + maps
-    return [_minmax(torch.relu(m / len(activations))).cpu() for m in per_image]
+    return [_minmax(torch.relu(m / len(activations))).float().cpu() for m in per_image]

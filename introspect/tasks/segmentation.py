@@ -107,7 +107,7 @@ def _groups(batch: TaskImages) -> list[list[int]]:
 
 
 def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Sequence[float], std: Sequence[float],
-             layer: str | None, gradients: bool) -> FeaturePass:
+             layer: str | None, gradients: bool, require_features: bool = True) -> FeaturePass:
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -115,7 +115,7 @@ def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Seq
     if not batch.normalized:
         x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
-    return feature_pass(module, x, layer=layer, gradients=gradients)
+    return feature_pass(module, x, layer=layer, gradients=gradients, require_features=require_features)
 
 
 def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
@@ -168,7 +168,7 @@ def segment(
     batch = task_images(images, names)
     found: dict[int, Segmentation] = {}
     for indices in _groups(batch):
-        fp = _forward(module, batch, indices, mean, std, None, gradients=False)
+        fp = _forward(module, batch, indices, mean, std, None, gradients=False, require_features=False)
         logits = _logits(fp.output)
         for row, i in enumerate(indices):
             found[i] = _segmentation(logits[row], batch.names[i], batch.photos[i], cats)
