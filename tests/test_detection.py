@@ -263,3 +263,16 @@ def test_trained_detector_box_and_cam_peak_land_on_the_known_object(trained):
         hits[method] = float(np.mean(inside))
     # a random peak lands in the grown box about 15% of the time
     assert hits["hirescam"] >= 0.7 and hits["gradcam"] >= 0.35, hits
+
+
+def test_a_loaded_model_brings_its_categories_and_inference_mode_is_refused(detector, image):
+    from types import SimpleNamespace
+
+    names = tuple(f"thing{i}" for i in range(91))
+    loaded = SimpleNamespace(model=detector, categories=names)
+    found = detect(loaded, image, score_threshold=0.0)[0]
+    assert found.names == tuple(names[label] for label in found.labels)
+    with torch.inference_mode(), pytest.raises(UsageError, match="inference_mode"):
+        detection_cams(detector, image, score_threshold=0.0)
+    with torch.inference_mode():  # activation-only methods need no graph
+        assert detection_cams(detector, image, topk=1, score_threshold=0.0, methods="eigencam")[0].maps

@@ -65,7 +65,7 @@ def _name(categories: Sequence[str], label: int) -> str:
 
 
 def _model_and_categories(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Sequence[str] | None]:
-    module = getattr(model, "model", model)  # a LoadedModel carries its module and class names
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", model)  # a LoadedModel
     if categories is None and module is not model:
         categories = getattr(model, "categories", None) or None
     if not isinstance(module, nn.Module):
@@ -329,7 +329,12 @@ def detection_cams(
     colormap: str = "jet",
     restrict_to_rois: bool = True,
 ) -> list[DetectionCamResult]:
-    """A CAM for each of the top-k detections of each image: one forward pass, one batched backward.
+    """A CAM for each of the top-k detections of each image: one forward pass, one backward.
+
+    R-CNN models (a ``roi_heads`` with torchvision's box path) run their forward without recording; the box
+    head is then re-run, with gradients, on the k RoIs behind the explained detections only, and one backward
+    gives every target's gradients. Other detectors (RetinaNet, FCOS, SSD) record their heads in the forward
+    pass and take one batched ``autograd.grad`` over the k targets.
 
     Args:
         model: a torchvision-style detector; it comes back untouched.
@@ -360,6 +365,9 @@ def detection_cams(
     module, categories = _model_and_categories(model, categories)
     batch = task_images(images, names)
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
+    if needs_grad and torch.is_inference_mode_enabled():
+        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
+                         "it, or use methods='eigencam'")
     roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
     capture = {"proposals": module.rpn, "predictions": roi.box_predictor} if roi is not None else None
     fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, capture)

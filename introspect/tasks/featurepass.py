@@ -212,6 +212,9 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
     Returns:
         A :class:`FeaturePass`.
     """
+    if gradients and torch.is_inference_mode_enabled():
+        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call them outside it, "
+                         "or use methods='eigencam'")
     target = resolve_layer(model, layer) if layer is not None else None
     found: dict[str, Any] = {}
 

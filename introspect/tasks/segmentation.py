@@ -134,7 +134,7 @@ def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories
 
 
 def _module(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Sequence[str]]:
-    module = getattr(model, "model", model)
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", model)  # a LoadedModel
     if categories is None and module is not model:
         categories = getattr(model, "categories", None) or None
     if not isinstance(module, nn.Module):
