@@ -288,24 +288,22 @@ def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tup
     activations = fp.activations()
     copies = {name: a[None].expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]).clone().requires_grad_()
               for name, a in activations.items()}
+    slots = [slot for slot, rois in enumerate(selected) if len(rois)]
+    image_of = [slot % n_images for slot in slots]
+    labels = torch.tensor([int(references[n][1][slot // n_images]) for slot, n in zip(slots, image_of)],
+                          device=class_logits.device)
+    reference = torch.from_numpy(np.stack([references[n][0][slot // n_images] for slot, n in zip(slots, image_of)]))
     with torch.enable_grad():
         pooled = roi.box_roi_pool(copies, selected, list(resized) * k)
         logits, regression = roi.box_predictor(roi.box_head(pooled))
-        boxes = roi.box_coder.decode(regression, selected)
-        probs = F.softmax(logits, -1)
-        total = torch.zeros((), dtype=probs.dtype, device=probs.device)
-        row = 0
-        for slot, rois in enumerate(selected):
-            if not len(rois):
-                continue
-            j, n = divmod(slot, n_images)
-            box, label = references[n][0][j], int(references[n][1][j])
-            out = clip_boxes_to_image(boxes[row, label], resized[n])
-            out = resize_boxes(out[None], resized[n], original_sizes[n])
-            iou = box_iou(torch.as_tensor(box[None, :], dtype=out.dtype, device=out.device), out)[0, 0]
-            if iou > iou_threshold:
-                total = total + iou + probs[row, label]
-            row += 1
+        rows = torch.arange(len(slots), device=logits.device)
+        probs = F.softmax(logits, -1)[rows, labels]
+        boxes = roi.box_coder.decode(regression, selected)[rows, labels]  # (K, 4): each row's box of its class
+        out = torch.stack([resize_boxes(clip_boxes_to_image(boxes[i:i + 1], resized[n]), resized[n],
+                                        original_sizes[n])[0] for i, n in enumerate(image_of)])
+        reference = reference.to(dtype=out.dtype, device=out.device)
+        iou = box_iou(reference, out).diagonal()  # each reference against its own detection's recomputed box
+        total = ((iou + probs) * (iou > iou_threshold)).sum()
         if not total.requires_grad:
             return {name: torch.zeros((k, *a.shape), dtype=a.dtype, device=a.device) for name, a in activations.items()}
         names = list(copies)
@@ -387,7 +385,10 @@ def detection_cams(
     if needs_grad and k:
         if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
             references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
-            with inspecting(roi):  # eval mode for the box path only: nothing else runs
+            if any(m.training for m in roi.modules()):
+                with inspecting(roi):  # eval mode for the box path, put back after
+                    grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+            else:  # no hook, no mode change, nothing written to .grad: nothing to put back
                 grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
         else:
             if roi is not None:  # the features found are not what the box head reads: the whole graph
