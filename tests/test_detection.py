@@ -165,9 +165,10 @@ def test_no_detection_gives_empty_maps_and_a_warning(detector, image):
     assert result.maps == () and len(result.detections) == 0
 
 
-def test_detector_comes_back_untouched():
+@pytest.mark.parametrize("training", [True, False], ids=["train-mode", "eval-mode"])
+def test_detector_comes_back_untouched(training):
     model = _detector(rpn_post_nms_top_n_test=40, box_detections_per_img=30)
-    model.train()
+    model.train(training)
     model.backbone.body.requires_grad_(False)
     for p in model.roi_heads.parameters():
         p.grad = torch.full_like(p, 0.5)
