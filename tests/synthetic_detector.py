@@ -24,7 +24,7 @@ IMAGE_SIZE = 64
 
 
 class TinyBackbone(nn.Module):
-    """Four 3x3 convs (two of stride 2, one more of stride 2): a (N, 32, H/8, W/8) map in a dict, as FPN backbones give."""
+    """Four 3x3 convs, three of stride 2: a (N, 32, H/8, W/8) map in a dict, as FPN backbones give."""
 
     out_channels = 32
 

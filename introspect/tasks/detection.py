@@ -170,8 +170,9 @@ def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, 
                           gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture,
                           require_features=require_features)
     except TypeError as error:  # a model that takes one batched tensor, not a list of images
+        first = str(error).splitlines()[0][:80] if str(error) else ""
         raise UsageError(f"{type(module).__name__} does not take a list of images as torchvision detectors do "
-                         f"({error.__class__.__name__}: {str(error).splitlines()[0][:80]}): is it a detector?") from error
+                         f"({error.__class__.__name__}: {first}): is it a detector?") from error
     if not (isinstance(fp.output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in fp.output)):
         raise UsageError(f"{type(module).__name__} does not return detections (a list of dicts with 'boxes', "
                          "'labels', 'scores' per image): use it with the classification or segmentation analyzers")

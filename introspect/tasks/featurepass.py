@@ -43,7 +43,8 @@ from ..errors import ImageError, UnknownLayerError, UnknownMethodError, UsageErr
 from ..hooks import inspecting
 from ..layers import resolve_layer
 
-__all__ = ["TaskImages", "task_images", "FeaturePass", "feature_pass", "batched_gradients", "single_pass_methods", "scaled_maps"]
+__all__ = ["TaskImages", "task_images", "FeaturePass", "feature_pass", "batched_gradients", "single_pass_methods",
+           "scaled_maps"]
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -273,7 +274,8 @@ def feature_pass(model: nn.Module, inputs: Any, *, layer: str | None = None, gra
                                     "pick another layer=")
         raise UsageError(f"{type(model).__name__} has no direct child that outputs a dict of (N, C, H, W) feature "
                          "maps: name the layer to explain with layer=")
-    return FeaturePass(output=output, layer=found.get("layer", ""), leaves=found.get("leaves", {}), canvas=found.get("canvas"),
+    return FeaturePass(output=output, layer=found.get("layer", ""), leaves=found.get("leaves", {}),
+                       canvas=found.get("canvas"),
                        captured=found.get("captured", {}), _recorded=gradients)
 
 

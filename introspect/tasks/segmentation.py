@@ -259,7 +259,8 @@ def segmentation_cams(
                 entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
                                                   heatmap=heatmap, image=overlay(batch.photos[i], heatmap, colormap)))
             panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
-            results.append(SegmentationCamResult(method=method, layer=layer_name, levels=levels, image_name=seg.image_name,
+            results.append(SegmentationCamResult(method=method, layer=layer_name, levels=levels,
+                                                 image_name=seg.image_name,
                                                  segmentation=seg, maps=tuple(entries), image=panel,
                                                  warnings=tuple(notes)))
     for note in sorted({n for entry in per_image.values() for n in entry[5]}):
