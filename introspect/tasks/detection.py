@@ -397,12 +397,12 @@ def detection_cams(
                 outputs = fp.output
             references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
             grads = fp.gradients(box_score_targets(outputs, references2, k, iou_threshold))
-        if not any(g.abs().amax().item() > 0 for g in grads.values()):
-            notes.append(f"all gradients are zero at {fp.layer}: the maps are blank")
     results = []
     try:
         for method in method_names:
             maps = scaled_maps(method, fp, grads, k, sizes) if k else [None] * len(sizes)
+            if k and not any(bool(m.any()) for m in maps):
+                notes.append(f"{method}: every map is zero at {fp.layer} (no gradient reaches it?): blank maps")
             for n, (found, picks) in enumerate(zip(detections, chosen)):
                 entries = []
                 for j, index in enumerate(picks):

@@ -310,13 +310,13 @@ def scaled_maps(method: str, fp: FeaturePass, grads: dict[str, torch.Tensor] | N
     per_image: list[torch.Tensor | None] = [None] * len(sizes)
     for level, activation in activations.items():
         dtype = torch.float64 if activation.dtype == torch.float64 else torch.float32  # half -> float
-        a = torch.nan_to_num(activation.to(dtype))
+        a = activation.to(dtype)
         g = None
         if entry.uses_gradients:
             if grads is None:
                 raise RuntimeError(f"{method} needs gradients")
-            g = torch.nan_to_num(grads[level].to(dtype))
-        raw = entry.fast(a, g).to(device=a.device, dtype=dtype)  # (k or 1, N, h, w)
+            g = grads[level].to(dtype)
+        raw = torch.nan_to_num(entry.fast(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
         raw = _minmax(torch.relu(raw)).expand(k, -1, -1, -1)
         for n, (height, width) in enumerate(sizes):
             maps = raw[:, n]

@@ -238,10 +238,10 @@ def segmentation_cams(
                     values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
                     rows.append(torch.stack(values))
                 grads = fp.gradients(torch.stack(rows))
-                if not any(g.abs().amax().item() > 0 for g in grads.values()):
-                    notes.append(f"all gradients are zero at {fp.layer}: the maps are blank")
             sizes = [tuple(batch.photos[i].shape[:2]) for i in indices]
             maps = {m: [t.numpy() for t in scaled_maps(m, fp, grads, k, sizes)] for m in method_names}
+            notes += [f"{m}: every map is zero at {fp.layer} (no gradient reaches it?): the maps are blank"
+                      for m in method_names if k and not any(t.any() for t in maps[m])]
             layer_name, levels = fp.layer, fp.levels
         finally:
             fp.leaves.clear()
