@@ -367,6 +367,7 @@ def detection_cams(
     if needs_grad and torch.is_inference_mode_enabled():
         raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
                          "it, or use methods='eigencam'")
+    _resolve_targets(targets, categories if categories is not None else coco_categories())  # fail before the pass
     roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
     capture = {"proposals": module.rpn, "predictions": roi.box_predictor} if roi is not None else None
     fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, capture)
