@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .analyzers.cam import CAM_METHODS, cam_layer_choice, cams_from_pass, parse_cam_methods
+from .analyzers.cam import CAM_METHODS, cams_from_pass, parse_cam_methods
 from .analyzers.compare import compare_cams
 from .analyzers.features import feature_layer_choices, feature_maps_from_pass
 from .analyzers.kernels import kernel_grids
@@ -33,7 +33,7 @@ from .analyzers.quality import cam_quality
 from .errors import UsageError
 from .forward import run_forward
 from .inputs import InputBatch, prepare_inputs
-from .layers import resolve_layers
+from .layers import pick_cam_layer, resolve_layers
 from .models import LoadedModel, load_model
 from .records import CamQuality
 
@@ -119,10 +119,10 @@ def report(
         methods = parse_cam_methods(cam_methods) if uses_cams else []
         loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, input_size)
         module = loaded.model
-        feature_choices = feature_layer_choices(module, layers) if "features" in chosen else []
-        cam_choice = cam_layer_choice(module, cam_layer) if uses_cams else None
+        feature_choices = feature_layer_choices(module, layers, input_size=loaded.input_size) if "features" in chosen else []
+        cam_choice = pick_cam_layer(module, cam_layer, input_size=loaded.input_size) if uses_cams else None
         saliency_names = parse_saliency_methods(saliency_methods) if "saliency" in chosen else []
-        saliency_layer = (cam_choice or cam_layer_choice(module, cam_layer)) if "guidedgradcam" in saliency_names \
+        saliency_layer = (cam_choice or pick_cam_layer(module, cam_layer, input_size=loaded.input_size)) if "guidedgradcam" in saliency_names \
             else None
         if "filters" in chosen and filter_layers:
             resolve_layers(module, filter_layers)

@@ -59,7 +59,7 @@ from torch import nn
 from .errors import UsageError
 from .hooks import first_tensor
 from .inputs import InputBatch, unwrap
-from .layers import LayerChoice, default_feature_layers, resolve_layer
+from .layers import LayerChoice, default_feature_layers, pick_cam_layer, resolve_layer
 from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
 
 __all__ = ["Watch", "watch"]
@@ -88,7 +88,7 @@ class Watch:
         run_name: str | None = None,
         start_step: int = 0,
     ) -> None:
-        from .analyzers.cam import cam_layer_choice, parse_cam_methods
+        from .analyzers.cam import parse_cam_methods
 
         module, loaded = unwrap(model)
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -113,7 +113,7 @@ class Watch:
         self._cam_method = parse_cam_methods(cam_method)[0]
         if probe is not None:
             self._batch = _probe_batch(probe, loaded, mean, std)
-            self._cam_layer = cam_layer_choice(module, cam_layer)
+            self._cam_layer = pick_cam_layer(module, cam_layer, input_size=tuple(self._batch.tensor.shape[-2:]))
             self._labels = _probe_labels(labels, len(self._batch), self.categories)
         elif labels is not None:
             raise UsageError("labels were given without probe images: pass probe=... as well")

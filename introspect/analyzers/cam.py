@@ -25,13 +25,12 @@ from ..errors import IntrospectWarning, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
-from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
+from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel
 from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 
-__all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
-           "cam_layer_choice"]
+__all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass"]
 
 # A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -195,15 +194,6 @@ def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
-    """The target layer: the one asked for (checked), or the family's default."""
-    if layer is None:
-        return cam_target_layer(model)
-    resolve_layer(model, layer)
-    default = cam_target_layer(model)
-    return LayerChoice(layer, channels_last=default.channels_last and layer.startswith("features"))
-
-
 def _normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """pytorch-grad-cam's scaling: ReLU, min-max, bilinear resize to the input, min-max again."""
     maps = torch.relu(raw.float())
@@ -226,11 +216,11 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
 
 def _fast_maps(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
                size: tuple[int, int], notes: list[str]) -> torch.Tensor:
-    activation = _finite(to_nchw(forward.activations[layer.name], layer.channels_last).float(), "activations", notes)
+    activation = _finite(to_nchw(forward.activations[layer.name], layer).float(), "activations", notes)
     grads = None
     if method.uses_gradients:
         raw_grads = forward.gradients(classes)
-        grads = torch.stack([to_nchw(g, layer.channels_last) for g in raw_grads]).float()
+        grads = torch.stack([to_nchw(g, layer) for g in raw_grads]).float()
         grads = _finite(grads, "gradients", notes)
         if not grads.abs().amax().item() > 0:
             notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
@@ -269,7 +259,7 @@ def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
     target_layer = resolve_layer(model, layer.name)
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
-        return to_nchw(t, layer.channels_last)
+        return to_nchw(t, layer)
 
     maps = None
     with inspecting(model):
@@ -344,7 +334,7 @@ def cam(
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
-    choice = cam_layer_choice(module, layer)
+    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:]))
     method_names = parse_cam_methods(methods)
     needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in method_names)
     forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=choice.name if needs_grad else None)

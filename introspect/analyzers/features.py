@@ -10,29 +10,25 @@ from torch import nn
 
 from ..forward import ForwardPass, run_forward
 from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
-from ..layers import LayerChoice, default_feature_layers, resolve_layer
-from ..layers import to_nchw
+from ..layers import LayerChoice, default_feature_layers, layer_choice, to_nchw
 from ..models import LoadedModel
 from ..records import FeatureMap
 
 __all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
 
 
-def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None) -> list[LayerChoice]:
-    """The layers asked for (checked), or the model's default stage outputs."""
-    defaults = default_feature_layers(model)
+def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None, *,
+                          input_size: int | Sequence[int] | None = None) -> list[LayerChoice]:
+    """The layers asked for (checked, with their probed layout), or the model's default stage outputs."""
     if not layers:
-        return defaults
-    channels_last = {c.name for c in defaults if c.channels_last}
-    for name in layers:
-        resolve_layer(model, name)
-    return [LayerChoice(n, channels_last=n in channels_last) for n in layers]
+        return default_feature_layers(model, input_size=input_size)
+    return [layer_choice(model, name, input_size=input_size) for name in layers]
 
 
 def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int) -> FeatureMap:
     from ..images import normalize01, tile_grid
 
-    maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
+    maps = to_nchw(activation[None], choice)[0].float()  # (C, H, W)
     maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     means = maps.mean(dim=(1, 2))
     order = torch.argsort(means, descending=True)[:max_channels]
@@ -66,6 +62,6 @@ def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequenc
     """Activations of ``layers`` (default: the model's stage outputs) for each input, as grids with stats."""
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
-    choices = feature_layer_choices(module, layers)
+    choices = feature_layer_choices(module, layers, input_size=tuple(batch.tensor.shape[-2:]))
     forward = run_forward(module, batch.tensor, capture=[c.name for c in choices])
     return feature_maps_from_pass(forward, batch, choices, max_channels)

@@ -16,8 +16,9 @@ from torch import nn
 
 from ..forward import run_forward
 from ..inputs import prepare_inputs
+from ..layers import pick_cam_layer
 from ..records import PointingGame
-from .cam import CAM_METHODS, cam_layer_choice, cams_from_pass, parse_cam_methods
+from .cam import CAM_METHODS, cams_from_pass, parse_cam_methods
 
 __all__ = ["GRADIENT_METHODS", "SINGLE_PASS_METHODS", "pointing_game"]
 
@@ -48,7 +49,7 @@ def pointing_game(
     if not len(images) == len(classes) == len(boxes):
         raise ValueError(f"{len(images)} images, {len(classes)} classes and {len(boxes)} boxes: give one of each "
                          "per image")
-    choice = cam_layer_choice(model, layer)
+    choice = pick_cam_layer(model, layer, input_size=tuple(images.shape[-2:]))
     needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in names)
     peaks = np.zeros((len(names), len(images), 2), dtype=np.int64)
     for start in range(0, len(images), batch_size):

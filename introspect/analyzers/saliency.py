@@ -26,10 +26,10 @@ from torch import nn
 from ..errors import IntrospectWarning, UnknownMethodError
 from ..hooks import first_tensor, inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
-from ..layers import LayerChoice, resolve_layer, to_nchw
+from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel
 from ..records import SaliencyMap, SaliencyResult
-from .cam import CAM_METHODS, _normalise, cam_layer_choice
+from .cam import CAM_METHODS, _normalise
 from .predictions import class_name, resolve_target
 
 __all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_batch", "guided_relus"]
@@ -169,8 +169,8 @@ def saliency_from_batch(
         if "guidedgradcam" in names:
             if cam_module is None:
                 raise ValueError("guidedgradcam needs the Grad-CAM target layer: pass layer=")
-            a = to_nchw(activation, layer.channels_last).float()
-            g = torch.stack([to_nchw(t, layer.channels_last) for t in layer_grads]).float()
+            a = to_nchw(activation, layer).float()
+            g = torch.stack([to_nchw(t, layer) for t in layer_grads]).float()
             cams = _normalise(CAM_METHODS["gradcam"].fast(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
             gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
     if probabilities is None:
@@ -217,7 +217,8 @@ def saliency(
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
     method_names = parse_saliency_methods(methods)
-    choice = cam_layer_choice(module, layer) if "guidedgradcam" in method_names else None
+    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:])) \
+        if "guidedgradcam" in method_names else None
     first = next(module.parameters(), None)
     tensor = batch.tensor if first is None else batch.tensor.to(first.device)
     with inspecting(module), torch.inference_mode():
