@@ -277,7 +277,7 @@ def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
     if not candidates:
         raise UnknownLayerError(f"cannot find a layer of {type(model).__name__} whose output is a map over the "
                                 f"image at input size {found.input_size}: {hint}")
-    chosen = candidates[-1]
+    chosen = last = candidates[-1]
     if chosen.layout == "tokens" and chosen.prefix > 0:
         picked = _token_target(model, found, candidates)
         if picked is None:
@@ -285,7 +285,7 @@ def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
                                     f"scores: {hint}")
         chosen = picked
     chosen = _innermost_stage(found, chosen)
-    strange = _unexplained_after(found, chosen)
+    strange = _unexplained_after(found, last)
     if chosen is candidates[0] and len(candidates) > 1 or strange:
         detail = f" (later outputs such as {strange[0].name} {strange[0].shape} are not maps it can read)" \
             if strange else ""
@@ -382,15 +382,26 @@ def _largest_child(model: nn.Module) -> tuple[str, nn.Module] | None:
 def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list[LayerOutput]:
     """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks."""
     candidates = _eligible(model, found)
-    grids: list[tuple[int, int]] = []
+    spans: dict[str, set] = {}  # module -> the grids its spatial outputs (and its descendants') take
+    ends: dict[str, tuple[int, int] | None] = {l.name: l.grid for l in found.layers}
+    for layer in found.spatial:
+        parts = layer.name.split(".")
+        for depth in range(1, len(parts) + 1):
+            spans.setdefault(".".join(parts[:depth]), set()).add(layer.grid)
+    runs: dict[tuple[int, int], list[LayerOutput]] = {}  # outputs of one size, sizes in order of appearance
     for layer in candidates:
-        if layer.grid not in grids:
-            grids.append(layer.grid)
+        runs.setdefault(layer.grid, []).append(layer)
+
+    def closed(layer: LayerOutput) -> bool:
+        """Every enclosing module ends at this size too, or spans several stages (``features``)."""
+        parts = layer.name.split(".")
+        ancestors = [".".join(parts[:depth]) for depth in range(1, len(parts))]
+        return all(ends.get(a) == layer.grid or len(spans.get(a, ())) >= 3 for a in ancestors)
+
     stages = []
-    for grid in grids:
-        same = [l for l in candidates if l.grid == grid]
-        depth = min(l.name.count(".") for l in same)
-        stages.append(max((l for l in same if l.name.count(".") == depth), key=lambda l: l.end))
+    for run in runs.values():
+        ok = [l for l in run if closed(l)]
+        stages.append((ok or run)[-1])
     stages = [_innermost_stage(found, layer) for layer in stages]
     if len(stages) >= 3:
         keep = set(_evenly([l.name for l in stages], limit))
