@@ -410,7 +410,7 @@ def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list
     modules = dict(model.named_modules())
     best: list[str] = []
     for name, module in modules.items():
-        if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) >= 4:
+        if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) >= 2:
             children = [f"{name}.{child}" if name else child for child, _ in module.named_children()]
             if all(c in by_name for c in children) and len(children) > len(best):
                 best = children

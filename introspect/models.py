@@ -268,6 +268,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a torchvision classifier by name (or wrap a module) with its weights, transform and class names.
 
+    ``timm:NAME`` loads a timm model and ``hf:PATH_OR_ID`` a transformers image classifier (optional
+    extras ``introspect[timm]`` and ``introspect[hf]``).
     Example: ``introspect.load_model("resnet18", weights="none")``.
     """
     target = resolve_device(device)
@@ -275,14 +277,23 @@ def load_model(
         raise InputSizeError(f"--input-size {input_size} is not a size: give a positive number of pixels, e.g. 224")
     notes: list[str] = []
     if isinstance(model, nn.Module):
+        from .probe import model_input_size
+        from .timm_hf import module_categories
+
         first = next(model.parameters(), None)
-        size = input_size or 224
+        size = input_size or model_input_size(model)[0]
         classes = _output_classes(model) or 0
-        names = tuple(categories) if categories else tuple(f"class {i}" for i in range(classes))
+        names = tuple(categories) if categories else (
+            module_categories(model, classes) or tuple(f"class {i}" for i in range(classes)))
         return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
                            transform=imagenet_transform(size), categories=names, input_size=size,
                            device=first.device if first is not None else target, warnings=notes)
 
+    if model.startswith(("timm:", "hf:")):  # optional extras, imported only for such a name
+        from .timm_hf import load_hf, load_timm
+
+        prefix, _, rest = model.partition(":")
+        return (load_timm if prefix == "timm" else load_hf)(rest, weights, target, input_size, categories)
     _check_model_name(model)
     enum = _weights_enum(model)
     choice = "auto" if weights is None else str(weights)

@@ -95,7 +95,11 @@ class Probe:
 
 
 def model_input_size(model: nn.Module, default: int = 224) -> tuple[int, int]:
-    """The input size a model declares (timm's pretrained_cfg, HF config, torchvision ViT), else ``default``."""
+    """The input size a model declares (its patch embedding, timm's pretrained_cfg, HF config, torchvision
+    ViT), else ``default``."""
+    embed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(embed, (tuple, list)) and len(embed) == 2 and all(isinstance(s, int) for s in embed):
+        return int(embed[0]), int(embed[1])
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), (tuple, list)) and len(cfg["input_size"]) == 3:
         return int(cfg["input_size"][1]), int(cfg["input_size"][2])
