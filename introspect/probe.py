@@ -14,7 +14,8 @@ layout:
 The forward pass runs on the meta device when the model allows it (parameters swapped
 for meta tensors with :func:`torch.func.functional_call`: no arithmetic, no copy of the
 weights); otherwise on one small random input under ``torch.no_grad``. Both run
-inside :func:`introspect.hooks.inspecting`, so the model comes back untouched. Probes
+inside :func:`introspect.hooks.inspecting`, so the model comes back untouched, with the model's
+own hooks set aside (this extra pass is not one of the caller's forwards). Probes
 are cached per model and input size, so one run probes once.
 
 :func:`patch_gradients` answers the one question shapes cannot: do the patch tokens of
@@ -210,6 +211,19 @@ def _version(tensor: torch.Tensor | None) -> int | None:
         return None
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _quiet(scope, model: nn.Module) -> None:
+    """Set the model's own hooks aside for the scope: the probe's extra pass is not the caller's forward."""
+    for module in model.modules():
+        for name in _HOOK_DICTS:
+            current = getattr(module, name, None)
+            if isinstance(current, dict) and current:
+                scope.set_attribute(module, name, type(current)())
+
+
 def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
     """Run ``run()`` with hooks on every module; raw records by name."""
     records: dict[str, dict] = {}
@@ -245,6 +259,7 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
         return hook
 
     with inspecting(model) as scope:
+        _quiet(scope, model)
         for name, module in model.named_modules():
             if name:
                 scope.forward_pre_hook(module, pre(name))
@@ -359,6 +374,7 @@ def patch_gradients(model: nn.Module, names: Sequence[str], input_size: int | Se
         example = _example(model, size).requires_grad_(True)
         generator = torch.Generator().manual_seed(0)
         with inspecting(model) as scope:
+            _quiet(scope, model)
             for name in wanted:
                 scope.forward_hook(modules[name], keep(name))
             if head is not None:  # its input: the pooled features (a zero-initialised head passes no gradient)
