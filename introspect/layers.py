@@ -318,21 +318,21 @@ def pick_cam_layer(model: nn.Module, layer: str | None = None, *,
         record = found.get(name) if found is not None else None
         if record is not None and record.spatial:
             return _choice(record)
-        if found is None:  # cannot probe: trust the table with the layouts torchvision's classes have
-            if family == "SwinTransformer":
-                return LayerChoice(name, layout="nhwc")
-            if family == "VisionTransformer":
-                side = getattr(model, "image_size", 224) // getattr(model, "patch_size", 16)
-                return LayerChoice(name, layout="tokens", prefix=1, grid=(side, side))
-            return LayerChoice(name)
+        if record is not None and len(record.shape) >= 3 or found is None:
+            # it ran but shrank to 1x1 (a tiny input), or the probe could not run: the layouts of the class
+            return _table_layout(model, family, name)
     if found is None:
-        try:
-            probe(model, input_size)
-        except Exception as exc:
-            raise UnknownLayerError(f"cannot run {type(model).__name__} on one image to find its layers "
-                                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): pass the layer "
-                                    "to explain as layer=NAME") from None
+        found = probe(model, input_size)  # raises the model's own error: it cannot run on one image
     return _structural_cam(model, found)
+
+
+def _table_layout(model: nn.Module, family: str, name: str) -> LayerChoice:
+    if family == "SwinTransformer":
+        return LayerChoice(name, layout="nhwc")
+    if family == "VisionTransformer":
+        side = getattr(model, "image_size", 224) // getattr(model, "patch_size", 16)
+        return LayerChoice(name, layout="tokens", prefix=1, grid=(side, side))
+    return LayerChoice(name)
 
 
 def _evenly(names: Sequence[str], count: int) -> list[str]:
@@ -432,11 +432,9 @@ def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] 
     modules = dict(model.named_modules())
     if names and all(n in modules for n in names):
         records = [found.get(n) if found is not None else None for n in names]
-        if found is None or all(r is not None and r.spatial for r in records):
-            if found is None:
-                layout = "nhwc" if family == "SwinTransformer" else "nchw"
-                return [LayerChoice(n, layout=layout) for n in names]
-            return [_choice(r) for r in records]
+        if found is None or all(r is not None and len(r.shape) >= 3 for r in records):  # ran (maybe 1x1)
+            return [_choice(r) if r is not None and r.spatial else _table_layout(model, family, n)
+                    for n, r in zip(names, records)]
     if found is not None:
         chosen = _structural_features(model, found)
         if chosen:

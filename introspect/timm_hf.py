@@ -279,5 +279,6 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
     net = HFClassifier(model).to(device).eval()
     count = int(getattr(config, "num_labels", 0) or 0)
     names = tuple(categories) if categories else _hf_categories(config, count)
-    return LoadedModel(model=net, name=f"hf:{path}", weights=weights_name, weights_source=source,
+    short = Path(path).name if Path(path).is_dir() else path.replace("/", "--")  # the run folder's name: no "/"
+    return LoadedModel(model=net, name=f"hf:{short}", weights=weights_name, weights_source=source,
                        transform=transform, categories=names, input_size=size, device=device, warnings=[])

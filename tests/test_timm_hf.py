@@ -159,6 +159,7 @@ def test_hf_vit_from_a_folder_right_layer_and_maps_equal_pytorch_grad_cam(hf_fol
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     loaded = introspect.load_model(f"hf:{hf_folder}")
+    assert loaded.name == f"hf:{hf_folder.name}"  # no "/": it names the run folder
     assert loaded.categories == ("apple", "pear", "plum", "fig")
     assert loaded.input_size == 32 and tuple(round(v, 3) for v in loaded.transform.mean) == (0.4, 0.5, 0.6)
     model = loaded.model
