@@ -251,8 +251,12 @@ def _block_of(model: nn.Module, name: str) -> str | None:
 def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput]) -> LayerOutput | None:
     """For tokens with a prefix: the last layer whose patch tokens reach the scores, at its block's level."""
     tokens = [l for l in candidates if l.layout == "tokens"]
-    flows = patch_gradients(model, [l.name for l in tokens], found.input_size)
-    flowing = [l for l in tokens if flows[l.name]]
+    flowing: list[LayerOutput] = []
+    for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
+        flows = patch_gradients(model, [l.name for l in tail], found.input_size)
+        flowing = [l for l in tail if flows[l.name]]
+        if flowing or len(tail) == len(tokens):
+            break
     if not flowing:
         return None
     last = flowing[-1]

@@ -346,9 +346,9 @@ def patch_gradients(model: nn.Module, names: Sequence[str], input_size: int | Se
                     ) -> dict[str, bool]:
     """For each named layer with a token layout: do its patch tokens reach the model's scores?
 
-    One real forward pass on a random (1, 3, H, W) input and one ``torch.autograd.grad`` of the
-    summed scores with respect to those layers' outputs (nothing written to ``.grad``). Cached
-    with the probe.
+    One real forward pass on a random (1, 3, H, W) input, recorded only from the earliest of those
+    layers on, and one ``torch.autograd.grad`` of the pooled features (the head's input, weighted at
+    random) with respect to those layers' outputs (nothing written to ``.grad``). Cached with the probe.
 
     Returns:
         name -> True when some patch token (after the prefix) gets a non-zero gradient.
@@ -371,23 +371,43 @@ def patch_gradients(model: nn.Module, names: Sequence[str], input_size: int | Se
 
         modules = dict(model.named_modules())
         head = _head(model, found)
-        example = _example(model, size).requires_grad_(True)
+        first = min(wanted, key=lambda n: found.get(n).end if found.get(n) is not None else 1 << 62)
+
+        def make_leaf(module: nn.Module, args: tuple, output: object):
+            """Record from here on: the trunk before the earliest layer asked about runs without a graph."""
+            tensor = _first(output)
+            if tensor is None or not tensor.is_floating_point():
+                return None
+            start = tensor.detach().requires_grad_(True)
+            captured[first] = start
+            torch.set_grad_enabled(True)
+            passed = start.clone()  # what runs next may work in place, which a leaf forbids
+            if isinstance(output, torch.Tensor):
+                return passed
+            if isinstance(output, tuple) and output and output[0] is tensor:
+                return (passed, *output[1:])
+            return None
+
+        example = _example(model, size)
         generator = torch.Generator().manual_seed(0)
         with inspecting(model) as scope:
             _quiet(scope, model)
             for name in wanted:
                 scope.forward_hook(modules[name], keep(name))
+            scope.forward_hook(modules[first], make_leaf)
             if head is not None:  # its input: the pooled features (a zero-initialised head passes no gradient)
                 scope.forward_hook(modules[head], lambda module, args, output: captured.__setitem__(
                     "", args[0] if args and isinstance(args[0], torch.Tensor) else None))
-            with torch.enable_grad():
+            with torch.no_grad():
                 scores = _first(model(example))
-                target = captured.pop("", None)
-                target = scores if target is None or not target.requires_grad else target
+            target = captured.pop("", None)
+            target = scores if target is None or not target.requires_grad else target
+            order = [n for n in wanted if n in captured]
+            grads = []
+            if order and target.requires_grad:
                 weights = torch.randn(target.shape, generator=generator).to(target.device, torch.float32)
-                order = [n for n in wanted if n in captured]
                 grads = torch.autograd.grad((target.float() * weights).sum(), [captured[n] for n in order],
-                                            allow_unused=True) if order else []
+                                            allow_unused=True)
         by_name = dict(zip(order, grads))
         for name in wanted:
             grad = by_name.get(name)
