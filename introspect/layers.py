@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UnknownLayerError
+from .errors import LayerError, UnknownLayerError
 from .probe import LayerOutput, Probe, describe, patch_gradients, probe
 
 __all__ = [
@@ -276,17 +276,16 @@ def _unexplained_after(found: Probe, layer: LayerOutput) -> list[LayerOutput]:
 
 def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
     candidates = _eligible(model, found)
-    hint = ("pass the layer to explain as layer=NAME (list them with `python -m introspect MODEL --list-layers` "
-            "or introspect.layers.layer_table(model))")
+    hint = "pass the layer to explain as layer=NAME (introspect.layers.layer_table(model) lists them with shapes)"
     if not candidates:
         raise UnknownLayerError(f"cannot find a layer of {type(model).__name__} whose output is a map over the "
-                                f"image at input size {found.input_size}: {hint}")
+                                f"image at input size {found.input_size}: {hint}", parameter="layer")
     chosen = last = candidates[-1]
     if chosen.layout == "tokens" and chosen.prefix > 0:
         picked = _token_target(model, found, candidates)
         if picked is None:
             raise UnknownLayerError(f"no token layer of {type(model).__name__} passes its patch tokens on to the "
-                                    f"scores: {hint}")
+                                    f"scores: {hint}", parameter="layer")
         chosen = picked
     chosen = _innermost_stage(found, chosen)
     strange = _unexplained_after(found, last)
@@ -294,7 +293,7 @@ def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
         detail = f" (later outputs such as {strange[0].name} {strange[0].shape} are not maps it can read)" \
             if strange else ""
         raise UnknownLayerError(f"the only map-shaped output found in {type(model).__name__} is {chosen.name}, "
-                                f"too early to explain its decision{detail}: {hint}")
+                                f"too early to explain its decision{detail}: {hint}", parameter="layer")
     return _choice(chosen)
 
 
@@ -491,8 +490,8 @@ def to_nchw(activation: torch.Tensor, choice: LayerChoice | None = None) -> torc
             else:
                 side = math.isqrt(max(patches, 0))
                 if side * side != patches or side == 0:
-                    raise ValueError(f"cannot fold {tokens} tokens of layer {choice.name} into a grid after "
-                                     f"{choice.prefix} prefix tokens")
+                    raise LayerError(f"cannot fold {tokens} tokens of layer {choice.name!r} into a grid after "
+                                     f"{choice.prefix} prefix tokens: pass another layer=", parameter="layer")
                 gh = gw = side
             grid = activation[:, choice.prefix:, :]
         else:
@@ -500,11 +499,13 @@ def to_nchw(activation: torch.Tensor, choice: LayerChoice | None = None) -> torc
             if side * side != tokens:
                 side = math.isqrt(tokens - 1)
                 if side * side != tokens - 1:
-                    raise ValueError(f"cannot arrange {tokens} tokens as a square grid")
+                    raise LayerError(f"cannot arrange {tokens} tokens as a square grid: pass another layer=",
+                                     parameter="layer")
                 activation = activation[:, 1:, :]
             gh = gw = side
             grid = activation
         return grid.reshape(n, gh, gw, channels).permute(0, 3, 1, 2)
     if activation.ndim == 2:
         return activation[:, :, None, None]
-    raise ValueError(f"cannot show an activation of shape {tuple(activation.shape)} as a map")
+    raise LayerError(f"cannot show an activation of shape {tuple(activation.shape)} as a map: pass another layer=",
+                     parameter="layer")

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ArgumentError
+from .geometry import points_in_boxes
+
 __all__ = [
+    "markdown_table",
     "LayerRow",
     "StructureSummary",
     "KernelGrid",
@@ -69,7 +73,16 @@ def _html_table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (what TensorBoard's TEXT tab renders).
+
+    Args:
+        header: the column names.
+        rows: one sequence of cells per row; each cell is written with ``str``.
+
+    Returns:
+        The table, one line per row, header first.
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -117,7 +130,7 @@ class StructureSummary:
 
     def to_markdown(self) -> str:
         """The table as Markdown (TensorBoard's TEXT tab renders it)."""
-        return f"**{self.model_name}**: {self.totals_line()}\n\n" + _markdown_table(self._HEADER, self._rows())
+        return f"**{self.model_name}**: {self.totals_line()}\n\n" + markdown_table(self._HEADER, self._rows())
 
     def _repr_html_(self) -> str:
         totals = f"<p><b>{html.escape(self.model_name)}</b>: {html.escape(self.totals_line())}</p>"
@@ -174,7 +187,7 @@ class Predictions:
 
     def to_markdown(self) -> str:
         """The predictions as a Markdown table."""
-        return _markdown_table(self._HEADER, self._rows())
+        return markdown_table(self._HEADER, self._rows())
 
     def _repr_html_(self) -> str:
         return _html_table(self._HEADER, self._rows())
@@ -375,10 +388,11 @@ class CamQuality:
     def concat(cls, parts: Sequence[CamQuality]) -> CamQuality:
         """One record from several (e.g. one per batch of images); all must use the same ``percent``."""
         if not parts:
-            raise ValueError("no CamQuality records to join")
+            raise ArgumentError("parts=[] holds no CamQuality records to join: give at least one", parameter="parts")
         percents = {p.percent for p in parts}
         if len(percents) != 1:
-            raise ValueError(f"cannot join CamQuality records of different percent: {sorted(percents)}")
+            raise ArgumentError(f"parts have different percent values {sorted(percents)}: join records scored with "
+                                "the same percent", parameter="parts")
         fields = ("methods", "image_names", "class_indices", "class_names", "confidence", "keep", "remove")
         joined = {f: tuple(v for p in parts for v in getattr(p, f)) for f in fields}
         return cls(percent=parts[0].percent, **joined)
@@ -412,7 +426,7 @@ class CamQuality:
 
     def to_markdown(self) -> str:
         """Per-method means as a Markdown table, best first, under a line explaining the score."""
-        return f"{self.explanation()}\n\n" + _markdown_table(self._header(), self._rows())
+        return f"{self.explanation()}\n\n" + markdown_table(self._header(), self._rows())
 
     def _repr_html_(self) -> str:
         return f"<p>{html.escape(self.explanation())}</p>" + _html_table(self._header(), self._rows())
@@ -433,9 +447,7 @@ class PointingGame:
 
     def hits(self, method: str, margin: int = 0) -> np.ndarray:
         """Bool (N,): whether ``method``'s peak lies in the box grown by ``margin`` pixels."""
-        rows, cols = self.peaks[self.methods.index(method)].T
-        x0, y0, x1, y1 = self.boxes.T
-        return (cols >= x0 - margin) & (cols < x1 + margin) & (rows >= y0 - margin) & (rows < y1 + margin)
+        return points_in_boxes(self.peaks[self.methods.index(method)], self.boxes, margin)
 
     def fraction(self, method: str, margin: int = 0) -> float:
         """Share of images whose ``method`` peak lies in the box grown by ``margin`` pixels."""
@@ -445,4 +457,4 @@ class PointingGame:
         """One row per method, one column per margin."""
         header = ["method"] + ["peak in box" + (f" ±{m} px" if m else "") for m in margins]
         rows = [[m] + [f"{self.fraction(m, g):.1%}" for g in margins] for m in self.methods]
-        return _markdown_table(header, rows)
+        return markdown_table(header, rows)

@@ -11,7 +11,7 @@ import introspect
 from introspect.analyzers.filters import default_filter_layers
 from introspect.cli import main
 from introspect.errors import UnknownLayerError, UsageError
-from introspect.images import label_image
+from introspect.drawing import label_image
 
 
 def test_activation_maximisation_raises_the_filters_activation(tiny_cnn):
@@ -58,7 +58,7 @@ def test_cli_filters_section_writes_one_grid_per_layer(tmp_path):
 
 
 def test_filters_not_in_default_sections_but_in_all():
-    from introspect.report import parse_sections
+    from introspect.sections import parse_sections
 
     assert "filters" not in parse_sections(None)
     assert {"saliency", "filters", "embeddings"} <= set(parse_sections("all"))

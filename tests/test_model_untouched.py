@@ -136,7 +136,7 @@ ANALYZERS: dict[str, Callable] = {
     "cam": lambda loaded, x, tmp_path, cat: introspect.cam(loaded, x, f"{GRADIENT_METHODS},{DELEGATED_METHOD}",
                                                            topk=1),
     "report": lambda loaded, x, tmp_path, cat: introspect.report(loaded, [cat], logdir=tmp_path,
-                                                                 cam_methods="gradcam,eigencam"),
+                                                                 cam=introspect.CamOptions(methods="gradcam,eigencam")),
 }
 
 
@@ -224,7 +224,7 @@ def test_error_after_the_forward_pass(small_model, monkeypatch):
     def failing(*args, **kwargs):
         raise ValueError("normalisation failed")
 
-    monkeypatch.setattr(cam_module, "_normalise", failing)
+    monkeypatch.setattr(cam_module, "normalize_cam", failing)
     with untouched(small_model):
         with pytest.raises(ValueError, match="normalisation failed"):
             introspect.cam(small_model, torch.randn(1, 3, 64, 64), "layercam")
@@ -270,7 +270,7 @@ def test_failing_reporter_leaves_model_untouched(section, loaded_models, tmp_pat
         warnings.simplefilter("ignore")
         with untouched(loaded.model):
             with pytest.raises(OSError, match="disk full"):
-                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam_methods="gradcam,eigencam")
+                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam=introspect.CamOptions(methods="gradcam,eigencam"))
 
 
 def test_error_inside_the_model_during_report(loaded_models, tmp_path, sample_cat):
@@ -280,4 +280,4 @@ def test_error_inside_the_model_during_report(loaded_models, tmp_path, sample_ca
         warnings.simplefilter("ignore")
         with untouched(loaded.model), raising_forward(loaded.model.layer3, RuntimeError("boom in layer3"), after=2):
             with pytest.raises(Exception, match="boom in layer3"):
-                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam_methods="gradcam")
+                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam=introspect.CamOptions(methods="gradcam"))

@@ -9,7 +9,7 @@ from conftest import assert_untouched, model_state
 from torch import nn
 
 import introspect
-from introspect.errors import UnknownLayerError
+from introspect.errors import LayerError, UnknownLayerError
 from introspect.layers import LayerChoice, default_feature_layers, layer_table, pick_cam_layer, to_nchw
 from introspect.probe import patch_gradients, probe
 
@@ -205,7 +205,7 @@ def test_to_nchw_drops_the_prefix_and_folds_the_grid():
                        square[:, 2:].reshape(1, 5, 5, c).permute(0, 3, 1, 2))
     nhwc = torch.randn(1, 7, 7, 3)
     assert torch.equal(to_nchw(nhwc, LayerChoice("x", layout="nhwc")), nhwc.permute(0, 3, 1, 2))
-    with pytest.raises(ValueError, match="prefix"):
+    with pytest.raises(LayerError, match="prefix"):
         to_nchw(torch.randn(1, 30, c), LayerChoice("x", layout="tokens", prefix=1, grid=(4, 4)))
 
 

@@ -17,7 +17,7 @@ from conftest import assert_untouched, model_state, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
-from introspect import synthetic
+from introspect.testing import synthetic
 from introspect.analyzers.cam import cams_from_pass
 from introspect.layers import pick_cam_layer
 from introspect.analyzers.quality import cam_quality, rank_map
@@ -229,8 +229,8 @@ def test_quality_alone_scores_the_maps_without_writing_them(tmp_path: Path, samp
 
 
 def test_quality_is_in_all_but_not_in_the_default() -> None:
-    from introspect.report import DEFAULT_SECTIONS, parse_sections
+    from introspect.sections import default_sections, parse_sections
 
-    assert "quality" not in DEFAULT_SECTIONS and "quality" not in parse_sections(None)
+    assert "quality" not in default_sections() and "quality" not in parse_sections(None)
     assert "quality" in parse_sections("all")
     assert introspect.cam_quality is cam_quality
