@@ -252,11 +252,16 @@ def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput])
     """For tokens with a prefix: the last layer whose patch tokens reach the scores, at its block's level."""
     tokens = [l for l in candidates if l.layout == "tokens"]
     flowing: list[LayerOutput] = []
-    for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
-        flows = patch_gradients(model, [l.name for l in tail], found.input_size)
-        flowing = [l for l in tail if flows[l.name]]
-        if flowing or len(tail) == len(tokens):
-            break
+    try:
+        for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
+            flows = patch_gradients(model, [l.name for l in tail], found.input_size)
+            flowing = [l for l in tail if flows[l.name]]
+            if flowing or len(tail) == len(tokens):
+                break
+    except Exception:  # no real pass possible (weights on the meta device): the last block's first token layer
+        block = next((b for b in (_block_of(model, l.name) for l in reversed(tokens)) if b), None)
+        first = sorted((l for l in tokens if block and l.name.rsplit(".", 1)[0] == block), key=lambda l: l.start)
+        return first[0] if first else None
     if not flowing:
         return None
     last = flowing[-1]

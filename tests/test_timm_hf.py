@@ -181,3 +181,10 @@ def test_hf_vit_from_a_folder_right_layer_and_maps_equal_pytorch_grad_cam(hf_fol
             assert np.abs(entry.heatmap - expected).max() < 1e-4
     random = introspect.load_model(f"hf:{hf_folder}", weights="none")
     assert random.weights == "random" and random.categories == loaded.categories
+
+
+def test_a_timm_vit_built_on_the_meta_device_gets_its_layer_without_running():
+    with torch.device("meta"):  # no weights: the probe runs on meta, the token check cannot, the structure decides
+        model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False).eval()
+    choice = pick_cam_layer(model)
+    assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.11.norm1", "tokens", 2, (14, 14))
