@@ -37,7 +37,7 @@ from torch import nn
 
 from .hooks import inspecting
 
-__all__ = ["LayerOutput", "Probe", "probe", "patch_gradients", "model_input_size", "LAYOUTS"]
+__all__ = ["LayerOutput", "Probe", "probe", "patch_gradients", "model_input_size", "describe", "LAYOUTS"]
 
 LAYOUTS = ("nchw", "nhwc", "tokens", "other")
 MAX_PREFIX = 16  # class + distillation + register tokens a token layout may carry
