@@ -141,22 +141,23 @@ def _in_flags(exc: IntrospectError) -> str:
 
 
 def _list_layers(model_name: str, weights: str) -> None:
-    from .layers import cam_target_layer, default_feature_layers
+    from .layers import layer_table
     from .models import load_model
     from .tasks.runner import TASK_RUNNERS, task_layers
 
     loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
-    module = loaded.model
-    if loaded.task in TASK_RUNNERS:  # detection, segmentation, video, optical flow: probed on a blank input
+    if loaded.task in TASK_RUNNERS:  # detection, segmentation, video, optical flow: probed on their own input
         features, target = task_layers(loaded)
-    else:
-        features = {c.name for c in default_feature_layers(module)}
-        target = cam_target_layer(module).name
-    for name, layer in module.named_modules():
-        if not name:
-            continue
-        marks = (" [features]" if name in features else "") + (" [cam]" if name == target else "")
-        print(f"{name}  {type(layer).__name__}{marks}")
+        for name, layer in loaded.model.named_modules():
+            if name:
+                marks = (" [features]" if name in features else "") + (" [cam]" if name == target else "")
+                print(f"{name}  {type(layer).__name__}{marks}")
+        return
+    rows = layer_table(loaded.model, loaded.input_size)
+    width = max((len(row.name) for row in rows), default=0)
+    for row in rows:
+        marks = (" [features]" if row.features else "") + (" [cam]" if row.cam else "")
+        print(f"{row.name:<{width}}  {row.kind:<24} {row.output}{marks}")
 
 
 def _print_summary(summary) -> None:

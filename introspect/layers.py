@@ -1,46 +1,82 @@
-"""Layer names: resolve them, list them, and pick default layers per model family.
+"""Layer names: resolve them, list them, and pick the layers to look at from the model's structure.
 
 This is the one place that knows which layer to look at: the stage outputs shown as
-feature maps, and the CAM target layer with the reshape that turns its output into
-a (N, C, H, W) map (tokens for ViT, channels-last for Swin).
+feature maps, and the CAM target layer with the reshape that turns its output into a
+(N, C, H, W) map. Both come from one probe of the model (:mod:`introspect.probe`):
+
+- the CAM layer is the last module whose output is still a map over the image (NCHW,
+  channels-last NHWC, or tokens on a patch grid) before the pooling and the head; for a
+  ViT that classifies from its prefix tokens, whose final patch tokens never reach the
+  scores, it is the input of the last block's attention (the last block's first norm);
+- the feature layers are the outermost modules that end each spatial size (the stages).
+
+torchvision's own classes keep their hand-picked layers (``_TORCHVISION_CAM``), used only
+when the model really is (a subclass of) that torchvision class, the path exists and the
+probe shows it spatial; any other model, timm and Hugging Face included, gets the
+structural choice. When nothing spatial is found the error says to pass ``layer=``.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .errors import UnknownLayerError
+from .errors import LayerError, UnknownLayerError
+from .probe import LayerOutput, Probe, describe, patch_gradients, probe
 
 __all__ = [
     "LayerChoice",
+    "LayerRow",
     "layer_names",
     "resolve_layer",
     "resolve_layers",
+    "layer_choice",
     "default_feature_layers",
-    "cam_target_layer",
+    "pick_cam_layer",
+    "layer_table",
     "to_nchw",
     "conv_layers",
 ]
 
-Reshape = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """A layer by name, and how to turn its output into a (N, C, H, W) map."""
+    """A layer by name, and how its output becomes a (N, C, H, W) map.
+
+    ``layout``: "nchw", "nhwc" (channels last) or "tokens" ((N, L, C) with ``prefix``
+    class/distillation/register tokens before a ``grid`` = (gh, gw) of patch tokens).
+    """
 
     name: str
-    channels_last: bool = False
+    layout: str = "nchw"
+    prefix: int = 0
+    grid: tuple[int, int] | None = None
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the output is (N, H, W, C)."""
+        return self.layout == "nhwc"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One line of ``--list-layers``: a module, its probed output and whether it is a default pick."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]  # () when it did not run in the probe
+    output: str  # the shape and layout in words
+    cam: bool
+    features: bool
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Every named submodule, in registration order (the names ``--layers`` takes)."""
+    """Every named submodule, in registration order (the names ``layers=`` takes)."""
     return [name for name, _ in model.named_modules() if name]
 
 
@@ -67,12 +103,244 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def _family(model: nn.Module) -> str:
-    """The model's class name, or that of its nearest torchvision base (a ResNet subclass is a ResNet)."""
-    for cls in type(model).__mro__:  # a quantizable subclass counts as its float family
+def _probe(model: nn.Module, input_size) -> Probe | None:
+    """The model's probe, or None when it cannot run on one (1, 3, H, W) image."""
+    try:
+        return probe(model, input_size)
+    except Exception:  # a model that takes no single image (video, two frames): callers fall back
+        return None
+
+
+def _choice(layer: LayerOutput) -> LayerChoice:
+    layout = layer.layout if layer.layout in ("nchw", "nhwc", "tokens") else "nchw"
+    return LayerChoice(layer.name, layout=layout, prefix=layer.prefix, grid=layer.grid)
+
+
+def layer_choice(model: nn.Module, name: str, *, input_size: int | Sequence[int] | None = None) -> LayerChoice:
+    """The layer ``name`` (checked) with the layout the probe saw at its output.
+
+    Args:
+        model: the model.
+        name: a module name (see :func:`layer_names`).
+        input_size: the input's side or (H, W) (default: the size the model declares, else 224).
+    """
+    resolve_layer(model, name)
+    found = _probe(model, input_size)
+    record = found.get(name) if found is not None else None
+    if record is None or not record.spatial:
+        return LayerChoice(name)  # to_nchw falls back to reading the shape it is given
+    return _choice(record)
+
+
+# ---------------------------------------------------------------- torchvision's hand-picked layers
+
+def _torchvision_family(model: nn.Module) -> str | None:
+    """The name of the torchvision class the model is (or subclasses); None for any other model."""
+    for cls in type(model).__mro__:
         if cls.__module__.startswith("torchvision.models") and ".quantization." not in cls.__module__:
             return cls.__name__
-    return type(model).__name__
+    return None
+
+
+def _last_child_name(container: nn.Module) -> str:
+    return list(container.named_children())[-1][0]
+
+
+_FEATURES_TRUNK = {"MobileNetV2", "MobileNetV3", "EfficientNet", "ConvNeXt", "SqueezeNet", "MNASNet"}
+
+
+def _torchvision_cam(model: nn.Module, family: str) -> str | None:
+    """pytorch-grad-cam's usual layer for a torchvision family (ViT: the last block's ln_1)."""
+    table = {"ResNet": "layer4", "RegNet": "trunk_output", "ShuffleNetV2": "conv5", "GoogLeNet": "inception5b",
+             "Inception3": "Mixed_7c", "MNASNet": "layers", "SwinTransformer": "norm"}
+    try:
+        if family in table:
+            return table[family]
+        if family == "MaxVit":
+            return f"blocks.{_last_child_name(model.blocks)}"
+        if family in {"VGG", "AlexNet", "DenseNet"} | (_FEATURES_TRUNK - {"MNASNet"}):
+            return f"features.{_last_child_name(model.features)}"
+        if family == "VisionTransformer":
+            return f"encoder.layers.{_last_child_name(model.encoder.layers)}.ln_1"
+    except (AttributeError, IndexError):
+        return None
+    return None
+
+
+def _torchvision_features(model: nn.Module, family: str) -> list[str] | None:
+    try:
+        if family == "ResNet":
+            return ["relu", "layer1", "layer2", "layer3", "layer4"]
+        if family in {"VGG", "AlexNet"}:
+            return [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        if family == "DenseNet":
+            return ["features.pool0", "features.denseblock1", "features.denseblock2", "features.denseblock3",
+                    "features.norm5"]
+        if family == "RegNet":
+            return ["stem"] + [f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()]
+        if family == "ShuffleNetV2":
+            return ["maxpool", "stage2", "stage3", "stage4", "conv5"]
+        if family == "GoogLeNet":
+            return ["maxpool1", "maxpool2", "inception3b", "inception4e", "inception5b"]
+        if family == "Inception3":
+            return ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
+        if family == "VisionTransformer":
+            return _evenly([f"encoder.layers.{n}" for n, _ in model.encoder.layers.named_children()], 4)
+        if family == "SwinTransformer":
+            return [f"features.{i}" for i in range(1, len(model.features), 2)]
+        if family == "MaxVit":
+            return ["stem"] + [f"blocks.{n}" for n, _ in model.blocks.named_children()]
+        if family in _FEATURES_TRUNK:
+            trunk = "layers" if family == "MNASNet" else "features"
+            return _stage_ends(f"{trunk}.", getattr(model, trunk))
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- the structural rules
+
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _is_aux(name: str) -> bool:
+    return any("aux" in part.lower() for part in name.split("."))
+
+
+def _eligible(model: nn.Module, found: Probe) -> list[LayerOutput]:
+    """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling."""
+    modules = dict(model.named_modules())
+    return [layer for layer in found.layers
+            if layer.spatial and layer.calls == 1 and not layer.passthrough and not layer.rearranges
+            and not _is_aux(layer.name)
+            and not isinstance(modules.get(layer.name), _POOLS)]
+
+
+def _inside(name: str, ancestor: str) -> bool:
+    return name.startswith(ancestor + ".")
+
+
+def _grids_within(found: Probe, name: str) -> set[tuple[int, int]]:
+    return {layer.grid for layer in found.spatial if layer.name == name or _inside(layer.name, name)}
+
+
+def _innermost_stage(found: Probe, layer: LayerOutput) -> LayerOutput:
+    """Step from a container of several stages (timm's ``stages``) in to its last stage, same tensor."""
+    by_name = {l.name: l for l in found.layers}
+    while len(_grids_within(found, layer.name)) >= 3 and layer.alias_of in by_name:
+        inner = by_name[layer.alias_of]
+        if not _inside(inner.name, layer.name):
+            break
+        layer = inner
+    return layer
+
+
+def _block_of(model: nn.Module, name: str) -> str | None:
+    """The outermost ancestor of ``name`` that is one of several same-class blocks in a list."""
+    modules = dict(model.named_modules())
+    parts = name.split(".")
+    for depth in range(1, len(parts)):
+        parent, block = ".".join(parts[:depth - 1]), ".".join(parts[:depth])
+        container = modules.get(parent) if parent else model
+        if isinstance(container, (nn.Sequential, nn.ModuleList)) and len(container) >= 2 \
+                and len({type(c) for c in container}) == 1:
+            return block
+    return None
+
+
+def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput]) -> LayerOutput | None:
+    """For tokens with a prefix: the last layer whose patch tokens reach the scores, at its block's level."""
+    tokens = [l for l in candidates if l.layout == "tokens"]
+    flowing: list[LayerOutput] = []
+    try:
+        for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
+            flows = patch_gradients(model, [l.name for l in tail], found.input_size)
+            flowing = [l for l in tail if flows[l.name]]
+            if flowing or len(tail) == len(tokens):
+                break
+    except Exception:  # no real pass possible (weights on the meta device): the last block's first token layer
+        block = next((b for b in (_block_of(model, l.name) for l in reversed(tokens)) if b), None)
+        first = sorted((l for l in tokens if block and l.name.rsplit(".", 1)[0] == block), key=lambda l: l.start)
+        return first[0] if first else None
+    if not flowing:
+        return None
+    last = flowing[-1]
+    block = _block_of(model, last.name)
+    if block is None:
+        return last
+    children = [l for l in flowing if l.name.rsplit(".", 1)[0] == block and _inside(l.name, block)]
+    return children[-1] if children else last
+
+
+def _unexplained_after(found: Probe, layer: LayerOutput) -> list[LayerOutput]:
+    """Later outputs that look like unrecognised feature maps: a sign the structure rule misread the model."""
+    return [l for l in found.layers if l.end > layer.end and l.layout == "other" and len(l.shape) >= 3
+            and l.shape[0] == 1 and math.prod(l.shape[1:-1]) > 1 and not _is_aux(l.name)
+            and min(l.shape[1:]) > 1 and not (len(l.shape) == 4 and l.shape[2] == l.shape[3])]
+
+
+def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
+    candidates = _eligible(model, found)
+    hint = "pass the layer to explain as layer=NAME (introspect.layers.layer_table(model) lists them with shapes)"
+    if not candidates:
+        raise UnknownLayerError(f"cannot find a layer of {type(model).__name__} whose output is a map over the "
+                                f"image at input size {found.input_size}: {hint}", parameter="layer")
+    chosen = last = candidates[-1]
+    if chosen.layout == "tokens" and chosen.prefix > 0:
+        picked = _token_target(model, found, candidates)
+        if picked is None:
+            raise UnknownLayerError(f"no token layer of {type(model).__name__} passes its patch tokens on to the "
+                                    f"scores: {hint}", parameter="layer")
+        chosen = picked
+    chosen = _innermost_stage(found, chosen)
+    strange = _unexplained_after(found, last)
+    if chosen is candidates[0] and len(candidates) > 1 or strange:
+        detail = f" (later outputs such as {strange[0].name} {strange[0].shape} are not maps it can read)" \
+            if strange else ""
+        raise UnknownLayerError(f"the only map-shaped output found in {type(model).__name__} is {chosen.name}, "
+                                f"too early to explain its decision{detail}: {hint}", parameter="layer")
+    return _choice(chosen)
+
+
+def pick_cam_layer(model: nn.Module, layer: str | None = None, *,
+                   input_size: int | Sequence[int] | None = None) -> LayerChoice:
+    """The CAM target layer: the one asked for (checked), or the last spatial layer before the head.
+
+    Args:
+        model: the model (any nn.Module taking a (N, 3, H, W) image batch).
+        layer: a module name to use instead of the default.
+        input_size: the input's side or (H, W) (default: the size the model declares, else 224).
+
+    Returns:
+        A :class:`LayerChoice` with the layout to reshape its output.
+
+    Raises:
+        UnknownLayerError: an unknown ``layer``, or no spatial layer found (then pass ``layer=``).
+    """
+    if layer is not None:
+        return layer_choice(model, layer, input_size=input_size)
+    found = _probe(model, input_size)
+    family = _torchvision_family(model)
+    name = _torchvision_cam(model, family) if family else None
+    if name is not None and name in dict(model.named_modules()):
+        record = found.get(name) if found is not None else None
+        if record is not None and record.spatial:
+            return _choice(record)
+        if record is not None and len(record.shape) >= 3 or found is None:
+            # it ran but shrank to 1x1 (a tiny input), or the probe could not run: the layouts of the class
+            return _table_layout(model, family, name)
+    if found is None:
+        found = probe(model, input_size)  # raises the model's own error: it cannot run on one image
+    return _structural_cam(model, found)
+
+
+def _table_layout(model: nn.Module, family: str, name: str) -> LayerChoice:
+    if family == "SwinTransformer":
+        return LayerChoice(name, layout="nhwc")
+    if family == "VisionTransformer":
+        side = getattr(model, "image_size", 224) // getattr(model, "patch_size", 16)
+        return LayerChoice(name, layout="tokens", prefix=1, grid=(side, side))
+    return LayerChoice(name)
 
 
 def _evenly(names: Sequence[str], count: int) -> list[str]:
@@ -108,13 +376,6 @@ def _stage_ends(prefix: str, container: nn.Module, limit: int = 6) -> list[str]:
     return _evenly(ends, limit)
 
 
-_FEATURES_TRUNK = {"MobileNetV2", "MobileNetV3", "EfficientNet", "ConvNeXt", "SqueezeNet", "MNASNet"}
-
-
-def _last_child_name(container: nn.Module) -> str:
-    return list(container.named_children())[-1][0]
-
-
 def _largest_child(model: nn.Module) -> tuple[str, nn.Module] | None:
     total = sum(p.numel() for p in model.parameters()) or 1
     best = max(
@@ -127,91 +388,130 @@ def _largest_child(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def default_feature_layers(model: nn.Module) -> list[LayerChoice]:
-    """Four to six layers that end the model's stages, per torchvision family (generic otherwise)."""
-    family = _family(model)
-    names = set(layer_names(model))
-    if family == "ResNet":
-        chosen = ["relu", "layer1", "layer2", "layer3", "layer4"]
-    elif family in {"VGG", "AlexNet"}:
-        chosen = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
-    elif family == "DenseNet":
-        chosen = ["features.pool0", "features.denseblock1", "features.denseblock2", "features.denseblock3",
-                  "features.norm5"]
-    elif family == "RegNet":
-        chosen = ["stem"] + [f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()]
-    elif family == "ShuffleNetV2":
-        chosen = ["maxpool", "stage2", "stage3", "stage4", "conv5"]
-    elif family == "GoogLeNet":
-        chosen = ["maxpool1", "maxpool2", "inception3b", "inception4e", "inception5b"]
-    elif family == "Inception3":
-        chosen = ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
-    elif family == "VisionTransformer":
-        blocks = [f"encoder.layers.{n}" for n, _ in model.encoder.layers.named_children()]
-        chosen = _evenly(blocks, 4)
-    elif family == "SwinTransformer":
-        chosen = [f"features.{i}" for i in range(1, len(model.features), 2)]
-        return [LayerChoice(n, channels_last=True) for n in chosen if n in names]
-    elif family == "MaxVit":
-        chosen = ["stem"] + [f"blocks.{n}" for n, _ in model.blocks.named_children()]
-    elif family in _FEATURES_TRUNK:
-        trunk = "layers" if family == "MNASNet" else "features"
-        chosen = _stage_ends(f"{trunk}.", getattr(model, trunk))
-    else:
-        inner = _largest_child(model)
-        chosen = _stage_ends(f"{inner[0]}.", inner[1]) if inner else _stage_ends("", model)
-    return [LayerChoice(n) for n in chosen if n in names]
+def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list[LayerOutput]:
+    """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks."""
+    candidates = _eligible(model, found)
+    spans: dict[str, set] = {}  # module -> the grids its spatial outputs (and its descendants') take
+    ends: dict[str, tuple[int, int] | None] = {l.name: l.grid for l in found.layers}
+    for layer in found.spatial:
+        parts = layer.name.split(".")
+        for depth in range(1, len(parts) + 1):
+            spans.setdefault(".".join(parts[:depth]), set()).add(layer.grid)
+    runs: dict[tuple[int, int], list[LayerOutput]] = {}  # outputs of one size, sizes in order of appearance
+    for layer in candidates:
+        runs.setdefault(layer.grid, []).append(layer)
+
+    def closed(layer: LayerOutput) -> bool:
+        """Every enclosing module ends at this size too, or spans several stages (``features``)."""
+        parts = layer.name.split(".")
+        ancestors = [".".join(parts[:depth]) for depth in range(1, len(parts))]
+        return all(ends.get(a) == layer.grid or len(spans.get(a, ())) >= 3 for a in ancestors)
+
+    stages = []
+    for run in runs.values():
+        ok = [l for l in run if closed(l)]
+        stages.append((ok or run)[-1])
+    stages = [_innermost_stage(found, layer) for layer in stages]
+    if len(stages) >= 3:
+        keep = set(_evenly([l.name for l in stages], limit))
+        return [l for l in stages if l.name in keep]
+    by_name = {l.name: l for l in candidates}
+    modules = dict(model.named_modules())
+    best: list[str] = []
+    for name, module in modules.items():
+        if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) >= 2:
+            children = [f"{name}.{child}" if name else child for child, _ in module.named_children()]
+            if all(c in by_name for c in children) and len(children) > len(best):
+                best = children
+    if best:
+        return [by_name[n] for n in _evenly(best, 4)]
+    return stages
 
 
-def cam_target_layer(model: nn.Module) -> LayerChoice:
-    """The CAM target layer: the last conv stage for CNNs, the last block's norm for transformers."""
-    family = _family(model)
-    table = {
-        "ResNet": "layer4",
-        "RegNet": "trunk_output",
-        "ShuffleNetV2": "conv5",
-        "GoogLeNet": "inception5b",
-        "Inception3": "Mixed_7c",
-        "MNASNet": "layers",
-    }
-    if family in table:
-        return LayerChoice(table[family])
-    if family == "MaxVit":
-        return LayerChoice(f"blocks.{_last_child_name(model.blocks)}")
-    if family in {"VGG", "AlexNet", "DenseNet"} | (_FEATURES_TRUNK - {"MNASNet"}):
-        return LayerChoice(f"features.{_last_child_name(model.features)}")
-    if family == "VisionTransformer":
-        return LayerChoice(f"encoder.layers.{_last_child_name(model.encoder.layers)}.ln_1")
-    if family == "SwinTransformer":
-        return LayerChoice("norm", channels_last=True)
-    # Any other module: the last top-level child (not an auxiliary head) that holds a Conv2d.
-    candidates = [
-        name for name, child in model.named_children()
-        if "aux" not in name.lower() and any(isinstance(m, nn.Conv2d) for m in child.modules())
-    ]
-    if candidates:
-        return LayerChoice(candidates[-1])
-    convs = conv_layers(model)
-    if convs:
-        return LayerChoice(convs[-1])
-    raise UnknownLayerError(
-        f"cannot pick a CAM target layer for {family} (it has no Conv2d); pass one with --cam-layer NAME"
-    )
+def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] | None = None) -> list[LayerChoice]:
+    """Four to six layers that end the model's stages (where the spatial size changes).
+
+    torchvision's families keep their hand-picked stage outputs; any other model gets them from
+    the probe: for each spatial size, the outermost module that ends it; for a trunk that keeps
+    one size (a ViT), four evenly spaced blocks.
+    """
+    found = _probe(model, input_size)
+    family = _torchvision_family(model)
+    names = _torchvision_features(model, family) if family else None
+    modules = dict(model.named_modules())
+    if names and all(n in modules for n in names):
+        records = [found.get(n) if found is not None else None for n in names]
+        if found is None or all(r is not None and len(r.shape) >= 3 for r in records):  # ran (maybe 1x1)
+            return [_choice(r) if r is not None and r.spatial else _table_layout(model, family, n)
+                    for n, r in zip(names, records)]
+    if found is not None:
+        chosen = _structural_features(model, found)
+        if chosen:
+            return [_choice(l) for l in chosen]
+    inner = _largest_child(model)
+    names = _stage_ends(f"{inner[0]}.", inner[1]) if inner else _stage_ends("", model)
+    return [LayerChoice(n) for n in names if n in modules]
 
 
-def to_nchw(activation: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """A layer output as a (N, C, H, W) map: tokens (N, T, C) become a grid, dropping a class token."""
+def layer_table(model: nn.Module, input_size: int | Sequence[int] | None = None) -> list[LayerRow]:
+    """Every module with its probed output and whether it is the CAM layer or a feature layer.
+
+    Args:
+        model: the model.
+        input_size: the input's side or (H, W) (default: the size the model declares, else 224).
+    """
+    found = _probe(model, input_size)
+    features = {c.name for c in default_feature_layers(model, input_size=input_size)}
+    try:
+        cam = pick_cam_layer(model, input_size=input_size).name
+    except UnknownLayerError:
+        cam = None
+    rows = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        record = found.get(name) if found is not None else None
+        rows.append(LayerRow(name=name, kind=type(module).__name__, shape=record.shape if record else (),
+                             output=describe(record) if record else "(did not run)", cam=name == cam,
+                             features=name in features))
+    return rows
+
+
+def to_nchw(activation: torch.Tensor, choice: LayerChoice | None = None) -> torch.Tensor:
+    """A layer output as a (N, C, H, W) map, reshaped as ``choice`` says.
+
+    Tokens (N, L, C) drop ``choice.prefix`` tokens and fold the rest on ``choice.grid`` (or on
+    the square grid they make, when the input size differs from the probe's). Without a
+    choice, a 3-d output must be a square grid, or one class token and a square grid.
+    """
+    layout = choice.layout if choice is not None else "nchw"
     if activation.ndim == 4:
-        return activation.permute(0, 3, 1, 2) if channels_last else activation
+        return activation.permute(0, 3, 1, 2) if layout == "nhwc" else activation
     if activation.ndim == 3:
         n, tokens, channels = activation.shape
-        side = math.isqrt(tokens)
-        if side * side != tokens:
-            side = math.isqrt(tokens - 1)
-            if side * side != tokens - 1:
-                raise ValueError(f"cannot arrange {tokens} tokens as a square grid")
-            activation = activation[:, 1:, :]
-        return activation.reshape(n, side, side, channels).permute(0, 3, 1, 2)
+        if choice is not None and layout == "tokens":
+            patches = tokens - choice.prefix
+            if choice.grid is not None and choice.grid[0] * choice.grid[1] == patches:
+                gh, gw = choice.grid
+            else:
+                side = math.isqrt(max(patches, 0))
+                if side * side != patches or side == 0:
+                    raise LayerError(f"cannot fold {tokens} tokens of layer {choice.name!r} into a grid after "
+                                     f"{choice.prefix} prefix tokens: pass another layer=", parameter="layer")
+                gh = gw = side
+            grid = activation[:, choice.prefix:, :]
+        else:
+            side = math.isqrt(tokens)
+            if side * side != tokens:
+                side = math.isqrt(tokens - 1)
+                if side * side != tokens - 1:
+                    raise LayerError(f"cannot arrange {tokens} tokens as a square grid: pass another layer=",
+                                     parameter="layer")
+                activation = activation[:, 1:, :]
+            gh = gw = side
+            grid = activation
+        return grid.reshape(n, gh, gw, channels).permute(0, 3, 1, 2)
     if activation.ndim == 2:
         return activation[:, :, None, None]
-    raise ValueError(f"cannot show an activation of shape {tuple(activation.shape)} as a map")
+    raise LayerError(f"cannot show an activation of shape {tuple(activation.shape)} as a map: pass another layer=",
+                     parameter="layer")

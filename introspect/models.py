@@ -413,10 +413,14 @@ def load_model(
 ) -> LoadedModel:
     """Load a torchvision classifier by name (or wrap a module) with its weights, transform and class names.
 
+    ``timm:NAME`` loads a timm model and ``hf:PATH_OR_ID`` a transformers image classifier (optional
+    extras ``introspect[timm]`` and ``introspect[hf]``).
     Example: ``introspect.load_model("resnet18", weights="none")``.
 
     Args:
-        model: a torchvision model name, or a module (wrapped as given: not moved, not copied).
+        model: a torchvision model name, ``timm:NAME``, ``hf:PATH_OR_ID``, or a module (wrapped as
+            given: not moved, not copied; its input size and class names read from a timm or HF
+            module's own metadata).
         weights: ``"auto"`` (the default weights if cached or downloadable, else random with a
             warning), ``"DEFAULT"`` or an enum name such as ``"IMAGENET1K_V1"``, ``"none"``
             (random), or the path of a state_dict file (loaded with ``weights_only=True``).
@@ -440,9 +444,13 @@ def load_model(
                              parameter="input_size")
     notes: list[str] = []
     if isinstance(model, nn.Module):
-        size = input_size or 224
+        from .probe import model_input_size
+        from .timm_hf import module_categories
+
+        size = input_size or model_input_size(model)[0]
         classes = _output_classes(model) or 0
-        names = tuple(categories) if categories else tuple(f"class {i}" for i in range(classes))
+        names = tuple(categories) if categories else (
+            module_categories(model, classes) or tuple(f"class {i}" for i in range(classes)))
         quantized = any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
                         for m in model.modules())
         return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
@@ -452,6 +460,11 @@ def load_model(
 
     from .tasks import task_of
 
+    if model.startswith(("timm:", "hf:")):  # optional extras, imported only for such a name
+        from .timm_hf import load_hf, load_timm
+
+        prefix, _, rest = model.partition(":")
+        return (load_timm if prefix == "timm" else load_hf)(rest, weights, target, input_size, categories)
     _check_model_name(model)
     enum = _weights_enum(model)
     choice = "auto" if weights is None else str(weights)

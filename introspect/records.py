@@ -39,8 +39,6 @@ __all__ = [
     "MethodQuality",
     "CamQuality",
     "PointingGame",
-    "Detections",
-    "SegmentationResult",
     "FlowResult",
     "ClipCamResult",
 ]
@@ -462,67 +460,6 @@ class PointingGame:
         header = ["method"] + ["peak in box" + (f" ±{m} px" if m else "") for m in margins]
         rows = [[m] + [f"{self.fraction(m, g):.1%}" for g in margins] for m in self.methods]
         return markdown_table(header, rows)
-
-
-@dataclass(frozen=True)
-class Detections(_ImageRecord):
-    """A detector's boxes for one image: those scoring at least ``threshold``, drawn with class names and scores.
-
-    ``boxes`` are (x0, y0, x1, y1) in the input's pixels (the picture in ``image``); ``best`` holds the
-    top-scoring detections whatever their score, for the table when none passes the threshold.
-    """
-
-    image_name: str
-    boxes: np.ndarray  # float32 (K, 4)
-    labels: tuple[int, ...]
-    names: tuple[str, ...]
-    scores: tuple[float, ...]
-    threshold: float
-    has_masks: bool
-    has_keypoints: bool
-    best: tuple[tuple[str, float], ...]  # (name, score) of the top detections below the threshold too
-    image: np.ndarray
-
-    _HEADER = ["rank", "class", "index", "score", "box (x0, y0, x1, y1)"]
-
-    def _rows(self) -> list[list[object]]:
-        return [[rank, name, label, f"{score:.3f}", ", ".join(f"{v:.0f}" for v in box)]
-                for rank, (name, label, score, box) in
-                enumerate(zip(self.names, self.labels, self.scores, self.boxes), start=1)]
-
-    def to_markdown(self) -> str:
-        """The detections as a Markdown table (or a line naming the best scores when none passes)."""
-        if not self.labels:
-            best = ", ".join(f"{n} {s:.3f}" for n, s in self.best) or "none"
-            return f"No detection scored {self.threshold:g} or more (best: {best})."
-        return markdown_table(self._HEADER, self._rows())
-
-    def _repr_html_(self) -> str:
-        return _html_table(self._HEADER, self._rows())
-
-
-@dataclass(frozen=True)
-class SegmentationResult(_ImageRecord):
-    """A semantic segmentation of one image: the class of every pixel, drawn over the photo with a legend."""
-
-    image_name: str
-    mask: np.ndarray  # int64 (H, W): class index per pixel
-    classes: tuple[int, ...]  # the classes present, largest share first
-    names: tuple[str, ...]
-    shares: tuple[float, ...]  # fraction of the pixels each covers
-    image: np.ndarray
-
-    _HEADER = ["class", "index", "pixel share"]
-
-    def _rows(self) -> list[list[object]]:
-        return [[n, c, f"{s:.1%}"] for c, n, s in zip(self.classes, self.names, self.shares)]
-
-    def to_markdown(self) -> str:
-        """The classes present and their pixel shares as a Markdown table."""
-        return markdown_table(self._HEADER, self._rows())
-
-    def _repr_html_(self) -> str:
-        return _html_table(self._HEADER, self._rows())
 
 
 @dataclass(frozen=True)

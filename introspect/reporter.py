@@ -30,15 +30,14 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError, ArgumentTypeError, OutputError, StateError
+from .tasks.records import Detections, Segmentation
 from .records import (
     CamComparison,
     CamQuality,
     CamResult,
     ClipCamResult,
-    Detections,
     EmbeddingSet,
     FlowResult,
-    SegmentationResult,
     FilterGrid,
     SaliencyResult,
     FeatureMap,
@@ -347,7 +346,7 @@ class Reporter:
         self.text(f"detections/{detections.image_name}/table", detections.to_markdown())
         self.flush()
 
-    def segmentation(self, result: SegmentationResult) -> None:
+    def segmentation(self, result: Segmentation) -> None:
         """``segmentation/<image>``: the mask over the photo with its legend (IMAGES), and ``.../table``: the class
         shares (TEXT)."""
         self.image(f"segmentation/{result.image_name}", result.image)

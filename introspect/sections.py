@@ -208,9 +208,10 @@ class RunContext:
     @property
     def cam_layer(self) -> Any:
         """The CAM target layer (a ``LayerChoice``): ``cam.layer`` checked, or the model's default."""
-        from .analyzers.cam import cam_layer_choice
+        from .layers import pick_cam_layer
 
-        return self.once("cam_layer", lambda: cam_layer_choice(self.model, self.cam.layer))
+        return self.once("cam_layer", lambda: pick_cam_layer(self.model, self.cam.layer,
+                                                             input_size=self.loaded.input_size))
 
     @property
     def cam_methods(self) -> list[str]:
@@ -311,7 +312,7 @@ def _inputs_and_predictions(ctx: RunContext) -> None:
 def _prepare_features(ctx: RunContext) -> None:
     from .analyzers.features import feature_layer_choices
 
-    choices = feature_layer_choices(ctx.model, ctx.features.layers)
+    choices = feature_layer_choices(ctx.model, ctx.features.layers, input_size=ctx.loaded.input_size)
     ctx.state["feature_layers"] = choices
     ctx.keep(*(c.name for c in choices))
 

@@ -102,7 +102,7 @@ from torch import nn
 from .errors import ArgumentError, ArgumentTypeError, StateError
 from .hooks import first_tensor
 from .inputs import InputBatch
-from .layers import LayerChoice, default_feature_layers, resolve_layer
+from .layers import LayerChoice, default_feature_layers, pick_cam_layer, resolve_layer
 from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
 if sys.version_info >= (3, 11):
@@ -239,7 +239,7 @@ class Watch:
         options: WatchOptions = WatchOptions(),
         **settings: Unpack[WatchSettings],
     ) -> None:
-        from .analyzers.cam import cam_layer_choice, parse_cam_methods
+        from .analyzers.cam import parse_cam_methods
 
         options = _merge_options(options, settings)
         module, loaded = unwrap(model)
@@ -273,7 +273,8 @@ class Watch:
         self._cam_method = parse_cam_methods(options.cam_method)[0]
         if probe is not None:
             self._batch = _probe_batch(probe, loaded, options.mean, options.std)
-            self._cam_layer = cam_layer_choice(module, options.cam_layer)
+            self._cam_layer = pick_cam_layer(module, options.cam_layer,
+                                             input_size=tuple(self._batch.tensor.shape[-2:]))
             self._labels = _probe_labels(labels, len(self._batch), self.categories)
         elif labels is not None:
             raise ArgumentError("labels= were given without probe images: pass probe=... as well", parameter="labels")

@@ -357,10 +357,11 @@ def test_list_layers(tmp_path):
     lines = out.splitlines()
     names = [line.split()[0] for line in lines]
     assert names == [n for n, _ in torchvision.models.resnet18().named_modules() if n]
-    assert "conv1  Conv2d" in lines
-    assert "layer4  Sequential [features] [cam]" in lines
-    assert "layer1  Sequential [features]" in lines
-    assert "fc  Linear" in lines
+    rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines}
+    assert rows["conv1"].split() == ["Conv2d", "(1,", "64,", "112,", "112)", "nchw"]  # the probed output
+    assert rows["layer4"].split() == ["Sequential", "(1,", "512,", "7,", "7)", "nchw", "[features]", "[cam]"]
+    assert rows["layer1"].endswith("(1, 64, 56, 56) nchw [features]")
+    assert rows["fc"].split() == ["Linear", "(1,", "1000)"]
     assert not list(tmp_path.iterdir())
 
 

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import introspect
 from introspect.testing import synthetic
-from introspect.analyzers.cam import cam_layer_choice, cams_from_pass
+from introspect.analyzers.cam import cams_from_pass
+from introspect.layers import pick_cam_layer
 from introspect.analyzers.quality import cam_quality, rank_map
 from introspect.forward import run_forward
 from introspect.inputs import InputBatch, prepare_inputs
@@ -51,7 +52,7 @@ def table_rows(markdown: str) -> list[list[str]]:
 def true_class_cams(model: torch.nn.Module, batch: InputBatch, labels: torch.Tensor,
                     methods: tuple[str, ...]) -> list[CamResult]:
     """Each image's map of its own class (one target per image, which introspect.cam's targets cannot give)."""
-    choice = cam_layer_choice(model)
+    choice = pick_cam_layer(model, input_size=tuple(batch.tensor.shape[-2:]))
     forward = run_forward(model, batch.tensor, capture=[choice.name], grad_layer=choice.name)
     saved = np.random.get_state()
     np.random.seed(0)  # RandomCAM draws its channel weights from numpy's global generator

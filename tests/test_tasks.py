@@ -178,45 +178,6 @@ def test_single_pass_methods_on_flattened_positions_equal_the_2d_maps(tiny_cnn):
                                        err_msg=method)
 
 
-# -- detection and segmentation drawing (pure) ------------------------------------------
-
-
-def test_detections_drawn_on_their_boxes_with_coco_names():
-    from introspect.tasks.detection_view import detections_from_output
-
-    categories = torchvision.models.detection.FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
-    photo = np.full((1, 80, 120, 3), 128, np.uint8)
-    output = {"boxes": torch.tensor([[20.0, 10.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0]]),
-              "labels": torch.tensor([17, 1]), "scores": torch.tensor([0.9, 0.2])}
-    (record,) = detections_from_output([output], photo, ["img"], categories, threshold=0.5)
-    assert record.names == ("cat",) and record.labels == (17,) and record.scores == pytest.approx((0.9,))
-    np.testing.assert_array_equal(record.boxes, [[20, 10, 70, 60]])
-    changed = np.any(record.image != 128, axis=-1)
-    assert changed[35, 20] and changed[35, 70] and changed[10, 45] and changed[60, 45]  # the four edges
-    assert not changed[35, 45]  # inside the box the photo is left alone (no mask)
-    assert not changed[5, 5] and not changed[75, 110]  # the low-score box is not drawn
-    assert "| 1 | cat | 17 | 0.900 | 20, 10, 70, 60 |" in record.to_markdown()
-    (none,) = detections_from_output([output], photo, ["img"], categories, threshold=0.95)
-    assert none.labels == () and "cat 0.900" in none.to_markdown()
-
-
-def test_segmentation_mask_legend_and_pixel_shares():
-    from introspect.tasks.segmentation_view import LEGEND_WIDTH, segmentation_from_logits
-
-    categories = torchvision.models.segmentation.FCN_ResNet50_Weights.DEFAULT.meta["categories"]
-    logits = torch.zeros(1, 21, 40, 40)
-    logits[0, 8, :, :10] = 5.0  # cat on the left quarter
-    logits[0, 0, :, 10:] = 5.0  # background elsewhere
-    photo = np.full((1, 40, 40, 3), 200, np.uint8)
-    (result,) = segmentation_from_logits(logits, photo, ["img"], categories)
-    assert result.names == ("__background__", "cat") and result.classes == (0, 8)
-    assert result.shares == pytest.approx((0.75, 0.25))
-    assert (result.mask[:, :10] == 8).all() and (result.mask[:, 10:] == 0).all()
-    assert result.image.shape[1] == LEGEND_WIDTH and result.image.shape[0] > 40
-    assert not np.array_equal(result.image[:40, :10], photo[0, :, :10])  # the mask is drawn over the photo
-    assert "| cat | 8 | 25.0% |" in result.to_markdown()
-
-
 # -- quantized models: int8 weights dequantized ------------------------------------------
 
 
@@ -273,27 +234,34 @@ def test_library_cam_on_a_quantized_model_defaults_to_eigencam_and_refuses_gradi
 
 
 def test_cli_detection(tmp_path):
-    acc, _ = cli_run(["fasterrcnn_mobilenet_v3_large_320_fpn", "--image", str(CAT), "--input-size", "128"], tmp_path)
+    acc, _ = cli_run(["fasterrcnn_mobilenet_v3_large_320_fpn", "--image", str(CAT), "--input-size", "128",
+                      "--score-threshold", "0.01", "--topk", "2"], tmp_path)
     images, texts = set(acc.Tags()["images"]), set(acc.Tags()["tensors"])
-    assert {"detections/cat", "input/cat"} <= images
+    assert {"detections/cat", "input/cat", "cam/gradcam/cat"} <= images
     assert {"detections/cat/table", "structure/summary", "run/info", "features/stats/cat"} <= texts
     assert any(t.startswith("features/backbone.body.") for t in images)
     assert any(t.startswith("kernels/backbone.body.") for t in images)
     assert image(acc, "detections/cat").shape == (128, 128, 3)
+    table = text(acc, "detections/cat/table")
+    coco = torchvision.models.detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT.meta["categories"]
+    rows = table.splitlines()[2:]
+    assert rows and all(row.split("|")[2].strip() in coco for row in rows)
+    assert image(acc, "cam/gradcam/cat").shape[1] > 2 * 128  # one overlay per explained detection
     info = text(acc, "run/info")
     assert "graph: detection models take a list of images" in info and "completed" in info
-    assert not any(t.startswith(("cam/", "graph")) for t in images | texts)
+    assert "cam layer | backbone" in info
+    assert not any(t.startswith("graph") for t in images | texts)
 
 
 def test_cli_segmentation(tmp_path):
     acc, _ = cli_run(["lraspp_mobilenet_v3_large", "--image", str(CAT), "--input-size", "96"], tmp_path)
-    assert {"segmentation/cat", "input/cat"} <= set(acc.Tags()["images"])
+    assert {"segmentation/cat", "input/cat", "cam/gradcam/cat"} <= set(acc.Tags()["images"])
     table = text(acc, "segmentation/cat/table")
     shares = [float(s) for s in re.findall(r"\| ([\d.]+)% \|", table)]
     assert shares and sum(shares) == pytest.approx(100.0, abs=0.5)
     voc = torchvision.models.segmentation.LRASPP_MobileNet_V3_Large_Weights.DEFAULT.meta["categories"]
     assert all(row.split("|")[1].strip() in voc for row in table.splitlines()[2:])
-    assert "segmentation CAMs" in text(acc, "run/info")
+    assert any(t.startswith("features/backbone.") for t in acc.Tags()["images"])
 
 
 def test_cli_video_clip(tmp_path, moving_gif):

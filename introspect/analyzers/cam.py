@@ -29,14 +29,14 @@ from ..errors import IntrospectWarning, MethodFailedError, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
-from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
+from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, unwrap
 from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
-           "cams_from_pass", "cam_layer_choice", "needs_layer_gradient", "normalize_cam", "cam_maps"]
+           "cams_from_pass", "needs_layer_gradient", "normalize_cam", "cam_maps"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -236,15 +236,6 @@ def needs_layer_gradient(methods: Sequence[str]) -> bool:
     return any(not CAM_METHODS[m].delegated and CAM_METHODS[m].uses_gradients for m in methods)
 
 
-def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
-    """The target layer: the one asked for (checked), or the family's default."""
-    if layer is None:
-        return cam_target_layer(model)
-    resolve_layer(model, layer)
-    default = cam_target_layer(model)
-    return LayerChoice(layer, channels_last=default.channels_last and layer.startswith("features"))
-
-
 def normalize_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """pytorch-grad-cam's scaling of raw maps: ReLU, min-max, bilinear resize to the input, min-max again.
 
@@ -325,11 +316,11 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
 
 def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
                size: tuple[int, int], notes: list[str]) -> torch.Tensor:
-    activation = _finite(to_nchw(forward.activations[layer.name], layer.channels_last).float(), "activations", notes)
+    activation = _finite(to_nchw(forward.activations[layer.name], layer).float(), "activations", notes)
     grads = None
     if method.uses_gradients:
         raw_grads = forward.gradients(classes)
-        grads = torch.stack([to_nchw(g, layer.channels_last) for g in raw_grads]).float()
+        grads = torch.stack([to_nchw(g, layer) for g in raw_grads]).float()
         grads = _finite(grads, "gradients", notes)
         if not grads.abs().amax().item() > 0:
             notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
@@ -368,7 +359,7 @@ def _delegated_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
     target_layer = resolve_layer(model, layer.name)
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
-        return to_nchw(t, layer.channels_last)
+        return to_nchw(t, layer)
 
     maps = None
     with inspecting(model):
@@ -485,7 +476,7 @@ def cam(
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
-    choice = cam_layer_choice(module, layer)
+    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:]))
     from ..tasks import TASKS
     from ..tasks.quantized import check_cam_methods, is_quantized_model
 

@@ -10,8 +10,7 @@ from torch import nn
 
 from ..forward import ForwardPass, run_forward
 from ..inputs import InputBatch, Inputs, prepare_inputs
-from ..layers import LayerChoice, default_feature_layers, resolve_layer
-from ..layers import to_nchw
+from ..layers import LayerChoice, default_feature_layers, layer_choice, to_nchw
 from ..models import LoadedModel, unwrap
 from ..records import FeatureMap
 from ..options import FeatureOptions
@@ -19,12 +18,14 @@ from ..options import FeatureOptions
 __all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices", "feature_map"]
 
 
-def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None) -> list[LayerChoice]:
-    """The layers asked for (checked), or the model's default stage outputs.
+def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None, *,
+                          input_size: int | Sequence[int] | None = None) -> list[LayerChoice]:
+    """The layers asked for (checked, with their probed layout), or the model's default stage outputs.
 
     Args:
         model: the module.
         layers: layer names, or None for the defaults.
+        input_size: the input's side or (H, W) (default: the size the model declares, else 224).
 
     Returns:
         One layer choice per layer.
@@ -32,20 +33,16 @@ def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None)
     Raises:
         UnknownLayerError: a name that is not a layer of the model.
     """
-    defaults = default_feature_layers(model)
     if not layers:
-        return defaults
-    channels_last = {c.name for c in defaults if c.channels_last}
-    for name in layers:
-        resolve_layer(model, name)
-    return [LayerChoice(n, channels_last=n in channels_last) for n in layers]
+        return default_feature_layers(model, input_size=input_size)
+    return [layer_choice(model, name, input_size=input_size) for name in layers]
 
 
 def feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int = 64) -> FeatureMap:
     """One layer's output for one input, (C, H, W) (or tokens / channels-last as ``choice`` says), as a record."""
     from ..drawing import normalize01, tile_grid
 
-    maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
+    maps = to_nchw(activation[None], choice)[0].float()  # (C, H, W)
     maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     means = maps.mean(dim=(1, 2))
     order = torch.argsort(means, descending=True)[:max_channels]
@@ -103,6 +100,6 @@ def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequenc
     """
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
-    choices = feature_layer_choices(module, layers)
+    choices = feature_layer_choices(module, layers, input_size=tuple(batch.tensor.shape[-2:]))
     forward = run_forward(module, batch.tensor, capture=[c.name for c in choices])
     return feature_maps_from_pass(forward, batch, choices, max_channels)

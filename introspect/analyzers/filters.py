@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ArgumentError, LayerError
 from ..hooks import first_tensor, inspecting
-from ..layers import LayerChoice, default_feature_layers, resolve_layer, to_nchw
+from ..layers import LayerChoice, default_feature_layers, layer_choice, resolve_layer, to_nchw
 from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
 from ..records import FilterGrid
 from ..options import FilterOptions
@@ -62,10 +62,7 @@ def default_filter_layers(model: nn.Module, count: int = 3) -> list[LayerChoice]
 def _layer_choices(model: nn.Module, layers: Sequence[str] | None) -> list[LayerChoice]:
     if not layers:
         return default_filter_layers(model)
-    channels_last = {c.name for c in default_feature_layers(model) if c.channels_last}
-    for name in layers:
-        resolve_layer(model, name)
-    return [LayerChoice(n, channels_last=n in channels_last) for n in layers]
+    return [layer_choice(model, name) for name in layers]
 
 
 def _frequency_scale(size: int, decay_power: float = 1.0) -> torch.Tensor:
@@ -183,7 +180,7 @@ def _run_to_layer(model: nn.Module, module: nn.Module, choice: LayerChoice, inpu
     if "out" not in captured:
         raise LayerError(f"layers={[choice.name]!r}: layer {choice.name!r} did not run in the forward pass, pick "
                          "another", parameter="layers")
-    return to_nchw(captured["out"], choice.channels_last)
+    return to_nchw(captured["out"], choice)
 
 
 def _mean_activation(maps: torch.Tensor, filters: Sequence[int]) -> torch.Tensor:

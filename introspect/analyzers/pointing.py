@@ -18,7 +18,8 @@ from ..errors import ArgumentError
 from ..forward import run_forward
 from ..inputs import prepare_inputs
 from ..records import PointingGame
-from .cam import CAM_METHODS, cam_layer_choice, cams_from_pass, needs_layer_gradient, parse_cam_methods
+from ..layers import pick_cam_layer
+from .cam import CAM_METHODS, cams_from_pass, needs_layer_gradient, parse_cam_methods
 
 __all__ = ["GRADIENT_METHODS", "COMPUTED_METHODS", "pointing_game"]
 
@@ -66,7 +67,7 @@ def pointing_game(
     if not len(images) == len(classes) == len(boxes):
         raise ArgumentError(f"{len(images)} images, {len(classes)} classes and {len(boxes)} boxes: give one of each "
                             "per image", parameter="boxes")
-    choice = cam_layer_choice(model, layer)
+    choice = pick_cam_layer(model, layer, input_size=tuple(images.shape[-2:]))
     needs_grad = needs_layer_gradient(names)
     peaks = np.zeros((len(names), len(images), 2), dtype=np.int64)
     for start in range(0, len(images), batch_size):

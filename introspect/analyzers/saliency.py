@@ -26,10 +26,10 @@ from torch import nn
 from ..errors import ArgumentError, IntrospectWarning, UnknownMethodError
 from ..hooks import first_tensor, inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
-from ..layers import LayerChoice, resolve_layer, to_nchw
+from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
-from .cam import CAM_METHODS, cam_layer_choice, normalize_cam
+from .cam import CAM_METHODS, normalize_cam
 from .predictions import class_name, resolve_target
 from ..options import SaliencyOptions
 
@@ -201,8 +201,8 @@ def saliency_from_pass(
             if cam_module is None:
                 raise ArgumentError("layer=None: guidedgradcam needs the Grad-CAM target layer, pass layer=",
                                     parameter="layer")
-            a = to_nchw(activation, layer.channels_last).float()
-            g = torch.stack([to_nchw(t, layer.channels_last) for t in layer_grads]).float()
+            a = to_nchw(activation, layer).float()
+            g = torch.stack([to_nchw(t, layer) for t in layer_grads]).float()
             cams = normalize_cam(CAM_METHODS["gradcam"].compute(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
             gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
     if probabilities is None:
@@ -266,7 +266,8 @@ def saliency(
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
     method_names = parse_saliency_methods(methods)
-    choice = cam_layer_choice(module, layer) if "guidedgradcam" in method_names else None
+    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:])) \
+        if "guidedgradcam" in method_names else None
     device, dtype = device_and_dtype(module)
     tensor = batch.tensor.to(device=device, dtype=dtype)
     with inspecting(module), torch.inference_mode():

@@ -55,14 +55,14 @@ register_task(Task(
 ))
 register_task(Task(
     name="detection",
-    summary="object detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD): boxes drawn with COCO names",
+    summary="object detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD): boxes drawn with COCO names, "
+            "a CAM per top detection",
     module="torchvision.models.detection",
     input_kind="image",
-    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
     not_applicable={
         "graph": "detection models take a list of images and return a list of dicts, which the graph tracer "
                  "cannot record",
-        "cam": "detection CAMs (box-score targets) are not wired in yet; the detections are drawn instead",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
     },
@@ -70,13 +70,13 @@ register_task(Task(
 ))
 register_task(Task(
     name="segmentation",
-    summary="semantic segmentation (FCN, DeepLabV3, LR-ASPP): the predicted mask with a legend of classes",
+    summary="semantic segmentation (FCN, DeepLabV3, LR-ASPP): the predicted mask with a legend of classes, a CAM "
+            "per class present",
     module="torchvision.models.segmentation",
     input_kind="image",
-    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
     not_applicable={
         "graph": "segmentation models return a dict, which the graph tracer cannot record",
-        "cam": "segmentation CAMs (class-mask targets) are not wired in yet; the mask is drawn instead",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
     },

@@ -130,14 +130,32 @@ def _chunks(count: int, size: int = BATCH_SIZE):
         yield slice(start, min(count, start + size))
 
 
+def _write_task_cams(run: TaskRun, results: Sequence) -> None:
+    """``cam/<method>/<image>`` panels of detection / segmentation CAM results, their notes as warnings."""
+    import warnings
+
+    from ..errors import IntrospectWarning
+
+    run.reporter.cams([r for r in results if r.maps])
+    for result in results:
+        run.info.setdefault("cam layer", result.layer + (f" ({', '.join(result.levels)})" if any(result.levels)
+                                                          else ""))
+        for note in result.warnings:
+            warnings.warn(f"{result.method} {result.image_name}: {note}", IntrospectWarning, stacklevel=2)
+
+
+def _per_image(results: Sequence, count: int) -> list:
+    """The first method's result of each image (CAM results come method-major)."""
+    return list(results[:count])
+
+
 def run_detection(run: TaskRun) -> None:
-    """Detections drawn with their table, backbone feature maps, structure, kernels, histograms."""
+    """Detections drawn with their table, a CAM per top detection (:mod:`introspect.tasks.detection`), backbone
+    feature maps, structure, kernels, histograms."""
     from ..inputs import InputBatch, prepare_inputs
-    from .detection_view import detections_from_output
+    from .detection import detect, detection_cams
 
     loaded, module = run.loaded, run.loaded.model
-    if run.targets:
-        raise TargetError(f"{loaded.name} is a detector: it explains detections, not a chosen class; drop targets=")
     _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
     if not run.images:
         return
@@ -146,25 +164,36 @@ def run_detection(run: TaskRun) -> None:
     for part in _chunks(len(batch)):
         chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
         run.say(f"images {', '.join(chunk.names)}")
-        raw = run_model(module, chunk.tensor, capture=_capture(run, root))
         for name, photo in zip(chunk.names, chunk.photos):
             run.reporter.input_image(name, photo)
-        for record in detections_from_output(raw.output, chunk.photos, chunk.names, loaded.categories,
-                                             threshold=run.threshold):
+        if "cam" in run.sections:  # one pass: the detections and a CAM per top detection (box score by IoU)
+            results = detection_cams(module, chunk.tensor, methods=run.methods, topk=run.topk, layer=run.cam_layer,
+                                     targets=run.targets, score_threshold=run.threshold,
+                                     categories=loaded.categories, names=chunk.names)
+            found = [r.detections for r in _per_image(results, len(chunk))]
+        else:
+            results = []
+            found = detect(module, chunk.tensor, score_threshold=run.threshold, categories=loaded.categories,
+                           names=chunk.names)
+        for record in found:
             run.reporter.detections(record)
             run.predictions.append(record)
-        if raw.activations:
+        _write_task_cams(run, results)
+        capture = _capture(run, root)
+        if capture:
+            raw = run_model(module, chunk.tensor, capture=capture)
             run.reporter.features(_feature_records(run, raw.activations, chunk.names))
 
 
 def run_segmentation(run: TaskRun) -> None:
-    """The mask over each photo with its legend and table, backbone feature maps, structure, kernels, histograms."""
+    """The mask over each photo with its legend and table, a CAM per class present
+    (:mod:`introspect.tasks.segmentation`), backbone feature maps, structure, kernels, histograms."""
     from ..inputs import InputBatch, prepare_inputs
-    from .segmentation_view import segmentation_from_logits
+    from .segmentation import segment, segmentation_cams
 
     loaded, module = run.loaded, run.loaded.model
     if run.targets:
-        raise TargetError(f"{loaded.name} segments every class at once: drop targets=")
+        raise TargetError(f"{loaded.name} explains every class present in the mask: drop targets=")
     _static_sections(run, (1, 3, loaded.input_size, loaded.input_size))
     if not run.images:
         return
@@ -173,14 +202,22 @@ def run_segmentation(run: TaskRun) -> None:
     for part in _chunks(len(batch)):
         chunk = InputBatch(batch.tensor[part], batch.photos[part], batch.names[part])
         run.say(f"images {', '.join(chunk.names)}")
-        raw = run_model(module, chunk.tensor, capture=_capture(run, root))
-        logits = raw.output["out"] if isinstance(raw.output, dict) else raw.output
         for name, photo in zip(chunk.names, chunk.photos):
             run.reporter.input_image(name, photo)
-        for record in segmentation_from_logits(logits, chunk.photos, chunk.names, loaded.categories):
+        if "cam" in run.sections:  # one pass: the mask and a CAM per class present (logit summed over its pixels)
+            results = segmentation_cams(module, chunk, methods=run.methods, layer=run.cam_layer,
+                                        max_classes=run.topk, categories=loaded.categories)
+            found = [r.segmentation for r in _per_image(results, len(chunk))]
+        else:
+            results = []
+            found = segment(module, chunk, categories=loaded.categories)
+        for record in found:
             run.reporter.segmentation(record)
             run.predictions.append(record)
-        if raw.activations:
+        _write_task_cams(run, results)
+        capture = _capture(run, root)
+        if capture:
+            raw = run_model(module, chunk.tensor, capture=capture)
             run.reporter.features(_feature_records(run, raw.activations, chunk.names))
 
 

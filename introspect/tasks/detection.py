@@ -1,0 +1,428 @@
+"""Object detection (torchvision Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD, SSDlite): detections and CAMs.
+
+:func:`detect` runs a detector once and returns, per image, a :class:`Detections` record: boxes
+in the input image's pixels, labels, names, scores, masks and keypoints where the model gives
+them, the image with them drawn, and a Markdown table.
+
+:func:`detection_cams` explains the top-k detections of each image, all of them from one forward
+pass and one batched backward. The target of a detection is pytorch-grad-cam's
+``FasterRCNNBoxScoreTarget`` with that detection as the reference box: among the model's output
+boxes, the one of largest IoU with the reference; if that IoU exceeds ``iou_threshold`` and its
+label is the reference's, the target is IoU + its score, else 0. Gradients of the targets are
+taken with respect to the feature maps the detector hands its heads (``backbone``: every FPN
+level, or SSD's feature maps), and the CAM is the mean of the per-level maps (see
+:mod:`introspect.tasks.featurepass`). Only the heads are recorded and differentiated; nothing is
+written to ``.grad``. The records also carry the detections, so one call serves both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analyzers.cam import CAM_METHODS
+from ..errors import IntrospectWarning, TargetError, UsageError
+from ..hooks import inspecting
+from .featurepass import FeaturePass, feature_pass, scaled_maps, single_pass_methods, task_images
+from .records import DetectionCamMap, DetectionCamResult, Detections
+
+__all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
+           "detect", "detection_cams", "draw_detections", "box_score_targets"]
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+"""Detections scoring less are not shown or explained."""
+
+MAX_DRAWN = 25
+"""At most this many detections (the best) are drawn on an image; the record and table keep them all."""
+
+DEFAULT_IOU_THRESHOLD = 0.5
+"""A box matches a reference detection when their IoU exceeds this (pytorch-grad-cam's default)."""
+
+COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
+    (0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12), (11, 12),
+    (11, 13), (13, 15), (12, 14), (14, 16))
+"""Pairs of COCO's 17 person keypoints joined when they are drawn."""
+
+_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+
+
+def coco_categories(person_only: bool = False) -> tuple[str, ...]:
+    """COCO's 91 detection category names (index = label; ``'N/A'`` for unused ids), or background + person."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, KeypointRCNN_ResNet50_FPN_Weights
+
+    weights = KeypointRCNN_ResNet50_FPN_Weights.COCO_V1 if person_only else FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+    return tuple(weights.meta["categories"])
+
+
+def _name(categories: Sequence[str], label: int) -> str:
+    return categories[label] if 0 <= label < len(categories) else f"class {label}"
+
+
+def _model_and_categories(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Sequence[str] | None]:
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", model)  # a LoadedModel
+    if categories is None and module is not model:
+        categories = getattr(model, "categories", None) or None
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"expected a torch.nn.Module detector, got {type(model).__name__}")
+    return module, categories
+
+
+def _resolve_targets(targets: Sequence[int | str] | None, categories: Sequence[str]) -> set[int] | None:
+    """Class names or labels to explain -> labels; an unknown one is a one-line TargetError."""
+    if targets is None:
+        return None
+    labels: set[int] = set()
+    lowered = {name.lower(): i for i, name in enumerate(categories)}
+    for target in targets:
+        if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+            key = target.strip().lower()
+            if key not in lowered or key in {"n/a", "__background__"}:
+                shown = ", ".join(n for n in categories if n not in {"N/A", "__background__"})[:200]
+                raise TargetError(f"unknown class {target!r} for this detector: targets= takes its category names "
+                                  f"({shown}, ...) or labels 1-{len(categories) - 1}")
+            labels.add(lowered[key])
+        else:
+            label = int(target)
+            if not 0 < label < max(len(categories), 2):
+                raise TargetError(f"label {label} is out of range for this detector: targets= takes labels "
+                                  f"1-{len(categories) - 1} or category names")
+            labels.add(label)
+    return labels
+
+
+def draw_detections(photo: np.ndarray, boxes: np.ndarray, names: Sequence[str], scores: np.ndarray,
+                    labels: np.ndarray, masks: np.ndarray | None = None,
+                    keypoints: np.ndarray | None = None) -> np.ndarray:
+    """The photo with masks (alpha 0.5), boxes labelled ``name score`` and keypoints drawn; uint8 HWC.
+
+    Detections come best first; only the first :data:`MAX_DRAWN` are drawn.
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
+
+    boxes, names, scores, labels = boxes[:MAX_DRAWN], names[:MAX_DRAWN], scores[:MAX_DRAWN], labels[:MAX_DRAWN]
+    masks = masks[:MAX_DRAWN] if masks is not None else None
+    keypoints = keypoints[:MAX_DRAWN] if keypoints is not None else None
+    image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
+    if not len(scores):
+        return np.ascontiguousarray(photo)
+    colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
+    if masks is not None and len(masks):
+        image = draw_segmentation_masks(image, torch.from_numpy(masks > 0.5), alpha=0.5, colors=colors)
+    width = max(1, round(max(photo.shape[:2]) / 200))
+    image = draw_bounding_boxes(image, torch.from_numpy(boxes).float(),
+                                labels=[f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())],
+                                colors=colors, width=width)
+    if keypoints is not None and len(keypoints):
+        skeleton = list(COCO_PERSON_SKELETON) if keypoints.shape[1] == 17 else None
+        image = draw_keypoints(image, torch.from_numpy(keypoints[..., :2]).float(), connectivity=skeleton,
+                               colors=(255, 255, 0), radius=max(1, width), width=width,
+                               visibility=torch.from_numpy(keypoints[..., 2] > 0))
+    return image.permute(1, 2, 0).contiguous().numpy()
+
+
+def _detections(output: dict[str, torch.Tensor], name: str, photo: np.ndarray, score_threshold: float,
+                categories: Sequence[str] | None) -> Detections:
+    scores = output["scores"].detach().float().cpu()
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[scores[order] >= score_threshold]
+    boxes = output["boxes"].detach().float().cpu()[order].numpy().astype(np.float32)
+    labels = output["labels"].detach().cpu()[order].numpy().astype(np.int64)
+    if categories is None:
+        categories = coco_categories(person_only="keypoints" in output)
+    names = tuple(_name(categories, int(label)) for label in labels)
+    masks = keypoints = None
+    if "masks" in output:
+        masks = output["masks"].detach().float().cpu()[order][:, 0].numpy().astype(np.float32)
+    if "keypoints" in output:
+        keypoints = output["keypoints"].detach().float().cpu()[order].numpy().astype(np.float32)
+    score_values = scores[order].numpy().astype(np.float32)
+    image = draw_detections(photo, boxes, names, score_values, labels, masks, keypoints)
+    return Detections(image_name=name, image_size=tuple(photo.shape[:2]), boxes=boxes, labels=labels, names=names,
+                      scores=score_values, score_threshold=float(score_threshold), image=image, masks=masks,
+                      keypoints=keypoints)
+
+
+def _check_threshold(score_threshold: float) -> None:
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise UsageError(f"score_threshold={score_threshold} is outside [0, 1]: pass a score such as 0.5")
+
+
+def _lowered_thresholds(module: nn.Module, score_threshold: float) -> list[tuple[object, str, object]]:
+    """The detector's own score cut-offs (``score_thresh`` of its heads) lowered to ``score_threshold`` for one pass."""
+    return [(m, "score_thresh", float(score_threshold)) for m in module.modules()
+            if isinstance(getattr(m, "score_thresh", None), float) and m.score_thresh > score_threshold]
+
+
+def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, gradients: bool,
+         score_threshold: float, capture: dict[str, nn.Module] | None = None,
+         require_features: bool = True) -> FeaturePass:
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    try:
+        fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer,
+                          gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture,
+                          require_features=require_features)
+    except TypeError as error:  # a model that takes one batched tensor, not a list of images
+        first = str(error).splitlines()[0][:80] if str(error) else ""
+        raise UsageError(f"{type(module).__name__} does not take a list of images as torchvision detectors do "
+                         f"({error.__class__.__name__}: {first}): is it a detector?") from error
+    if not (isinstance(fp.output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in fp.output)):
+        raise UsageError(f"{type(module).__name__} does not return detections (a list of dicts with 'boxes', "
+                         "'labels', 'scores' per image): use it with the classification or segmentation analyzers")
+    return fp
+
+
+def detect(
+    model: nn.Module,
+    images: Any,
+    *,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    categories: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Detections]:
+    """Run a detector once; one :class:`Detections` per image, detections scoring ``score_threshold`` or more.
+
+    Args:
+        model: a torchvision-style detector (``model(list of (3, H, W) tensors in [0, 1])`` -> list of dicts),
+            or a loaded model carrying ``.model`` and ``.categories``; it comes back untouched.
+        images: a (N, 3, H, W) / (3, H, W) tensor in [0, 1], a path, a PIL image, an (H, W, 3) array, or a list.
+        score_threshold: the lowest score shown; the detector's own cut-off (``score_thresh``) is lowered to it
+            for this call where it is higher (random weights score about 1 / classes).
+        categories: class names by label; None: COCO's (background + person for keypoint models).
+        names: one name per image (default: file stems, or image0, image1, ...).
+    Returns:
+        One record per image.
+    """
+    _check_threshold(score_threshold)
+    module, categories = _model_and_categories(model, categories)
+    batch = task_images(images, names)
+    fp = _run(module, batch.tensors, None, False, score_threshold, require_features=False)
+    return [_detections(out, name, photo, score_threshold, categories)
+            for out, name, photo in zip(fp.output, batch.names, batch.photos)]
+
+
+def box_score_targets(outputs: Sequence[dict[str, torch.Tensor]], references: Sequence[tuple[np.ndarray, np.ndarray]],
+                      k: int, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> torch.Tensor:
+    """pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` for each reference detection, as an (N, k) tensor.
+
+    ``references[n]`` = (boxes (j, 4), labels (j,)) of image n, j <= k; target (n, j): the output box of
+    largest IoU with reference j; if that IoU > ``iou_threshold`` and the labels agree, IoU + its score, else 0.
+    """
+    from torchvision.ops import box_iou
+
+    rows = []
+    for output, (ref_boxes, ref_labels) in zip(outputs, references):
+        boxes, labels, scores = output["boxes"], output["labels"], output["scores"]
+        row: list[torch.Tensor] = []
+        for box, label in zip(ref_boxes, ref_labels):
+            value = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+            if len(boxes):
+                reference = torch.as_tensor(box[None, :], device=boxes.device, dtype=boxes.dtype)
+                ious = box_iou(reference, boxes)
+                index = ious.argmax()
+                if ious[0, index] > iou_threshold and labels[index] == int(label):
+                    value = ious[0, index] + scores[index]
+            row.append(value)
+        while len(row) < k:  # an image with fewer detections: no target
+            row.append(torch.zeros((), dtype=boxes.dtype, device=boxes.device))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def _box_path(module: nn.Module) -> nn.Module | None:
+    """The R-CNN box path (torchvision ``RoIHeads``: ``box_roi_pool``, ``box_head``, ``box_predictor``,
+    ``box_coder``, fed by an ``rpn``), when the model has one."""
+    roi = getattr(module, "roi_heads", None)
+    parts = ("box_roi_pool", "box_head", "box_predictor", "box_coder")
+    if not isinstance(roi, nn.Module) or not all(getattr(roi, p, None) is not None for p in parts):
+        return None
+    return roi if isinstance(getattr(module, "rpn", None), nn.Module) else None
+
+
+def _feeds(module: nn.Module, roi: nn.Module) -> str:
+    """Name of the direct child whose output the box path reads (torchvision: ``backbone``)."""
+    for name, child in module.named_children():
+        if child is getattr(module, "backbone", None):
+            return name
+    return ""
+
+
+def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       original_sizes: Sequence[tuple[int, int]], k: int,
+                       iou_threshold: float) -> dict[str, torch.Tensor]:
+    """Gradients of ``box_score_targets`` of an R-CNN, through its box head on the explained RoIs only.
+
+    Each detection comes from one proposal (RoI) and one class; the box head treats RoIs independently, so
+    its score and box, and hence the target (IoU with the reference + score), depend on that RoI's row alone:
+    the same values and gradients as through the whole graph, without a dense backward over every RoI.
+    The feature maps are copied once per target (k copies of the batch), each target reads its own copy,
+    and one plain backward of the summed targets gives every target's gradients: (k, N, C, h, w) per level.
+    """
+    import torch.nn.functional as F
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import box_iou, clip_boxes_to_image
+
+    proposals = list(fp.captured["proposals"][0])
+    class_logits, box_regression = fp.captured["predictions"]
+    _, resized = fp.canvas
+    counts = [len(p) for p in proposals]
+    logits_list, regression_list = class_logits.split(counts), box_regression.split(counts)
+    n_images = len(references)
+    # the RoI row behind each explained detection: the row whose decoded box and score are the detection's
+    selected = [proposals[0][:0]] * (k * n_images)  # slot j * N + n: target j of image n (or no RoI)
+    for n, (ref_boxes, ref_labels, ref_scores) in enumerate(references):
+        decoded = clip_boxes_to_image(roi.box_coder.decode(regression_list[n], [proposals[n]]), resized[n])
+        probs = F.softmax(logits_list[n], -1)
+        for j, (box, label, score) in enumerate(zip(ref_boxes, ref_labels, ref_scores)):
+            candidates = resize_boxes(decoded[:, int(label)], resized[n], original_sizes[n])
+            reference = torch.as_tensor(box, dtype=candidates.dtype, device=candidates.device)
+            error = (candidates - reference).abs().sum(1) + (probs[:, int(label)] - float(score)).abs()
+            row = int(error.argmin())
+            selected[j * n_images + n] = proposals[n][row:row + 1]
+    activations = fp.activations()
+    copies = {name: a[None].expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]).clone().requires_grad_()
+              for name, a in activations.items()}
+    slots = [slot for slot, rois in enumerate(selected) if len(rois)]
+    image_of = [slot % n_images for slot in slots]
+    labels = torch.tensor([int(references[n][1][slot // n_images]) for slot, n in zip(slots, image_of)],
+                          device=class_logits.device)
+    reference = torch.from_numpy(np.stack([references[n][0][slot // n_images] for slot, n in zip(slots, image_of)]))
+    with torch.enable_grad():
+        pooled = roi.box_roi_pool(copies, selected, list(resized) * k)
+        logits, regression = roi.box_predictor(roi.box_head(pooled))
+        rows = torch.arange(len(slots), device=logits.device)
+        probs = F.softmax(logits, -1)[rows, labels]
+        boxes = roi.box_coder.decode(regression, selected)[rows, labels]  # (K, 4): each row's box of its class
+        out = torch.stack([resize_boxes(clip_boxes_to_image(boxes[i:i + 1], resized[n]), resized[n],
+                                        original_sizes[n])[0] for i, n in enumerate(image_of)])
+        reference = reference.to(dtype=out.dtype, device=out.device)
+        iou = box_iou(reference, out).diagonal()  # each reference against its own detection's recomputed box
+        total = ((iou + probs) * (iou > iou_threshold)).sum()
+        if not total.requires_grad:
+            return {name: torch.zeros((k, *a.shape), dtype=a.dtype, device=a.device) for name, a in activations.items()}
+        names = list(copies)
+        grads = torch.autograd.grad(total, [copies[name] for name in names], allow_unused=True,
+                                    materialize_grads=True)
+    return {name: g.reshape(k, *activations[name].shape) for name, g in zip(names, grads)}
+
+
+def detection_cams(
+    model: nn.Module,
+    images: Any,
+    *,
+    methods: str | Sequence[str] = ("gradcam",),
+    topk: int = 3,
+    layer: str | None = None,
+    targets: Sequence[int | str] | None = None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    categories: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    colormap: str = "jet",
+    restrict_to_rois: bool = True,
+) -> list[DetectionCamResult]:
+    """A CAM for each of the top-k detections of each image: one forward pass, one backward.
+
+    R-CNN models (a ``roi_heads`` with torchvision's box path) run their forward without recording; the box
+    head is then re-run, with gradients, on the k RoIs behind the explained detections only, and one backward
+    gives every target's gradients. Other detectors (RetinaNet, FCOS, SSD) record their heads in the forward
+    pass and take one batched ``autograd.grad`` over the k targets.
+
+    Args:
+        model: a torchvision-style detector; it comes back untouched.
+        images: as :func:`detect` takes them.
+        methods: CAM methods served by one pass (gradcam, hirescam, gradcam++, xgradcam, layercam,
+            gradcamelementwise, eigengradcam, eigencam, fem).
+        topk: how many detections to explain per image (best scores first).
+        layer: the module to explain (its tensor, or every map of its dict); None: the dict of feature
+            maps the detector hands its heads (torchvision: ``backbone``, all FPN levels averaged).
+        targets: explain only detections of these classes (category names or labels).
+        score_threshold: lowest score of a detection shown and explained.
+        iou_threshold: IoU above which an output box matches a reference detection (pytorch-grad-cam's target).
+        categories: class names by label; None: COCO's.
+        names: one name per image.
+        colormap: matplotlib colormap of the overlays.
+        restrict_to_rois: R-CNN models: differentiate the box head on the RoIs behind the explained detections
+            only (the same targets and maps at a fraction of the cost); False: through the whole graph of the
+            model's output, as pytorch-grad-cam does.
+    Returns:
+        One result per method and image (method-major), each carrying that image's :class:`Detections`.
+    """
+    from ..drawing import labelled_row, overlay
+
+    _check_threshold(score_threshold)
+    if topk < 1:
+        raise UsageError(f"topk={topk} must be at least 1")
+    method_names = single_pass_methods(methods, "detection")
+    module, categories = _model_and_categories(model, categories)
+    batch = task_images(images, names)
+    needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
+    if needs_grad and torch.is_inference_mode_enabled():
+        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
+                         "it, or use methods='eigencam'")
+    _resolve_targets(targets, categories if categories is not None else coco_categories())  # fail before the pass
+    roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
+    capture = {"proposals": module.rpn, "predictions": roi.box_predictor} if roi is not None else None
+    fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, capture)
+    outputs = fp.output
+    cats = categories if categories is not None else coco_categories(person_only="keypoints" in outputs[0])
+    wanted = _resolve_targets(targets, cats)
+    detections = [_detections(out, name, photo, score_threshold, cats)
+                  for out, name, photo in zip(outputs, batch.names, batch.photos)]
+    chosen = [[i for i in range(len(d)) if wanted is None or int(d.labels[i]) in wanted][:topk] for d in detections]
+    k = max((len(c) for c in chosen), default=0)
+    notes: list[str] = []
+    if k == 0:
+        notes.append(f"no detection scored {score_threshold:g} or more" + (" in the classes asked for" if wanted
+                                                                            else "") + ": nothing to explain")
+    sizes = [tuple(p.shape[:2]) for p in batch.photos]
+    grads = None
+    if needs_grad and k:
+        if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
+            references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
+            if any(m.training for m in roi.modules()):
+                with inspecting(roi):  # eval mode for the box path, put back after
+                    grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+            else:  # no hook, no mode change, nothing written to .grad: nothing to put back
+                grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+        else:
+            if roi is not None:  # the features found are not what the box head reads: the whole graph
+                fp = _run(module, batch.tensors, layer, True, score_threshold)
+                outputs = fp.output
+            references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
+            grads = fp.gradients(box_score_targets(outputs, references2, k, iou_threshold))
+    results = []
+    try:
+        for method in method_names:
+            maps = scaled_maps(method, fp, grads, k, sizes) if k else [None] * len(sizes)
+            if k and not any(bool(m.any()) for m in maps):
+                notes.append(f"{method}: every map is zero at {fp.layer} (no gradient reaches it?): blank maps")
+            for n, (found, picks) in enumerate(zip(detections, chosen)):
+                entries = []
+                for j, index in enumerate(picks):
+                    heatmap = maps[n][j].numpy().astype(np.float32)
+                    box = tuple(float(v) for v in found.boxes[index])
+                    drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), found.boxes[index:index + 1],
+                                            found.names[index:index + 1], found.scores[index:index + 1],
+                                            found.labels[index:index + 1])
+                    entries.append(DetectionCamMap(method=method, detection=index, label=int(found.labels[index]),
+                                                   name=found.names[index], score=float(found.scores[index]),
+                                                   box=box, heatmap=heatmap, image=drawn))
+                panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
+                    if entries else found.image
+                results.append(DetectionCamResult(method=method, layer=fp.layer, levels=fp.levels,
+                                                  image_name=found.image_name, detections=found, maps=tuple(entries),
+                                                  image=panel, warnings=tuple(notes)))
+    finally:
+        fp.leaves.clear()
+        fp.output = None
+    for note in notes:
+        warnings.warn(f"detection CAM: {note}", IntrospectWarning, stacklevel=2)
+    return results

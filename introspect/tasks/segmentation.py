@@ -1,0 +1,268 @@
+"""Semantic segmentation (torchvision FCN, DeepLabV3, LR-ASPP): per-pixel classes and a CAM per class present.
+
+:func:`segment` runs a segmenter once and returns, per image, a :class:`Segmentation`: the argmax
+class of every pixel, the classes present with their share of the pixels, and the photo with
+the classes drawn over it and a legend.
+
+:func:`segmentation_cams` explains each class present (largest first, up to ``max_classes``),
+all classes of all images from one forward pass and one batched backward. The target of class c
+is pytorch-grad-cam's ``SemanticSegmentationTarget``: the class's logit (``'out'`` of the model's
+output dict) summed over the pixels predicted as c. Gradients are taken with respect to the
+feature maps the model hands its heads (torchvision: ``backbone``, whose dict holds ``'out'`` and
+``'aux'``, or ``'low'`` and ``'high'``); each map is one input of the heads (the trunk between two
+maps is not differentiated) and the CAM is the mean of the per-map CAMs (see
+:mod:`introspect.tasks.featurepass`). ``'aux'`` feeds only the auxiliary head, so for the
+gradient methods its map is blank and the CAM is that of ``'out'``, as with pytorch-grad-cam's
+``backbone.layer4``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analyzers.cam import CAM_METHODS
+from ..errors import IntrospectWarning, UsageError
+from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
+from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
+           "segmentation_cams", "draw_segmentation"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_CLASSES = 5
+"""At most this many classes present are explained per image (largest share first)."""
+
+
+def voc_categories() -> tuple[str, ...]:
+    """The 21 Pascal VOC class names torchvision's segmentation weights use (index 0 is ``__background__``)."""
+    from torchvision.models.segmentation import FCN_ResNet50_Weights
+
+    return tuple(FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
+
+
+def _palette(index: int) -> tuple[int, int, int]:
+    """Pascal VOC's colour map: class i's colour from the bits of i."""
+    r = g = b = 0
+    c = index
+    for shift in range(7, -1, -1):
+        r |= ((c >> 0) & 1) << shift
+        g |= ((c >> 1) & 1) << shift
+        b |= ((c >> 2) & 1) << shift
+        c >>= 3
+    return r, g, b
+
+
+def _name(categories: Sequence[str], index: int) -> str:
+    return categories[index] if 0 <= index < len(categories) else f"class {index}"
+
+
+def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequence[SegmentClass]) -> np.ndarray:
+    """The photo with each class present drawn over it (alpha 0.6) and a legend strip below; uint8 HWC."""
+    from PIL import Image, ImageDraw, ImageFont
+    from torchvision.utils import draw_segmentation_masks
+
+    image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
+    if classes:
+        masks = torch.from_numpy(np.stack([class_map == c.index for c in classes]))
+        image = draw_segmentation_masks(image, masks, alpha=0.6, colors=[c.color for c in classes])
+    drawn = image.permute(1, 2, 0).contiguous().numpy()
+    height, width = drawn.shape[:2]
+    size = max(10, min(width // 18, 20))
+    try:
+        font = ImageFont.load_default(size=size)
+    except Exception:  # no FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    line = size + 6
+    legend = Image.new("RGB", (width, line * max(1, len(classes)) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
+    for i, c in enumerate(classes):
+        y = 2 + i * line
+        draw.rectangle([4, y + 2, 4 + size, y + 2 + size], fill=c.color, outline=(0, 0, 0))
+        draw.text((10 + size, y + 1), f"{c.name} {c.share:.1%}", fill=(0, 0, 0), font=font)
+    return np.concatenate([drawn, np.asarray(legend, dtype=np.uint8)], axis=0)
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, Mapping):
+        output = output["out"] if "out" in output else next(iter(output.values()))
+    if not (isinstance(output, torch.Tensor) and output.ndim == 4):
+        raise UsageError("the model does not return per-pixel class scores ((N, classes, H, W), or a dict with "
+                         "'out'): use it with the classification or detection analyzers")
+    return output
+
+
+def _groups(batch: TaskImages) -> list[list[int]]:
+    """Indices of the images by size (one forward pass per size)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, tensor in enumerate(batch.tensors):
+        groups.setdefault(tuple(tensor.shape), []).append(i)
+    return list(groups.values())
+
+
+def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Sequence[float], std: Sequence[float],
+             layer: str | None, gradients: bool, require_features: bool = True) -> FeaturePass:
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.stack([batch.tensors[i] for i in indices]).to(device=device, dtype=dtype)
+    if not batch.normalized:
+        x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
+            torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
+    return feature_pass(module, x, layer=layer, gradients=gradients, require_features=require_features)
+
+
+def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
+    class_map = logits.detach().argmax(0).cpu()
+    total = int(class_map.numel())
+    indices, counts = torch.unique(class_map, return_counts=True)
+    present = sorted(zip(indices.tolist(), counts.tolist()), key=lambda ic: (-ic[1], ic[0]))
+    classes = tuple(SegmentClass(index=i, name=_name(categories, i), pixels=int(c), share=c / total, color=_palette(i))
+                    for i, c in present)
+    array = class_map.numpy().astype(np.int64)
+    if photo.shape[:2] != array.shape:
+        raise UsageError(f"the model's output is {array.shape[1]}x{array.shape[0]} for a "
+                         f"{photo.shape[1]}x{photo.shape[0]} image: it must give one score per input pixel")
+    return Segmentation(image_name=name, class_map=array, classes=classes,
+                        image=draw_segmentation(photo, array, classes))
+
+
+def _module(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Sequence[str]]:
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", model)  # a LoadedModel
+    if categories is None and module is not model:
+        categories = getattr(model, "categories", None) or None
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"expected a torch.nn.Module segmenter, got {type(model).__name__}")
+    return module, tuple(categories) if categories is not None else voc_categories()
+
+
+def segment(
+    model: nn.Module,
+    images: Any,
+    *,
+    categories: Sequence[str] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    names: Sequence[str] | None = None,
+) -> list[Segmentation]:
+    """Run a segmenter once per image size; one :class:`Segmentation` per image.
+
+    Args:
+        model: a torchvision-style segmenter (``model(x)['out']`` or ``model(x)``: (N, classes, H, W)), or a
+            loaded model carrying ``.model`` and ``.categories``; it comes back untouched.
+        images: a (N, 3, H, W) / (3, H, W) tensor in [0, 1], a path, a PIL image, an (H, W, 3) array, or a list
+            (normalised here with ``mean`` / ``std``); or an ``InputBatch`` (already normalised).
+        categories: class names by index; None: Pascal VOC's 21.
+        mean, std: the normalisation the model was trained with.
+        names: one name per image.
+    Returns:
+        One record per image, in the order given.
+    """
+    module, cats = _module(model, categories)
+    batch = task_images(images, names)
+    found: dict[int, Segmentation] = {}
+    for indices in _groups(batch):
+        fp = _forward(module, batch, indices, mean, std, None, gradients=False, require_features=False)
+        logits = _logits(fp.output)
+        for row, i in enumerate(indices):
+            found[i] = _segmentation(logits[row], batch.names[i], batch.photos[i], cats)
+    return [found[i] for i in range(len(batch))]
+
+
+def segmentation_cams(
+    model: nn.Module,
+    images: Any,
+    *,
+    methods: str | Sequence[str] = ("gradcam",),
+    layer: str | None = None,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    skip_background: bool = True,
+    categories: Sequence[str] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    names: Sequence[str] | None = None,
+    colormap: str = "jet",
+) -> list[SegmentationCamResult]:
+    """A CAM for each class present in each image: one forward pass and one batched backward per image size.
+
+    Args:
+        model: a torchvision-style segmenter; it comes back untouched.
+        images: as :func:`segment` takes them.
+        methods: CAM methods served by one pass (gradcam, hirescam, gradcam++, xgradcam, layercam,
+            gradcamelementwise, eigengradcam, eigencam, fem).
+        layer: the module to explain (its tensor, or every map of its dict); None: the dict of feature maps
+            the model hands its heads (torchvision: ``backbone``).
+        max_classes: how many classes to explain per image (largest share of pixels first).
+        skip_background: leave out a class named ``__background__`` (unless it is the only one).
+        categories, mean, std, names: as :func:`segment` takes them.
+        colormap: matplotlib colormap of the overlays.
+    Returns:
+        One result per method and image (method-major), each carrying that image's :class:`Segmentation`.
+    """
+    from ..drawing import labelled_row, overlay
+
+    if max_classes < 1:
+        raise UsageError(f"max_classes={max_classes} must be at least 1")
+    method_names = single_pass_methods(methods, "segmentation")
+    module, cats = _module(model, categories)
+    batch = task_images(images, names)
+    needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
+    per_image: dict[int, tuple[Segmentation, list[SegmentClass], dict[str, np.ndarray], str, tuple[str, ...],
+                               list[str]]] = {}
+    for indices in _groups(batch):
+        fp = _forward(module, batch, indices, mean, std, layer, needs_grad)
+        try:
+            logits = _logits(fp.output)
+            segs = [_segmentation(logits[row], batch.names[i], batch.photos[i], cats) for row, i in enumerate(indices)]
+            chosen = []
+            for seg in segs:
+                classes = list(seg.classes)
+                if skip_background and len(classes) > 1:
+                    classes = [c for c in classes if c.name != "__background__"]
+                chosen.append(classes[:max_classes])
+            k = max(len(c) for c in chosen)
+            notes: list[str] = []
+            grads = None
+            if needs_grad:
+                class_map = logits.detach().argmax(1)
+                rows = []
+                for row, classes in enumerate(chosen):
+                    values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum()
+                              for c in classes]
+                    values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
+                    rows.append(torch.stack(values))
+                grads = fp.gradients(torch.stack(rows))
+            sizes = [tuple(batch.photos[i].shape[:2]) for i in indices]
+            maps = {m: [t.numpy() for t in scaled_maps(m, fp, grads, k, sizes)] for m in method_names}
+            notes += [f"{m}: every map is zero at {fp.layer} (no gradient reaches it?): the maps are blank"
+                      for m in method_names if k and not any(t.any() for t in maps[m])]
+            layer_name, levels = fp.layer, fp.levels
+        finally:
+            fp.leaves.clear()
+            fp.output = None
+        for row, i in enumerate(indices):
+            per_image[i] = (segs[row], chosen[row], {m: maps[m][row] for m in method_names}, layer_name, levels,
+                            notes)
+    results = []
+    for method in method_names:
+        for i in range(len(batch)):
+            seg, classes, maps, layer_name, levels, notes = per_image[i]
+            entries = []
+            for j, c in enumerate(classes):
+                heatmap = maps[method][j].astype(np.float32)
+                entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
+                                                  heatmap=heatmap, image=overlay(batch.photos[i], heatmap, colormap)))
+            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
+            results.append(SegmentationCamResult(method=method, layer=layer_name, levels=levels,
+                                                 image_name=seg.image_name,
+                                                 segmentation=seg, maps=tuple(entries), image=panel,
+                                                 warnings=tuple(notes)))
+    for note in sorted({n for entry in per_image.values() for n in entry[5]}):
+        warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
+    return results
