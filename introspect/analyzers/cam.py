@@ -31,7 +31,7 @@ from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 
 __all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
-           "cam_layer_choice"]
+           "cam_maps", "cam_layer_choice"]
 
 # A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -284,6 +284,44 @@ def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
     return torch.from_numpy(maps).reshape(k, n, *maps.shape[-2:])
 
 
+def cam_maps(
+    forward: ForwardPass,
+    layer: LayerChoice,
+    methods: Sequence[str],
+    classes: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    model: nn.Module | None = None,
+    inputs: torch.Tensor | None = None,
+    notes: dict[str, list[str]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Normalised maps of every method, ``{method: (k, N, H, W)}`` in [0, 1] at ``size``, without drawing.
+
+    The single-pass methods come from ``forward`` (which captured ``layer``); the others need
+    ``model`` and ``inputs`` (pytorch-grad-cam). ``notes`` (if given) collects each method's warnings.
+
+    Args:
+        forward: a pass that captured ``layer`` (and recorded its gradient for the gradient family).
+        layer: the CAM target layer.
+        methods: method names (see :data:`CAM_METHODS`).
+        classes: (N, k) class indices to explain.
+        size: (H, W) of the maps, normally the input's.
+    Returns:
+        One float32 tensor (k, N, H, W) per method, on the forward pass's device.
+    """
+    maps: dict[str, torch.Tensor] = {}
+    for name in parse_cam_methods(methods):
+        method = CAM_METHODS[name]
+        method_notes = notes.setdefault(name, []) if notes is not None else []
+        if method.single_pass:
+            maps[name] = _fast_maps(method, forward, layer, classes, size, method_notes)
+        else:
+            if model is None or inputs is None:
+                raise ValueError(f"{name} needs the model and the inputs (model=, inputs=)")
+            maps[name] = _reference_maps(method, model, inputs, layer, classes, forward.logits)
+    return maps
+
+
 def cams_from_pass(
     model: nn.Module,
     forward: ForwardPass,
@@ -300,13 +338,9 @@ def cams_from_pass(
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()
     results = []
-    for name in parse_cam_methods(methods):
-        method = CAM_METHODS[name]
-        notes: list[str] = []
-        if method.single_pass:
-            maps = _fast_maps(method, forward, layer, classes, size, notes)
-        else:
-            maps = _reference_maps(method, model, batch.tensor, layer, classes, forward.logits)
+    notes: dict[str, list[str]] = {}
+    all_maps = cam_maps(forward, layer, methods, classes, size, model=model, inputs=batch.tensor, notes=notes)
+    for name, maps in all_maps.items():
         maps = maps.cpu().numpy()
         for n, image_name in enumerate(batch.names):
             entries = []
@@ -319,8 +353,8 @@ def cams_from_pass(
                                       heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
             panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
-                                     image=panel, warnings=tuple(notes)))
-        for note in notes:
+                                     image=panel, warnings=tuple(notes.get(name, ()))))
+        for note in notes.get(name, ()):
             warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
     return results
 
