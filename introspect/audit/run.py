@@ -174,11 +174,22 @@ def audit(
     Returns:
         The :class:`AuditResult` on rank 0 (None on the other ranks). The model comes back untouched.
     """
-    started = time.perf_counter()
     module, loaded = unwrap(model)
     if loaded is None:
         loaded = load_model(module)
+    own_world = world is None
     world = world or init_world(loaded.device)
+    try:
+        return _audit(module, loaded, dataset, options, out_dir, resume, world, on_batch)
+    finally:
+        if own_world:
+            world.close()
+
+
+def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options: AuditOptions,
+           out_dir: str | Path | None, resume: bool, world: World,
+           on_batch: Callable[[int, int], None] | None) -> AuditResult | None:
+    started = time.perf_counter()
     names = tuple(loaded.categories)
     index = scan_dataset(dataset, names)
     table: BoxTable | None = read_boxes(options.boxes) if options.boxes is not None else None
