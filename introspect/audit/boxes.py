@@ -74,7 +74,7 @@ def _coco(path: Path) -> dict[str, list[Box]]:
     return out
 
 
-def _voc_file(path: Path, root: Path) -> tuple[str, list[Box]]:
+def _voc_file(path: Path) -> tuple[str, list[Box]]:
     try:
         tree = ElementTree.parse(path).getroot()
         filename = tree.findtext("filename") or path.with_suffix(".jpg").name
@@ -123,7 +123,7 @@ def read_boxes(source: str | Path) -> BoxTable:
                              "a CSV file")
         table: dict[str, list[Box]] = {}
         for file in files:
-            name, boxes = _voc_file(file, path)
+            name, boxes = _voc_file(file)
             table.setdefault(name, []).extend(boxes)
         kind = "voc"
     elif path.is_file():
@@ -187,11 +187,11 @@ def input_geometry(transform: Any) -> Geometry:
         crop = transform.crop_size
         crop = (crop[0], crop[-1]) if isinstance(crop, (list, tuple)) else (int(crop), int(crop))
         return Geometry(_as_int(transform.resize_size), crop)
-    steps: Iterable[Any] = getattr(transform, "transforms", None) or []
+    steps: Iterable[Any] | None = getattr(transform, "transforms", None)
     resize, crop = None, None
     import torchvision.transforms as T
 
-    for step in steps:
+    for step in steps if isinstance(steps, (list, tuple)) else [transform]:
         if isinstance(step, T.Resize):
             resize = _as_int(step.size)
             if resize is None:

@@ -1,0 +1,54 @@
+"""The audit on real weights agrees with the per-photo predictions; a full disk is one line, not a traceback."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from introspect.errors import OutputError
+
+ROOT = Path(__file__).parents[1]
+WEIGHTS = Path("/work/shared/weights/mobilenet_v2_imagenet.pth")
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS} is not on this machine")
+def test_mobilenet_audit_predicts_as_the_per_photo_report(tmp_path) -> None:
+    pytest.importorskip("pyarrow")
+    from introspect import load_model, predict
+    from introspect.audit import AuditOptions, audit
+    from introspect.audit.table import read_table
+    from introspect.images import find_images
+
+    loaded = load_model("mobilenet_v2", weights=str(WEIGHTS))
+    folder = ROOT / "sample_images"
+    result = audit(loaded, folder, options=AuditOptions(num_workers=0, progress=False), out_dir=tmp_path)
+    table = read_table(result.table)
+    files = find_images([folder])
+    assert result.images == len(files) == len(table["file"]) and result.labelled == 0
+    expected = {Path(p.image_name).stem: p for p in predict(loaded, files)}
+    by_stem = {Path(f).stem: (top, probs) for f, top, probs in zip(table["file"], table["top5"], table["top5_prob"])}
+    assert by_stem.keys() == expected.keys()
+    for stem, (top, probs) in by_stem.items():
+        assert tuple(top) == expected[stem].indices
+        assert probs == pytest.approx(expected[stem].probabilities, abs=1e-5)
+
+
+def test_full_disk_is_one_output_error_without_a_traceback(tmp_path, capfd) -> None:
+    from introspect.reporter import Reporter
+
+    reporter = Reporter(tmp_path)
+    record_writer = reporter._writer._get_file_writer().event_writer._async_writer._writer
+
+    def full(data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    record_writer.write = full
+    with pytest.raises(OutputError) as caught:
+        reporter.scalar("audit/accuracy/top1", 0.5)
+        reporter.flush()
+    message = str(caught.value)
+    assert str(tmp_path) in message and "No space left on device" in message and "\n" not in message
+    reporter.close()  # nothing more to raise: the writer was dropped
+    assert "Traceback" not in capfd.readouterr().err
