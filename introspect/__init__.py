@@ -28,13 +28,24 @@ from .analyzers.saliency import SALIENCY_METHODS, saliency
 from .analyzers.structure import summarize
 from .errors import IntrospectError, IntrospectWarning, UsageError
 from .models import LoadedModel, list_models, load_model
+from .options import CamOptions, FeatureOptions, FilterOptions, LoadOptions, SaliencyOptions
 from .report import RunSummary, report
+from .sections import SECTIONS, RunContext, Section, register_section
 from .watch import Watch, watch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAM_METHODS",
+    "CamOptions",
+    "FeatureOptions",
+    "FilterOptions",
+    "LoadOptions",
+    "RunContext",
+    "SECTIONS",
+    "SaliencyOptions",
+    "Section",
+    "register_section",
     "IntrospectError",
     "IntrospectWarning",
     "LoadedModel",

@@ -19,19 +19,47 @@ __all__ = ["main", "build_parser"]
 EXAMPLES = """examples:
   python -m introspect vgg11 --image sample_images/cat.png --logdir runs
   python -m introspect resnet50 --image sample_images/ --cam gradcam,layercam,eigencam --topk 5
-  python -m introspect mobilenet_v2 --weights ../shared/weights/mobilenet_v2_imagenet.pth --image sample_images/cat.png
+  python -m introspect mobilenet_v2 --weights my_mobilenet_v2.pth --image sample_images/cat.png
+      (a file saved with torch.save(model.state_dict(), "my_mobilenet_v2.pth"))
   python -m introspect resnet18 --weights none --sections structure,kernels,histograms
   python -m introspect resnet18 --list-layers
   python -m introspect --list-models
 then: tensorboard --logdir runs
 """
 
+# Which flag sets which option: (options group, field) -> flag. The library's errors name the
+# parameter (``steps=0``); the CLI says the flag instead (``--filter-steps 0``).
+FLAGS: dict[tuple[str, str], str] = {
+    ("cam", "methods"): "--cam",
+    ("cam", "layer"): "--cam-layer",
+    ("cam", "topk"): "--topk",
+    ("cam", "targets"): "--target",
+    ("features", "layers"): "--layers",
+    ("saliency", "methods"): "--saliency",
+    ("filters", "layers"): "--filter-layers",
+    ("filters", "count"): "--filter-count",
+    ("filters", "steps"): "--filter-steps",
+    ("filters", "size"): "--filter-size",
+    ("filters", "budget_s"): "--filter-budget",
+    ("load", "weights"): "--weights",
+    ("load", "device"): "--device",
+    ("load", "input_size"): "--input-size",
+    ("run", "images"): "--image",
+    ("run", "sections"): "--sections",
+    ("run", "logdir"): "--logdir",
+    ("run", "run_name"): "--run-name",
+}
+# Parameters that only one group has: an error raised deep in the library names them alone.
+_UNAMBIGUOUS = {field: flag for (group, field), flag in FLAGS.items()
+                if sum(1 for g, f in FLAGS if f == field) == 1}
+_UNAMBIGUOUS.update({"target": "--target", "layer": "--cam-layer"})
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to render --help)."""
+    """The argument parser (also used to render --help); defaults come from the option dataclasses."""
     from .analyzers.cam import CAM_METHODS
-    from .analyzers.saliency import SALIENCY_METHODS
-    from .report import DEFAULT_SECTIONS, SECTIONS
+    from .options import DEFAULT_LOGDIR, CamOptions, FilterOptions, LoadOptions, SaliencyOptions
+    from .sections import SECTIONS, default_sections, selectable_sections
 
     parser = argparse.ArgumentParser(
         prog="introspect",
@@ -39,43 +67,69 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    section_help = "; ".join(f"{name}{' (slow)' if SECTIONS[name].slow else ''}: {SECTIONS[name].summary}"
+                             for name in selectable_sections())
     parser.add_argument("model", nargs="?", help="a torchvision classification model name, e.g. resnet18, vgg11")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="a photo or a folder of photos; repeat for several (e.g. --image sample_images/cat.png)")
-    parser.add_argument("--logdir", default="runs", help="where runs go (default: runs)")
+    parser.add_argument("--logdir", default=DEFAULT_LOGDIR, help=f"where runs go (default: {DEFAULT_LOGDIR})")
     parser.add_argument("--run-name", help="run folder name under LOGDIR (default: MODEL-TIMESTAMP; never reused)")
-    parser.add_argument("--weights", default="auto",
+    parser.add_argument("--weights", default=LoadOptions.weights,
                         help="auto (default: DEFAULT weights if cached or downloadable, else random with a warning), "
                              "DEFAULT, an enum name like IMAGENET1K_V1, none (random), or a state_dict file PATH")
-    parser.add_argument("--sections", default=None,
-                        help=f"comma list from {','.join(SECTIONS)} or all (default: {','.join(DEFAULT_SECTIONS)}; "
-                             "saliency, filters, embeddings and quality are slower and run only when named or "
-                             "with all; quality scores the --cam maps by keeping / removing their top 20%%)")
+    parser.add_argument("--sections", default=None, metavar="NAME[,NAME]",
+                        help=f"comma list of sections, or all (default: {','.join(default_sections())}). "
+                             f"{section_help}".replace("%", "%%"))
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers for feature maps (default: each stage's output; see --list-layers)")
-    parser.add_argument("--cam", default="gradcam", metavar="METHOD[,METHOD]",
-                        help=f"CAM methods, comma separated (default gradcam): {', '.join(CAM_METHODS)}")
-    parser.add_argument("--cam-layer", metavar="NAME", help="CAM target layer (default: picked per model family)")
-    parser.add_argument("--saliency", default=",".join(SALIENCY_METHODS), metavar="METHOD[,METHOD]",
-                        help=f"saliency methods for --sections saliency (default all): {', '.join(SALIENCY_METHODS)}")
+    parser.add_argument("--cam", default=CamOptions.methods, metavar="METHOD[,METHOD]",
+                        help=f"CAM methods, comma separated (default {CamOptions.methods}): {', '.join(CAM_METHODS)}")
+    parser.add_argument("--cam-layer", metavar="NAME",
+                        help="CAM target layer (default: picked from the model's structure)")
+    parser.add_argument("--saliency", default=SaliencyOptions.methods, metavar="METHOD[,METHOD]",
+                        help=f"saliency methods for --sections saliency (default {SaliencyOptions.methods})")
     parser.add_argument("--filter-layers", nargs="+", metavar="NAME",
                         help="layers for --sections filters (default: first, middle and last stage output)")
-    parser.add_argument("--filter-count", type=int, default=8, metavar="N",
-                        help="filters per layer to visualise: the first N (default 8)")
-    parser.add_argument("--filter-steps", type=int, default=64, metavar="N",
-                        help="gradient-ascent steps per layer (default 64)")
-    parser.add_argument("--filter-size", type=int, metavar="PX", help="side of the synthesised images (default 96)")
-    parser.add_argument("--filter-budget", type=float, default=60.0, metavar="SECONDS",
-                        help="time budget of the filters section, all layers together (default 60)")
-    parser.add_argument("--topk", type=int, default=3, help="classes to explain and list (default 3)")
+    parser.add_argument("--filter-count", type=int, default=FilterOptions.count, metavar="N",
+                        help=f"filters per layer to visualise: the first N (default {FilterOptions.count})")
+    parser.add_argument("--filter-steps", type=int, default=FilterOptions.steps, metavar="N",
+                        help=f"gradient-ascent steps per layer (default {FilterOptions.steps})")
+    parser.add_argument("--filter-size", type=int, default=FilterOptions.size, metavar="PX",
+                        help="side of the synthesised images (default 96, or the model's fixed input size)")
+    parser.add_argument("--filter-budget", type=float, default=FilterOptions.budget_s, metavar="SECONDS",
+                        help=f"time budget of the filters section, all layers together "
+                             f"(default {FilterOptions.budget_s:g})")
+    parser.add_argument("--topk", type=int, default=CamOptions.topk,
+                        help=f"classes to explain and list (default {CamOptions.topk})")
     parser.add_argument("--target", action="append", metavar="CLASS",
                         help="explain this class (index or ImageNet name, e.g. 281 or 'tabby'); repeatable")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--input-size", type=int, help="square input size (default: the weights' crop size)")
+    parser.add_argument("--device", default=LoadOptions.device, help=f"cpu (default {LoadOptions.device}) or cuda")
+    parser.add_argument("--input-size", type=int, default=LoadOptions.input_size,
+                        help="square input size (default: the weights' crop size)")
     parser.add_argument("--list-models", action="store_true", help="print the model names and exit")
     parser.add_argument("--list-layers", action="store_true", help="print MODEL's layer names and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _options(group: str, kind: type, **values):
+    """``kind(**values)``; an error names the parameter, which :func:`_in_flags` turns into the flag."""
+    try:
+        return kind(**values)
+    except IntrospectError as exc:
+        if exc.parameter is not None:
+            exc.flag = FLAGS.get((group, exc.parameter))
+        raise
+
+
+def _in_flags(exc: IntrospectError) -> str:
+    """The error's message with its parameter (``steps=0``) said as the CLI flag (``--filter-steps 0``)."""
+    text = str(exc)
+    parameter = getattr(exc, "parameter", None)
+    flag = getattr(exc, "flag", None) or _UNAMBIGUOUS.get(parameter or "")
+    if parameter and flag:
+        text = text.replace(f"{parameter}=", f"{flag} ")
+    return text
 
 
 def _list_layers(model_name: str, weights: str) -> None:
@@ -104,8 +158,8 @@ def _print_summary(summary) -> None:
     print(f"open it with: tensorboard --logdir {summary.run_dir.parent}")
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception's message on one line (torch's own messages span several), cut to ``limit`` characters."""
+def _one_line(exc: BaseException | str, limit: int = 400) -> str:
+    """A message on one line (torch's own messages span several), cut to ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -127,28 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_layers:
             _list_layers(args.model, args.weights)
             return 0
+        from .options import CamOptions, FeatureOptions, FilterOptions, LoadOptions, SaliencyOptions
         from .report import report
 
         summary = report(
             args.model,
-            images=args.image,
+            args.image,
             logdir=args.logdir,
             run_name=args.run_name,
             sections=args.sections,
-            saliency_methods=args.saliency,
-            filter_layers=args.filter_layers,
-            filter_count=args.filter_count,
-            filter_steps=args.filter_steps,
-            filter_size=args.filter_size,
-            filter_budget=args.filter_budget,
-            layers=args.layers,
-            cam_methods=args.cam,
-            cam_layer=args.cam_layer,
-            topk=args.topk,
-            targets=args.target,
-            weights=args.weights,
-            device=args.device,
-            input_size=args.input_size,
+            load=_options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size),
+            cam=_options("cam", CamOptions, methods=args.cam, layer=args.cam_layer, topk=args.topk,
+                         targets=args.target),
+            features=_options("features", FeatureOptions, layers=args.layers),
+            saliency=_options("saliency", SaliencyOptions, methods=args.saliency),
+            filters=_options("filters", FilterOptions, layers=args.filter_layers, count=args.filter_count,
+                             steps=args.filter_steps, size=args.filter_size, budget_s=args.filter_budget),
             progress=lambda step: print(f"... {step}", file=sys.stderr, flush=True),
         )
         _print_summary(summary)
@@ -156,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IntrospectError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"introspect: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"introspect: error: {_one_line(_in_flags(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("introspect: interrupted; what was written so far is kept", file=sys.stderr)

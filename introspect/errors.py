@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "IntrospectError",
     "UsageError",
+    "ArgumentError",
     "UnknownModelError",
     "UnknownLayerError",
     "UnknownMethodError",
@@ -29,11 +30,19 @@ class IntrospectError(Exception):
 
     exit_code: int = 1
 
+    def __init__(self, *args: object, parameter: str | None = None) -> None:
+        super().__init__(*args)
+        self.parameter = parameter  # the Python parameter the message is about (``steps``), for the CLI's flags
+
 
 class UsageError(IntrospectError):
     """The request cannot be carried out as given; the user can fix it."""
 
     exit_code = 2
+
+
+class ArgumentError(UsageError, ValueError):
+    """A bad value of a function's argument (the message names the parameter, ``topk=0``)."""
 
 
 class UnknownModelError(UsageError):

@@ -75,11 +75,11 @@ def test_unknown_cam_method_lists_methods(tmp_path):
 
 
 def test_unknown_section_lists_sections(tmp_path):
-    from introspect.report import SECTIONS
+    from introspect.sections import selectable_sections
 
     line = fails(resnet("--sections", "structure,kernals"), tmp_path / "runs")
     assert "unknown section kernals" in line
-    for section in SECTIONS:
+    for section in selectable_sections():
         assert section in line
 
 
@@ -319,12 +319,10 @@ def test_runtime_error_message_is_one_line(tmp_path, monkeypatch):
     """torch's own errors span several lines; the CLI prints one."""
     import importlib
 
-    report_module = importlib.import_module("introspect.report")  # the package's `report` is the function
-
     def broken(*args, **kwargs):
         raise RuntimeError("first line\n\nsecond line\n    third")
 
-    monkeypatch.setattr(report_module, "kernel_grids", broken)
+    monkeypatch.setattr(importlib.import_module("introspect.analyzers.kernels"), "kernel_grids", broken)
     code, out, err = run_cli(["resnet18", "--weights", "none", "--sections", "kernels", "--logdir",
                               str(tmp_path / "runs")])
     assert code == 1

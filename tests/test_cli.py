@@ -259,7 +259,7 @@ def test_untraceable_model_graph_error(tmp_path):
 
     torch.manual_seed(0)
     summary = introspect.report(DictOutput().eval(), images=[CAT], logdir=tmp_path, sections="graph,cam",
-                                input_size=32)
+                                load=introspect.LoadOptions(input_size=32))
     acc = load_events(summary.run_dir)
     assert not acc.Tags()["graph"]
     error = text(acc, "graph/error")

@@ -38,7 +38,7 @@ def test_report_writes_compare_only_for_several_methods(tiny_cnn, sample_cat, tm
     tags = []
     for name, methods in (("two", "gradcam,layercam"), ("one", "gradcam")):
         summary = introspect.report(loaded, [sample_cat], logdir=tmp_path, run_name=name, sections="cam",
-                                    cam_methods=methods)
+                                    cam=introspect.CamOptions(methods=methods))
         acc = EventAccumulator(str(summary.run_dir), size_guidance={"images": 0})
         acc.Reload()
         tags.append(set(acc.Tags()["images"]))

@@ -58,7 +58,7 @@ def test_cli_filters_section_writes_one_grid_per_layer(tmp_path):
 
 
 def test_filters_not_in_default_sections_but_in_all():
-    from introspect.report import parse_sections
+    from introspect.sections import parse_sections
 
     assert "filters" not in parse_sections(None)
     assert {"saliency", "filters", "embeddings"} <= set(parse_sections("all"))

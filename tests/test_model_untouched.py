@@ -136,7 +136,7 @@ ANALYZERS: dict[str, Callable] = {
     "cam": lambda loaded, x, tmp_path, cat: introspect.cam(loaded, x, f"{GRADIENT_METHODS},{DELEGATED_METHOD}",
                                                            topk=1),
     "report": lambda loaded, x, tmp_path, cat: introspect.report(loaded, [cat], logdir=tmp_path,
-                                                                 cam_methods="gradcam,eigencam"),
+                                                                 cam=introspect.CamOptions(methods="gradcam,eigencam")),
 }
 
 
@@ -270,7 +270,7 @@ def test_failing_reporter_leaves_model_untouched(section, loaded_models, tmp_pat
         warnings.simplefilter("ignore")
         with untouched(loaded.model):
             with pytest.raises(OSError, match="disk full"):
-                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam_methods="gradcam,eigencam")
+                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam=introspect.CamOptions(methods="gradcam,eigencam"))
 
 
 def test_error_inside_the_model_during_report(loaded_models, tmp_path, sample_cat):
@@ -280,4 +280,4 @@ def test_error_inside_the_model_during_report(loaded_models, tmp_path, sample_ca
         warnings.simplefilter("ignore")
         with untouched(loaded.model), raising_forward(loaded.model.layer3, RuntimeError("boom in layer3"), after=2):
             with pytest.raises(Exception, match="boom in layer3"):
-                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam_methods="gradcam")
+                introspect.report(loaded, [sample_cat], logdir=tmp_path, cam=introspect.CamOptions(methods="gradcam"))

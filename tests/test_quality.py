@@ -228,8 +228,8 @@ def test_quality_alone_scores_the_maps_without_writing_them(tmp_path: Path, samp
 
 
 def test_quality_is_in_all_but_not_in_the_default() -> None:
-    from introspect.report import DEFAULT_SECTIONS, parse_sections
+    from introspect.sections import default_sections, parse_sections
 
-    assert "quality" not in DEFAULT_SECTIONS and "quality" not in parse_sections(None)
+    assert "quality" not in default_sections() and "quality" not in parse_sections(None)
     assert "quality" in parse_sections("all")
     assert introspect.cam_quality is cam_quality

@@ -111,12 +111,10 @@ def test_same_run_name_never_mixes(tmp_path):
 def test_run_failing_midway_leaves_a_readable_record(tmp_path, monkeypatch):
     """An analyzer that raises inside report(): exit 1, one line, and the summaries written before it
     are kept with run/info saying the run failed and why."""
-    report_module = importlib.import_module("introspect.report")
-
     def broken(*args, **kwargs):
         raise RuntimeError("analyzer exploded")
 
-    monkeypatch.setattr(report_module, "cams_from_pass", broken)
+    monkeypatch.setattr(importlib.import_module("introspect.analyzers.cam"), "cams_from_pass", broken)
     logdir = tmp_path / "runs"
     code, out, err = run_cli(["resnet18", "--weights", "none", "--image", str(CAT), "--input-size", "64",
                               "--sections", "kernels,features,cam", "--logdir", str(logdir)])
@@ -132,15 +130,14 @@ def test_run_failing_midway_leaves_a_readable_record(tmp_path, monkeypatch):
     assert not any(t.startswith("cam/") for t in images)
 
 
-@pytest.mark.parametrize("where", ["kernel_grids", "feature_maps_from_pass"])
-def test_keyboard_interrupt_in_process(tmp_path, monkeypatch, where):
+@pytest.mark.parametrize("module, where", [("kernels", "kernel_grids"), ("features", "feature_maps_from_pass")])
+def test_keyboard_interrupt_in_process(tmp_path, monkeypatch, module, where):
     """The same for Ctrl-C inside report(), in-process: exit 130 and run/info says interrupted."""
-    report_module = importlib.import_module("introspect.report")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report_module, where, interrupted)
+    monkeypatch.setattr(importlib.import_module(f"introspect.analyzers.{module}"), where, interrupted)
     logdir = tmp_path / "runs"
     code, out, err = run_cli(["resnet18", "--weights", "none", "--image", str(CAT), "--input-size", "64",
                               "--sections", "structure,kernels,features", "--logdir", str(logdir)])

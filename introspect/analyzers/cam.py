@@ -31,7 +31,7 @@ from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
 
 __all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
-           "cam_maps", "cam_layer_choice"]
+           "cam_maps", "cam_layer_choice", "needs_layer_gradient"]
 
 # A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -193,6 +193,11 @@ def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
     if not names:
         raise UnknownMethodError(f"no CAM method given: choose from {', '.join(CAM_METHODS)}")
     return names
+
+
+def needs_layer_gradient(methods: Sequence[str]) -> bool:
+    """Whether any of ``methods`` (known names) is computed here from the target layer's gradient."""
+    return any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in methods)
 
 
 def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
@@ -380,8 +385,8 @@ def cam(
     names = list(categories or (loaded.categories if loaded else ()))
     choice = cam_layer_choice(module, layer)
     method_names = parse_cam_methods(methods)
-    needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in method_names)
-    forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=choice.name if needs_grad else None)
+    forward = run_forward(module, batch.tensor, capture=[choice.name],
+                          grad_layer=choice.name if needs_layer_gradient(method_names) else None)
     num_classes = forward.logits.shape[-1]
     indices = [resolve_target(t, names, num_classes) for t in targets] if targets else None
     classes = top_classes(forward, topk, indices)
