@@ -52,3 +52,28 @@ def test_full_disk_is_one_output_error_without_a_traceback(tmp_path, capfd) -> N
     assert str(tmp_path) in message and "No space left on device" in message and "\n" not in message
     reporter.close()  # nothing more to raise: the writer was dropped
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_cli_audits_a_dataset_and_resumes(tmp_path) -> None:
+    import shutil
+
+    from conftest import run_cli
+
+    data = tmp_path / "data"
+    for i, photo in enumerate(sorted((ROOT / "sample_images").glob("*.png"))):
+        (data / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, data / str(i % 2) / photo.name)
+    (data / "0" / "broken.jpg").write_bytes(b"not a jpeg")
+    common = ["resnet18", "--weights", "none", "--dataset", str(data), "--input-size", "64", "--workers", "0",
+              "--batch-size", "2", "--cam", "gradcam,eigencam"]
+    code, out, err = run_cli(common + ["--logdir", str(tmp_path / "runs"), "--run-name", "r"])
+    assert code == 0, err
+    assert "4 images audited (1 unreadable skipped), 4 labelled" in out
+    run = tmp_path / "runs" / "r"
+    assert (run / "audit.parquet").is_file() and list(run.glob("events.out.tfevents.*"))
+    code, out, err = run_cli(common + ["--resume", str(run)])  # everything is finished: nothing is redone
+    assert code == 0 and "4 images audited" in out
+    code, _, err = run_cli(["resnet18", "--weights", "none", "--image", str(data), "--boxes", "b.json"])
+    assert code == 2 and "--dataset" in err
+    code, _, err = run_cli(common + ["--batch-size", "0"])
+    assert code == 2 and "--batch-size 0" in err

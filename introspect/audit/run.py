@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..analyzers.cam import CAM_METHODS, cam_maps, parse_cam_methods
-from ..errors import IntrospectWarning, OutputError, UsageError
+from ..errors import ArgumentError, IntrospectWarning, OutputError, UsageError
 from ..forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..inputs import unwrap
@@ -89,13 +89,16 @@ class AuditOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(parse_cam_methods(self.methods)))
         for name in ("batch_size", "map_size", "checkpoint_every", "sanity_samples", "sanity_steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name}={getattr(self, name)} must be at least 1")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"{name}={value!r} must be a whole number, 1 or more", parameter=name)
         for name in ("num_workers", "gallery_size", "projector_size", "max_classes"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name}={getattr(self, name)} must not be negative")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ArgumentError(f"{name}={value!r} must be a whole number, 0 or more", parameter=name)
         if not self.tolerance >= 0:
-            raise UsageError(f"tolerance={self.tolerance} must be a distance in pixels, 0 or more")
+            raise ArgumentError(f"tolerance={self.tolerance} must be a distance in pixels, 0 or more",
+                                parameter="tolerance")
 
 
 PROTOCOL = """**Pointing game** (Zhang et al. 2016, TorchRay's rule): for each labelled image with a box of its class
