@@ -141,6 +141,11 @@ class LoadedBatch:
     sizes: list[tuple[int, int]]
     failed: list[tuple[int, str]]
 
+    def pin_memory(self) -> LoadedBatch:
+        """Page-locked tensor (the DataLoader calls this with ``pin_memory=True``): faster copies to the GPU."""
+        self.tensor = self.tensor.pin_memory()
+        return self
+
 
 def collate(items: list[tuple[Any, int, Any]]) -> LoadedBatch:
     """Stack the good items; the bad ones (None) are listed with their reason instead of breaking the batch."""

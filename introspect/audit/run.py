@@ -104,8 +104,8 @@ class AuditOptions:
 PROTOCOL = """**Pointing game** (Zhang et al. 2016, TorchRay's rule): for each labelled image with a box of its class
 inside the model's input, each method's map of the image's *true* class is computed once (one forward pass,
 one batched backward), normalised as pytorch-grad-cam does and upsampled to the input; the image is a *hit*
-when the map's maximum lies within {tolerance:g} px (Euclidean) of a box of that class (all boxes when the
-boxes carry no labels). Boxes are given in original pixels and moved through the same resize and centre crop
+when the map's maximum lies within {tolerance:g} px (Euclidean) of a box of that class (of any of its boxes when
+none carries the class's name). Boxes are given in original pixels and moved through the same resize and centre crop
 as the image; boxes cut away by the crop do not count. The **centre baseline** plays the same game with the
 input's centre pixel as the peak: a method must beat it to show that it finds objects rather than the middle
 of the frame. **Energy in box**: the share of the normalised map's sum that falls inside the boxes (1 = all of
