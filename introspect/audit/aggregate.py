@@ -354,10 +354,16 @@ class Aggregates:
         return torch.nonzero((d["class_images"] > 0) | (d["predicted"] > 0)).flatten().tolist()
 
 
+def _drawing():
+    """introspect's drawing helpers (the one import of them here: they are moving to introspect.drawing)."""
+    from .. import images
+
+    return images
+
+
 def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.ndarray:
     """A gallery entry as a labelled pair: the photo and its first CAM over it."""
-    from ..images import labelled_row, overlay
-
+    draw = _drawing()
     photo = entry["thumbnail"].numpy()
     heat = entry["heat"].float().numpy()
 
@@ -367,14 +373,21 @@ def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.n
     energy = entry["energy"]
     right = f"{name(entry['predicted'])} {entry['probability']:.0%}" + \
         ("" if math.isnan(energy) else f" e={energy:.2f}")
-    return labelled_row([photo, overlay(photo, heat, colormap)], [f"{name(entry['label'])}", right], padding=2)
+    return draw.labelled_row([photo, draw.overlay(photo, heat, colormap)], [f"{name(entry['label'])}", right],
+                             padding=2)
 
 
 def gallery_image(panels: Sequence[np.ndarray]) -> np.ndarray:
     """Panels in a grid (4 per row)."""
-    from ..images import tile_grid
+    return _drawing().tile_grid(np.stack(panels), ncols=min(4, len(panels)), padding=6)
 
-    return tile_grid(np.stack(panels), ncols=min(4, len(panels)), padding=6)
+
+def mean_cam_panel(photo: np.ndarray, maps: np.ndarray, label: str, methods: Sequence[str],
+                   colormap: str = "jet") -> np.ndarray:
+    """A class's mean image, then each method's mean map over it, labelled."""
+    draw = _drawing()
+    panels = [photo] + [draw.overlay(photo, m, colormap) for m in maps]
+    return draw.labelled_row(panels, [label] + list(methods))
 
 
 Renderer = Callable[[dict], np.ndarray]

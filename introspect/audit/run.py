@@ -30,10 +30,10 @@ from ..hooks import first_tensor, inspecting
 from ..inputs import unwrap
 from ..models import LoadedModel, load_model
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
-from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, sample_indices
+from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
 from .dataset import AuditImages, DatasetIndex, make_loader, scan_dataset
-from .distributed import World, all_reduce_sum, barrier, broadcast, gather_to_zero, init_world, shard
+from .distributed import World, all_reduce_sum, barrier, gather_to_zero, init_world, shard
 from .table import merge_parts, table_rows, table_schema, write_part
 
 __all__ = ["AuditOptions", "audit", "PROTOCOL"]
@@ -429,8 +429,6 @@ def _name(names: Sequence[str], i: int) -> str:
 
 def _result(aggregates: Aggregates, names, settings, options: AuditOptions, table_path, seconds,
             sanity) -> AuditResult:
-    from ..images import labelled_row, overlay
-
     d = aggregates.dense
     count = aggregates.count
     labelled = count("labelled")
@@ -455,9 +453,7 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
         lo = maps.min(axis=(1, 2), keepdims=True)
         hi = maps.max(axis=(1, 2), keepdims=True)
         maps = ((maps - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
-        panels = [photo] + [overlay(photo, m) for m in maps]
-        label = f"{_name(names, c)} ({n})"
-        image = labelled_row(panels, [label] + list(aggregates.methods))
+        image = mean_cam_panel(photo, maps, f"{_name(names, c)} ({n})", aggregates.methods)
         mean_cams.append(MeanCam(class_index=c, class_name=_name(names, c), count=n, methods=aggregates.methods,
                                  maps=maps, image=image))
     galleries = []
