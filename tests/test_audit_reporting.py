@@ -77,3 +77,31 @@ def test_cli_audits_a_dataset_and_resumes(tmp_path) -> None:
     assert code == 2 and "--dataset" in err
     code, _, err = run_cli(common + ["--batch-size", "0"])
     assert code == 2 and "--batch-size 0" in err
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_writes_one_run_from_rank_zero(tmp_path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("pyarrow")
+    from introspect.audit.table import read_table
+
+    data = tmp_path / "data"
+    for i, photo in enumerate(sorted((ROOT / "sample_images").glob("*.png"))):
+        (data / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, data / str(i % 2) / photo.name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INTROSPECT_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "introspect", "resnet18", "--weights", "none", "--dataset", str(data), "--input-size", "64",
+               "--workers", "0", "--batch-size", "1", "--logdir", str(tmp_path / "runs")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()  # rank 0 made the folder and told rank 1
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # only rank 0 writes TensorBoard
+    assert sorted(p.name for p in (run / "audit" / "table").iterdir()) == \
+        ["rank0-part00000.parquet", "rank1-part00000.parquet"]
+    assert read_table(run / "audit.parquet")["index"] == [0, 1, 2, 3]
+    assert done.stdout.count("4 images audited") == 1
