@@ -31,7 +31,7 @@ from .models import LoadedModel, list_models, load_model
 from .options import CamOptions, FeatureOptions, FilterOptions, LoadOptions, SaliencyOptions
 from .report import RunSummary, report
 from .sections import SECTIONS, RunContext, Section, register_section
-from .watch import Watch, watch
+from .watch import Watch, WatchOptions, watch
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [
     "SALIENCY_METHODS",
     "UsageError",
     "Watch",
+    "WatchOptions",
     "cam",
     "cam_quality",
     "compare_cams",

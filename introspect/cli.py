@@ -153,13 +153,12 @@ def _options(group: str, kind: type, **values):
 
 
 def _in_flags(exc: IntrospectError) -> str:
-    """The error's message with its parameter (``steps=0``) said as the CLI flag (``--filter-steps 0``)."""
-    text = str(exc)
+    """The error's message with each parameter (``steps=0``) said as its CLI flag (``--filter-steps 0``)."""
+    flags = dict(_UNAMBIGUOUS)
     parameter = getattr(exc, "parameter", None)
-    flag = getattr(exc, "flag", None) or _UNAMBIGUOUS.get(parameter or "")
-    if parameter and flag:
-        text = text.replace(f"{parameter}=", f"{flag} ")
-    return text
+    if parameter and getattr(exc, "flag", None):
+        flags[parameter] = exc.flag
+    return exc.with_flags(flags).replace("introspect.list_models()", "--list-models")
 
 
 def _audit(args: argparse.Namespace) -> int:

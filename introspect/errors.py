@@ -3,16 +3,24 @@
 Every error the library raises on purpose is an :class:`IntrospectError`. Its
 ``exit_code`` tells the CLI what to return: 2 for a usage error (the user can fix
 the command line), 1 for a failure at run time. Messages are one line that names
-the problem and the fix.
+the problem and the fix. A message about a Python argument names it as
+``name=value`` (``steps=0 must be at least 1``), never as a command-line flag; the
+error's :attr:`~IntrospectError.parameter` says which argument it is, so the CLI can
+translate it into its own flag.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 __all__ = [
     "IntrospectError",
     "UsageError",
     "ArgumentError",
+    "ArgumentTypeError",
     "UnknownModelError",
+    "LayerError",
     "UnknownLayerError",
     "UnknownMethodError",
     "ImageError",
@@ -21,18 +29,42 @@ __all__ = [
     "DeviceError",
     "InputSizeError",
     "OutputError",
+    "StateError",
+    "MethodFailedError",
     "IntrospectWarning",
 ]
 
 
 class IntrospectError(Exception):
-    """Base class of every error introspect raises on purpose."""
+    """Base class of every error introspect raises on purpose.
+
+    Args:
+        message: one line naming the problem and the fix.
+        parameter: the Python parameter the message is about (``"steps"``), or None.
+            Stored as :attr:`parameter`; the CLI maps it to its flag.
+    """
 
     exit_code: int = 1
 
     def __init__(self, *args: object, parameter: str | None = None) -> None:
         super().__init__(*args)
-        self.parameter = parameter  # the Python parameter the message is about (``steps``), for the CLI's flags
+        self.parameter = parameter
+
+    def with_flags(self, flags: Mapping[str, str]) -> str:
+        """The message with every ``name=value`` of a parameter in ``flags`` written as ``FLAG value``.
+
+        Args:
+            flags: parameter name -> command-line flag, e.g. ``{"steps": "--filter-steps"}``.
+
+        Returns:
+            The message as a command-line user reads it (quotes around string values dropped):
+            ``steps=0 must be at least 1`` becomes ``--filter-steps 0 must be at least 1``.
+        """
+        message = str(self)
+        for name, flag in flags.items():
+            pattern = rf"(?<![\w.]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[^\s,;)]+)"
+            message = re.sub(pattern, lambda m: f"{flag} {m.group(1).strip(chr(39) + chr(34))}", message)
+        return message
 
 
 class UsageError(IntrospectError):
@@ -42,14 +74,22 @@ class UsageError(IntrospectError):
 
 
 class ArgumentError(UsageError, ValueError):
-    """A bad value of a function's argument (the message names the parameter, ``topk=0``)."""
+    """A Python argument whose value cannot be used (also a ValueError, as Python code expects)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A Python argument, or a value a caller's function returned, of a type that cannot be used."""
 
 
 class UnknownModelError(UsageError):
     """A model name that torchvision does not know."""
 
 
-class UnknownLayerError(UsageError):
+class LayerError(UsageError):
+    """A layer that cannot serve: it does not run, does not reach the output, or gives no map."""
+
+
+class UnknownLayerError(LayerError):
     """A layer name that the model does not have."""
 
 
@@ -79,6 +119,14 @@ class InputSizeError(UsageError):
 
 class OutputError(UsageError):
     """A log directory that cannot be written."""
+
+
+class StateError(UsageError, RuntimeError):
+    """An object used after its state no longer allows it (a closed Reporter, a released forward pass)."""
+
+
+class MethodFailedError(IntrospectError, RuntimeError):
+    """A method (e.g. one delegated to pytorch-grad-cam) failed on this model at run time."""
 
 
 class IntrospectWarning(UserWarning):

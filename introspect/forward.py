@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import UnknownLayerError, UsageError
+from .errors import LayerError, StateError, UnknownLayerError, UsageError
 from .hooks import first_tensor, inspecting
 from .layers import resolve_layer
+from .models import device_and_dtype
 
 __all__ = ["ForwardPass", "run_forward"]
 
@@ -42,9 +43,21 @@ class ForwardPass:
         return torch.softmax(self.logits.float(), dim=-1)
 
     def gradients(self, classes: torch.Tensor) -> torch.Tensor:
-        """d score[n, classes[n, j]] / d activation, stacked as (k, N, *activation shape[1:])."""
+        """Gradients of class scores at the gradient layer, every class of every image in one call.
+
+        Args:
+            classes: ``(N, k)`` class indices per image.
+
+        Returns:
+            ``d score[n, classes[n, j]] / d activation`` stacked as ``(k, N, *activation.shape[1:])``
+            (cached: the same classes again cost nothing).
+
+        Raises:
+            StateError: the pass recorded no gradient layer, or was released.
+        """
         if self._leaf is None or self._scores is None:
-            raise RuntimeError("this forward pass recorded no gradient layer")
+            raise StateError("this forward pass recorded no gradient layer (or was released): run "
+                             "run_forward(..., grad_layer=NAME) and take the gradients before release()")
         classes = classes.to(self._scores.device)
         if self._cached is not None and torch.equal(self._cached[0], classes):  # several methods, one backward
             return self._cached[1]
@@ -74,7 +87,23 @@ def run_forward(
     capture: Sequence[str] = (),
     grad_layer: str | None = None,
 ) -> ForwardPass:
-    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients."""
+    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients.
+
+    Args:
+        model: the module (comes back untouched).
+        inputs: ``(N, 3, H, W)`` normalised images (moved to the model's device and dtype).
+        capture: names of the layers whose outputs to keep.
+        grad_layer: the layer whose gradients :meth:`ForwardPass.gradients` will take (only
+            the part of the model after it is recorded), or None.
+
+    Returns:
+        The :class:`ForwardPass`; call :meth:`~ForwardPass.release` when done with its gradients.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model, or does not run.
+        LayerError: the output does not depend on ``grad_layer``.
+        UsageError: ``grad_layer`` inside ``torch.inference_mode()``.
+    """
     modules = {name: resolve_layer(model, name) for name in capture}
     grad_module = resolve_layer(model, grad_layer) if grad_layer else None
     if grad_module is not None and torch.is_inference_mode_enabled():
@@ -82,9 +111,8 @@ def run_forward(
                          "(introspect records only the head's graph), or use eigencam/fem")
     activations: dict[str, torch.Tensor] = {}
     leaf: dict[str, torch.Tensor] = {}
-    first = next(model.parameters(), None)
-    if first is not None:
-        inputs = inputs.to(device=first.device, dtype=first.dtype if first.is_floating_point() else inputs.dtype)
+    device, dtype = device_and_dtype(model)
+    inputs = inputs.to(device=device, dtype=dtype)
 
     def capturing(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -117,14 +145,16 @@ def run_forward(
     ran = set(activations) | ({grad_layer} if "tensor" in leaf else set())
     silent = [name for name in [*modules, grad_layer] if name and name not in ran]
     if silent:
-        raise UnknownLayerError(f"layer {silent[0]!r} does not run in the model's forward pass (in eval mode): "
-                                "pick another with --list-layers")
+        which = "grad_layer" if silent[0] == grad_layer and silent[0] not in modules else "capture"
+        raise UnknownLayerError(f"layer {silent[0]!r} (in {which}=) does not run in the model's forward pass "
+                                "(in eval mode): pick another", parameter=which)
     if grad_layer is not None and grad_layer in modules:
         activations[grad_layer] = leaf["tensor"].detach()
     result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer)
     if grad_module is not None:
         if not scores.requires_grad:
-            raise RuntimeError(f"the model's output does not depend on layer {grad_layer!r}")
+            raise LayerError(f"grad_layer={grad_layer!r}: the model's output does not depend on this layer, pick "
+                             "another", parameter="grad_layer")
         result._leaf = leaf["tensor"]
         result._scores = scores
     return result

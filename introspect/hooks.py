@@ -15,11 +15,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ArgumentTypeError
+
 __all__ = ["ModelScope", "inspecting", "first_tensor"]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
-    """The tensor a module produced: itself, or the first tensor of a tuple/list/namedtuple/dict."""
+    """The tensor a module produced.
+
+    Args:
+        output: a module's output.
+
+    Returns:
+        ``output`` itself, or the first tensor of a tuple, list, namedtuple or dict.
+
+    Raises:
+        ArgumentTypeError: no tensor in it (also a TypeError).
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, dict):
@@ -28,7 +40,8 @@ def first_tensor(output: Any) -> torch.Tensor:
         for item in output:
             if isinstance(item, torch.Tensor):
                 return item
-    raise TypeError(f"module produced {type(output).__name__}, not a tensor")
+    raise ArgumentTypeError(f"module produced {type(output).__name__}, not a tensor: introspect needs a module "
+                            "whose output is (or starts with) a tensor", parameter="output")
 
 
 class ModelScope:
@@ -84,6 +97,13 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
     Hooks registered in the scope by anyone (e.g. pytorch-grad-cam when the model raises
     before it removes its own) are removed too, and a submodule swapped in place
     (Ablation-CAM's ablation layer) is put back.
+
+    Args:
+        model: the module.
+        eval_mode: put the model in eval mode for the scope (its modes come back on exit).
+
+    Yields:
+        A :class:`ModelScope` to register hooks and attribute changes through.
     """
     training = [(module, module.training) for module in model.modules()]
     children = [(module, dict(module._modules)) for module in model.modules()]

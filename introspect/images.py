@@ -1,13 +1,13 @@
-"""Loading, converting and preprocessing photos; drawing grids and overlays.
+"""Finding, loading and preprocessing photos.
 
-This is the one place in introspect that touches image files and pixels. Every
-image it returns is a ``uint8`` numpy array laid out height x width x channels
-(HWC), or an RGB 8-bit :class:`PIL.Image.Image` from :func:`load_image`.
+This is the one place in introspect that touches image files. Every image it
+returns is an RGB 8-bit :class:`PIL.Image.Image` (:func:`load_image`) or a
+``uint8`` numpy array laid out height x width x channels (:func:`to_display`).
+Drawing (heatmaps, overlays, grids, labels) lives in :mod:`introspect.drawing`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import warnings
@@ -17,22 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from introspect.errors import ImageError, IntrospectWarning, UsageError
+from introspect.errors import ArgumentError, ArgumentTypeError, ImageError, IntrospectWarning
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "load_image",
+    "expand_paths",
     "find_images",
+    "tag_names",
     "load_images",
     "preprocess",
     "to_display",
-    "colorize",
-    "overlay",
-    "tile_grid",
-    "label_image",
-    "normalize01",
 ]
 
 #: Lower-case file suffixes that :func:`find_images` picks up inside a folder.
@@ -63,11 +60,21 @@ def load_image(path: str | Path, max_side: int = 4096) -> Image.Image:
     Odd inputs are made usable: CMYK, 16/32-bit and float greyscale, palettes,
     transparency (composited onto white), EXIF rotation, multi-frame files (first
     frame, with a warning) and huge images (shrunk so the longer side is at most
-    ``max_side``, with a warning). Anything that cannot be read raises
-    :class:`ImageError` with a one-line message naming the file and the fix.
+    ``max_side``, with a warning).
+
+    Args:
+        path: the image file.
+        max_side: longest side in pixels; larger images are shrunk to it.
+
+    Returns:
+        The image, mode ``"RGB"``.
+
+    Raises:
+        ImageError: the file is missing, empty, unreadable, corrupt or too large.
+        ArgumentError: ``max_side`` is below 1.
     """
     if max_side < 1:
-        raise ValueError(f"max_side must be at least 1, got {max_side}")
+        raise ArgumentError(f"max_side={max_side} must be at least 1", parameter="max_side")
     p = Path(path)
     if not p.exists():
         raise ImageError(f"image file not found: {p}; check the path and spelling")
@@ -197,8 +204,18 @@ def _scale_to_uint8(arr: np.ndarray, is_float: bool) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _expand(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
-    """(file, found_in_a_folder) for each input path; folders expanded non-recursively."""
+def expand_paths(paths: Sequence[str | Path] | str | Path) -> list[tuple[Path, bool]]:
+    """Files as given, plus the image files directly inside any folders (sorted), each once.
+
+    Args:
+        paths: files and folders (a single path is accepted too).
+
+    Returns:
+        ``(file, found_in_a_folder)`` for each file, duplicates dropped.
+
+    Raises:
+        ImageError: a path is missing, or a folder holds no image files.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out: list[tuple[Path, bool]] = []
@@ -224,17 +241,32 @@ def _expand(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
     return out
 
 
-def find_images(paths: Sequence[str | Path]) -> list[Path]:
+def find_images(paths: Sequence[str | Path] | str | Path) -> list[Path]:
     """Files as given, plus the image files directly inside any folders (sorted).
 
-    A named file is kept whatever its suffix (:func:`load_image` judges it). A
-    missing path or a folder without image files raises :class:`ImageError`.
+    A named file is kept whatever its suffix (:func:`load_image` judges it).
+
+    Args:
+        paths: files and folders.
+
+    Returns:
+        The files, each once.
+
+    Raises:
+        ImageError: a path is missing, or a folder holds no image files.
     """
-    return [f for f, _ in _expand(paths)]
+    return [f for f, _ in expand_paths(paths)]
 
 
-def _tag_names(stems: Sequence[str]) -> list[str]:
-    """TensorBoard-safe ([A-Za-z0-9_.-]), unique names from file stems: cat, cat_2, ..."""
+def tag_names(stems: Sequence[str]) -> list[str]:
+    """TensorBoard-safe (``[A-Za-z0-9_.-]``), unique names from file stems: cat, cat_2, ...
+
+    Args:
+        stems: file names without suffix, in order.
+
+    Returns:
+        One name per stem; a later duplicate gets the first free ``_2``, ``_3``... suffix.
+    """
     bases = [re.sub(r"[^A-Za-z0-9_.-]", "_", s).strip(".") or "image" for s in stems]
     reserved = set(bases)  # a real "cat_2" keeps its name; a second "cat" goes around it
     taken: set[str] = set()
@@ -254,11 +286,19 @@ def _tag_names(stems: Sequence[str]) -> list[str]:
 def load_images(paths: Sequence[str | Path], max_side: int = 4096) -> list[tuple[str, Image.Image]]:
     """Load files and folders as ``(name, RGB image)`` pairs with unique, tag-safe names.
 
-    A bad file named explicitly raises :class:`ImageError`; a bad file found in
-    a folder is skipped with an :class:`IntrospectWarning`. If nothing loads,
-    :class:`ImageError` is raised.
+    A bad file found in a folder is skipped with an :class:`IntrospectWarning`.
+
+    Args:
+        paths: files and folders.
+        max_side: longest side in pixels (see :func:`load_image`).
+
+    Returns:
+        ``(name, image)`` pairs in the order found.
+
+    Raises:
+        ImageError: a named file cannot be loaded, or nothing loads at all.
     """
-    files = _expand(paths)
+    files = expand_paths(paths)
     loaded: list[tuple[Path, Image.Image]] = []
     skipped: list[str] = []
     for f, in_folder in files:
@@ -272,7 +312,7 @@ def load_images(paths: Sequence[str | Path], max_side: int = 4096) -> list[tuple
     if not loaded:
         shown = ", ".join(skipped[:5]) + (f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else "")
         raise ImageError(f"none of the images could be loaded ({shown}); pass at least one readable photo")
-    names = _tag_names([f.stem for f, _ in loaded])
+    names = tag_names([f.stem for f, _ in loaded])
     return [(name, img) for name, (_, img) in zip(names, loaded)]
 
 
@@ -280,194 +320,58 @@ def load_images(paths: Sequence[str | Path], max_side: int = 4096) -> list[tuple
 
 
 def preprocess(image: Image.Image, transform: Callable[[Any], Any]) -> torch.Tensor:
-    """Apply a torchvision transform to a PIL image; returns a (1, 3, H, W) float tensor."""
+    """Apply a torchvision transform to a PIL image.
+
+    Args:
+        image: the photo.
+        transform: image -> ``(3, H, W)`` tensor (or a PIL image), e.g. a torchvision preset.
+
+    Returns:
+        A ``(1, 3, H, W)`` float32 tensor.
+
+    Raises:
+        ArgumentTypeError: ``transform`` returned neither a tensor nor a PIL image.
+        ArgumentError: ``transform`` returned a tensor that is not ``(3, H, W)``.
+    """
     if image.mode != "RGB":
         image = _to_rgb(image)
     out = transform(image)
     if isinstance(out, Image.Image):
         out = torch.from_numpy(np.asarray(_to_rgb(out), dtype=np.float32) / 255.0).permute(2, 0, 1)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"transform returned {type(out).__name__}, expected a tensor")
+        raise ArgumentTypeError(f"transform returned {type(out).__name__}: it must return a (3, H, W) tensor",
+                                parameter="transform")
     if not out.is_floating_point():
         out = out.float() / 255.0
     out = out.float()
     if out.ndim == 3:
         out = out.unsqueeze(0)
     if out.ndim != 4 or out.shape[:2] != (1, 3):
-        raise ValueError(f"transform gave a tensor of shape {tuple(out.shape)}, expected (3, H, W)")
+        raise ArgumentError(f"transform gave a tensor of shape {tuple(out.shape)}: it must give (3, H, W)",
+                            parameter="transform")
     return out.contiguous()
 
 
 def to_display(batch_tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo normalisation of an (N, 3, H, W) batch; returns the pixels the model saw, uint8 (N, H, W, 3)."""
+    """Undo the normalisation of a batch: the pixels the model saw.
+
+    Args:
+        batch_tensor: ``(N, 3, H, W)`` normalised images.
+        mean: per-channel mean of the normalisation.
+        std: per-channel standard deviation of the normalisation.
+
+    Returns:
+        uint8 ``(N, H, W, 3)``.
+
+    Raises:
+        ArgumentError: ``batch_tensor`` is not ``(N, 3, H, W)``.
+    """
     x = batch_tensor.detach().to("cpu", torch.float32)
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        raise ArgumentError(f"batch_tensor has shape {tuple(x.shape)}: give an (N, 3, H, W) tensor",
+                            parameter="batch_tensor")
     m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
     x = torch.nan_to_num(x * s + m, nan=0.0, posinf=1.0, neginf=0.0)
     x = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def normalize01(x: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1] as float32; constant or all-non-finite input gives zeros."""
-    a = np.asarray(x, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, np.float32)
-    lo, hi = float(a[finite].min()), float(a[finite].max())
-    if not hi > lo:
-        return np.zeros(a.shape, np.float32)
-    with np.errstate(all="ignore"):
-        out = (a / 2 - lo / 2) / (hi / 2 - lo / 2)  # halves avoid overflow at float extremes
-    out = np.where(finite, out, 0.0)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """Map (H, W) values in [0, 1] through a matplotlib colormap; returns uint8 (H, W, 3). NaN/Inf -> 0."""
-    import matplotlib
-
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise UsageError(
-            f"unknown colormap {colormap!r}; use a matplotlib colormap name such as jet, viridis, inferno or magma"
-        ) from None
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2:
-        raise ValueError(f"colorize expects an (H, W) array, got shape {v.shape}")
-    v = np.clip(np.where(np.isfinite(v), v, 0.0), 0.0, 1.0)
-    return np.ascontiguousarray(cmap(v, bytes=True)[..., :3], dtype=np.uint8)
-
-
-def _as_uint8(a: np.ndarray) -> np.ndarray:
-    """uint8 from uint8, other integers (clipped) or floats in [0, 1]."""
-    a = np.asarray(a)
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255
-    if np.issubdtype(a.dtype, np.integer):
-        return np.clip(a, 0, 255).astype(np.uint8)
-    f = np.asarray(a, dtype=np.float64)
-    f = np.where(np.isfinite(f), f, 0.0)
-    return np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
-
-
-def _as_rgb(a: np.ndarray) -> np.ndarray:
-    """uint8 HWC with 3 channels from (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."""
-    a = _as_uint8(a)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {a.shape}")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
-
-
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """Blend a colourised (H, W) heatmap in [0, 1] over a uint8 HWC photo; returns uint8 HWC.
-
-    The heatmap is resized bilinearly to the photo's size if they differ.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    photo = _as_rgb(rgb)
-    h, w = photo.shape[:2]
-    hm = np.asarray(heatmap, dtype=np.float32)
-    if hm.ndim != 2:
-        raise ValueError(f"heatmap must be (H, W), got shape {hm.shape}")
-    hm = np.where(np.isfinite(hm), hm, 0.0).astype(np.float32)
-    if hm.shape != (h, w):
-        hm = np.asarray(Image.fromarray(hm, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    color = colorize(hm, colormap).astype(np.float32)
-    out = (1.0 - alpha) * photo.astype(np.float32) + alpha * color
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def tile_grid(
-    tiles: np.ndarray,
-    ncols: int | None = None,
-    padding: int = 2,
-    pad_value: int = 255,
-    scale_to: int | None = None,
-) -> np.ndarray:
-    """Arrange N tiles, (N, h, w) or (N, h, w, 3), uint8 or float in [0, 1], into one uint8 HWC grid.
-
-    ``ncols`` defaults to ceil(sqrt(N)). ``padding`` pixels of ``pad_value``
-    separate the tiles and frame the grid, so the grid is
-    ``rows*(h'+padding)+padding`` high. With ``scale_to`` each tile is enlarged
-    by nearest neighbour (integer factor) until its longer side is at least that.
-    """
-    t = _as_uint8(np.asarray(tiles))
-    if t.ndim == 3:
-        t = t[..., None]
-    if t.ndim != 4 or t.shape[3] not in (1, 3):
-        raise ValueError(f"tiles must be (N, h, w) or (N, h, w, 3), got shape {t.shape}")
-    n, h, w = t.shape[:3]
-    if n == 0 or h == 0 or w == 0:
-        raise ValueError(f"tile_grid needs at least one non-empty tile, got shape {t.shape}")
-    if t.shape[3] == 1:
-        t = np.repeat(t, 3, axis=3)
-    if scale_to is not None and scale_to > max(h, w):
-        k = math.ceil(scale_to / max(h, w))
-        t = np.repeat(np.repeat(t, k, axis=1), k, axis=2)
-        h, w = h * k, w * k
-    padding = max(0, int(padding))
-    cols = max(1, min(int(ncols) if ncols else math.ceil(math.sqrt(n)), n))
-    rows = math.ceil(n / cols)
-    grid = np.full(
-        (rows * (h + padding) + padding, cols * (w + padding) + padding, 3),
-        int(np.clip(pad_value, 0, 255)),
-        dtype=np.uint8,
-    )
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = padding + r * (h + padding), padding + c * (w + padding)
-        grid[y : y + h, x : x + w] = t[i]
-    return grid
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except Exception:  # no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def label_image(rgb: np.ndarray, text: str) -> np.ndarray:
-    """Return the image with a white strip of black text above it (e.g. "tabby cat 0.87")."""
-    photo = _as_rgb(rgb)
-    h, w = photo.shape[:2]
-    text = " ".join(str(text).split())
-    font = _font(max(10, min(w // 20, 32)))
-    pad = 3
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def width(s: str) -> float:
-        box = probe.textbbox((0, 0), s, font=font)
-        return box[2] - box[0]
-
-    if text and width(text) > w - 2 * pad:  # shorten with an ellipsis to fit
-        while len(text) > 1 and width(text + "...") > w - 2 * pad:
-            text = text[:-1]
-        text = text.rstrip() + "..."
-    box = probe.textbbox((0, 0), "Agjy|", font=font)  # fixed strip height: labelled panels line up
-    strip_h = int(box[3] - min(box[1], 0)) + 2 * pad
-    canvas = Image.new("RGB", (w, strip_h + h), (255, 255, 255))
-    canvas.paste(Image.fromarray(photo), (0, strip_h))
-    if text:
-        ImageDraw.Draw(canvas).text((pad, pad - min(box[1], 0)), text, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas, dtype=np.uint8).copy()
-
-
-def labelled_row(images: Sequence[np.ndarray], labels: Sequence[str], padding: int = 4) -> np.ndarray:
-    """Same-size uint8 HWC images side by side, each with its label above it (one panel per input)."""
-    return tile_grid(np.stack([label_image(image, label) for image, label in zip(images, labels)]),
-                     ncols=len(images), padding=padding)

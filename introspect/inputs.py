@@ -13,11 +13,10 @@ from typing import Union
 
 import numpy as np
 import torch
-from torch import nn
-
+from .errors import ArgumentError
 from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, imagenet_transform
 
-__all__ = ["InputBatch", "InputStream", "prepare_inputs", "stream_inputs", "unwrap", "Inputs"]
+__all__ = ["InputBatch", "InputStream", "prepare_inputs", "stream_inputs", "Inputs"]
 
 Inputs = Union[torch.Tensor, str, Path, "PIL.Image.Image", Sequence]  # noqa: F821
 
@@ -34,13 +33,6 @@ class InputBatch:
         return self.tensor.shape[0]
 
 
-def unwrap(model: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
-    """The module, and the loaded-model record if one was given."""
-    if isinstance(model, LoadedModel):
-        return model.model, model
-    return model, None
-
-
 def _mean_std(transform: object) -> tuple[Sequence[float], Sequence[float]]:
     return getattr(transform, "mean", IMAGENET_MEAN), getattr(transform, "std", IMAGENET_STD)
 
@@ -50,7 +42,21 @@ def prepare_inputs(
     loaded: LoadedModel | None = None,
     names: Sequence[str] | None = None,
 ) -> InputBatch:
-    """A batch from a tensor (N,3,H,W or 3,H,W), a PIL image, a path or folder, or a list of those."""
+    """One batch from what a user hands an analyzer.
+
+    Args:
+        inputs: a tensor ``(N, 3, H, W)`` or ``(3, H, W)`` (already normalised), a PIL
+            image, a path or folder, a list of those, or an :class:`InputBatch` (returned as is).
+        loaded: the model's record, whose transform preprocesses photos (default: ImageNet's at 224).
+        names: one name per image (default: file stems, or ``image0``, ``image1``...).
+
+    Returns:
+        The batch: normalised tensor, the pixels the model sees, names.
+
+    Raises:
+        ArgumentError: a tensor that is not 3- or 4-dimensional.
+        ImageError: a path that is missing or cannot be loaded.
+    """
     from .images import load_images, preprocess, to_display
 
     transform = loaded.transform if loaded is not None else imagenet_transform(224)
@@ -60,7 +66,8 @@ def prepare_inputs(
     if isinstance(inputs, torch.Tensor):
         tensor = inputs.unsqueeze(0) if inputs.ndim == 3 else inputs
         if tensor.ndim != 4:
-            raise ValueError(f"expected an image tensor (N, C, H, W) or (C, H, W), got {tuple(inputs.shape)}")
+            raise ArgumentError(f"inputs is a tensor of shape {tuple(inputs.shape)}: give (N, C, H, W) or (C, H, W)",
+                                parameter="inputs")
         labels = tuple(names) if names else tuple(f"image{i}" for i in range(tensor.shape[0]))
         return InputBatch(tensor=tensor, photos=to_display(tensor.detach().cpu().float(), mean, std), names=labels)
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -122,12 +129,25 @@ class InputStream:
 
 def stream_inputs(paths: Sequence[str | Path] | str | Path, loaded: LoadedModel | None = None,
                   batch_size: int = 16) -> InputStream:
-    """An :class:`InputStream` over files and folders (folders expanded, nothing decoded yet)."""
-    from .images import _expand, _tag_names
+    """Image files to be read one batch at a time (folders expanded now, nothing decoded yet).
+
+    Args:
+        paths: files and folders.
+        loaded: the model's record, whose transform preprocesses photos (default: ImageNet's at 224).
+        batch_size: images per batch.
+
+    Returns:
+        An :class:`InputStream`; iterate it for :class:`InputBatch` es.
+
+    Raises:
+        ArgumentError: ``batch_size`` is below 1.
+        ImageError: a path is missing, or a folder holds no image files.
+    """
+    from .images import expand_paths, tag_names
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    found = _expand([paths] if isinstance(paths, (str, Path)) else list(paths))
-    names = _tag_names([f.stem for f, _ in found])
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", parameter="batch_size")
+    found = expand_paths([paths] if isinstance(paths, (str, Path)) else list(paths))
+    names = tag_names([f.stem for f, _ in found])
     return InputStream(tuple((f, in_folder, name) for (f, in_folder), name in zip(found, names)), loaded,
                        batch_size)

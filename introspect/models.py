@@ -1,6 +1,6 @@
 """The one place that loads models: by torchvision name, from a checkpoint, or as given.
 
-Weights are resolved as the CLI's ``--weights`` says:
+Weights are resolved as ``load_model(weights=...)`` says:
 
 - ``auto``: the model's DEFAULT weights if they are in the torch hub cache or can be
   downloaded; otherwise random initialisation, with a loud warning.
@@ -15,6 +15,7 @@ are assigned in place, so no time is spent on a random initialisation.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import pickle
 import socket
@@ -28,7 +29,8 @@ from torch import nn
 
 from .errors import DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
 
-__all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform"]
+__all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform",
+           "unwrap", "device_and_dtype"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,8 +57,45 @@ class LoadedModel:
         return self.weights != "random"
 
 
+def unwrap(model: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
+    """The module to inspect, and the loaded-model record if one was given.
+
+    Args:
+        model: a module, or a :class:`LoadedModel`.
+
+    Returns:
+        ``(module, record)``; the record is None for a bare module.
+    """
+    if isinstance(model, LoadedModel):
+        return model.model, model
+    return model, None
+
+
+def device_and_dtype(module: nn.Module, default_device: str | torch.device = "cpu") -> tuple[torch.device, torch.dtype]:
+    """Where a module's weights live and the floating dtype its inputs should have.
+
+    Args:
+        module: any module.
+        default_device: the device of a module that holds no parameters or buffers.
+
+    Returns:
+        ``(device, dtype)``: the device of the first parameter (or, without parameters,
+        the first buffer), and the dtype of the first floating-point parameter (or
+        buffer); ``torch.float32`` where there is none.
+    """
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    floating = next((t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()),
+                    None)
+    device = first.device if first is not None else torch.device(default_device)
+    return device, floating.dtype if floating is not None else torch.float32
+
+
 def list_models() -> list[str]:
-    """Names of every torchvision classification model."""
+    """Names of every torchvision classification model.
+
+    Returns:
+        The names ``load_model`` accepts, sorted.
+    """
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -67,25 +106,47 @@ def _check_model_name(name: str) -> None:
     if name in names:
         return
     close = difflib.get_close_matches(name.lower(), names, n=4, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else "see `python -m introspect --list-models`"
-    raise UnknownModelError(f"unknown model {name!r}: {hint}")
+    hint = f"did you mean {', '.join(close)}?" if close else "see introspect.list_models() for every name"
+    raise UnknownModelError(f"unknown model {name!r}: {hint}", parameter="model")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; CUDA without a GPU is a clear error."""
+    """The device to load a model onto.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, a :class:`torch.device`, or None (the CPU).
+
+    Returns:
+        The device.
+
+    Raises:
+        DeviceError: the name is not a device, or CUDA is asked for without a GPU.
+    """
     if device is None:
         return torch.device("cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise DeviceError(f"unknown device {device!r}: use cpu or cuda") from exc
+        raise DeviceError(f"device={str(device)!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'",
+                          parameter="device") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {device} asked for, but CUDA is not available here: use --device cpu")
+        raise DeviceError(f"device={str(device)!r} asked for, but CUDA is not available here: use device='cpu'",
+                          parameter="device")
     return resolved
 
 
 def imagenet_transform(crop_size: int = 224, resize_size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The standard ImageNet preprocessing (resize, centre crop, normalise) at a given size."""
+    """The standard ImageNet preprocessing (resize, centre crop, normalise) at a given size.
+
+    Args:
+        crop_size: side of the square the model sees.
+        resize_size: shorter side after the resize (default ``crop_size * 256 / 224``).
+        mean: per-channel mean of the normalisation.
+        std: per-channel standard deviation of the normalisation.
+
+    Returns:
+        A torchvision ``ImageClassification`` transform (PIL image -> ``(3, H, W)`` tensor).
+    """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms._presets import ImageClassification
 
@@ -112,7 +173,17 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a file with ``weights_only=True`` (never unsafe unpickling)."""
+    """Read a state_dict from a file with ``weights_only=True`` (never unsafe unpickling).
+
+    Args:
+        path: a file written by ``torch.save`` (a state_dict, or a checkpoint dict holding one).
+
+    Returns:
+        The state_dict (a ``"module."`` prefix from DataParallel removed).
+
+    Raises:
+        WeightsError: the file is missing, unreadable, refused by the safe loader, or holds no state_dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist: give a state_dict file, DEFAULT, an enum name, "
@@ -251,12 +322,12 @@ def _check_input_size(name: str, model: nn.Module, size: int, enum: Any) -> None
     image_size = getattr(model, "image_size", None)
     if type(model).__name__ == "VisionTransformer" and size != image_size:
         raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
-                             f"use --input-size {image_size}")
+                             f"use input_size={image_size}", parameter="input_size")
     if enum is not None:
         min_size = enum.DEFAULT.meta.get("min_size", (1, 1))
         if size < max(min_size):
             raise InputSizeError(f"{name} needs inputs of at least {max(min_size)}x{max(min_size)} pixels, "
-                                 f"not {size}: use --input-size {max(min_size)} or more")
+                                 f"not {size}: use input_size={max(min_size)} or more", parameter="input_size")
 
 
 def load_model(
@@ -269,19 +340,38 @@ def load_model(
     """Load a torchvision classifier by name (or wrap a module) with its weights, transform and class names.
 
     Example: ``introspect.load_model("resnet18", weights="none")``.
+
+    Args:
+        model: a torchvision model name, or a module (wrapped as given: not moved, not copied).
+        weights: ``"auto"`` (the default weights if cached or downloadable, else random with a
+            warning), ``"DEFAULT"`` or an enum name such as ``"IMAGENET1K_V1"``, ``"none"``
+            (random), or the path of a state_dict file (loaded with ``weights_only=True``).
+        device: where to put a model loaded by name.
+        input_size: side of the square input (default: the weights' own, or 224).
+        categories: class names (default: the weights' ImageNet names, or ``class N``).
+
+    Returns:
+        A :class:`LoadedModel` in eval mode.
+
+    Raises:
+        UnknownModelError: ``model`` is not a torchvision model name.
+        WeightsError: the weights cannot be found, loaded safely or matched to the model.
+        IntrospectError: named weights are neither cached nor downloadable.
+        DeviceError: ``device`` is unknown or unavailable.
+        InputSizeError: ``input_size`` is not positive, or the model cannot take it.
     """
     target = resolve_device(device)
     if input_size is not None and input_size < 1:
-        raise InputSizeError(f"--input-size {input_size} is not a size: give a positive number of pixels, e.g. 224")
+        raise InputSizeError(f"input_size={input_size} is not a size: give a positive number of pixels, e.g. 224",
+                             parameter="input_size")
     notes: list[str] = []
     if isinstance(model, nn.Module):
-        first = next(model.parameters(), None)
         size = input_size or 224
         classes = _output_classes(model) or 0
         names = tuple(categories) if categories else tuple(f"class {i}" for i in range(classes))
         return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
                            transform=imagenet_transform(size), categories=names, input_size=size,
-                           device=first.device if first is not None else target, warnings=notes)
+                           device=device_and_dtype(model, target)[0], warnings=notes)
 
     _check_model_name(model)
     enum = _weights_enum(model)
@@ -290,11 +380,12 @@ def load_model(
     chosen = None  # the weights enum member actually loaded
     state = None
     if lowered == "none":
-        source = "random initialisation (--weights none)"
+        source = "random initialisation (weights='none')"
     elif lowered == "auto" or lowered == "default" or (enum is not None and choice in enum.__members__):
         if enum is None:
             if lowered != "auto":
-                raise WeightsError(f"{model} has no pretrained weights in torchvision: use --weights none or a file")
+                raise WeightsError(f"{model} has no pretrained weights in torchvision: use weights='none' or a file",
+                                   parameter="weights")
             source = "random initialisation (torchvision has no weights for it)"
         else:
             member = enum.DEFAULT if lowered in {"auto", "default"} else enum[choice]
@@ -304,17 +395,18 @@ def load_model(
             except OSError as exc:
                 if lowered != "auto":
                     raise IntrospectError(f"cannot get {model} weights {member}: {exc}; put the file there or use "
-                                          "--weights PATH / none") from None
+                                          "weights=PATH / weights='none'", parameter="weights") from None
                 source = "random initialisation: no pretrained weights available"
                 notes.append(f"RANDOM WEIGHTS: {model} {member} weights are {exc}. Predictions, CAMs and kernels "
-                             f"below come from an untrained model. Put the file in the cache or pass --weights PATH.")
+                             f"below come from an untrained model. Put the file in the cache or pass weights=PATH.")
     elif Path(choice).suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"} or Path(choice).exists():
         state = load_checkpoint(choice)
         source = f"local file {choice}"
     else:
         members = list(enum.__members__) if enum is not None else []
         valid = list(dict.fromkeys(["auto", "DEFAULT", "none", "PATH"] + members))
-        raise WeightsError(f"unknown weights {choice!r} for {model}: use one of {', '.join(valid)}")
+        raise WeightsError(f"unknown weights {choice!r} for {model}: use one of {', '.join(valid)}",
+                           parameter="weights")
 
     if state is not None:
         num_classes = _num_classes_in(state)

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ArgumentError
+from .geometry import points_in_boxes
+
 __all__ = [
+    "markdown_table",
     "LayerRow",
     "StructureSummary",
     "KernelGrid",
@@ -76,7 +80,16 @@ def _html_table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _markdown_table(header: list[str], rows: list[list[object]]) -> str:
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (what TensorBoard's TEXT tab renders).
+
+    Args:
+        header: the column names.
+        rows: one sequence of cells per row; each cell is written with ``str``.
+
+    Returns:
+        The table, one line per row, header first.
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -124,7 +137,7 @@ class StructureSummary:
 
     def to_markdown(self) -> str:
         """The table as Markdown (TensorBoard's TEXT tab renders it)."""
-        return f"**{self.model_name}**: {self.totals_line()}\n\n" + _markdown_table(self._HEADER, self._rows())
+        return f"**{self.model_name}**: {self.totals_line()}\n\n" + markdown_table(self._HEADER, self._rows())
 
     def _repr_html_(self) -> str:
         totals = f"<p><b>{html.escape(self.model_name)}</b>: {html.escape(self.totals_line())}</p>"
@@ -181,7 +194,7 @@ class Predictions:
 
     def to_markdown(self) -> str:
         """The predictions as a Markdown table."""
-        return _markdown_table(self._HEADER, self._rows())
+        return markdown_table(self._HEADER, self._rows())
 
     def _repr_html_(self) -> str:
         return _html_table(self._HEADER, self._rows())
@@ -382,10 +395,11 @@ class CamQuality:
     def concat(cls, parts: Sequence[CamQuality]) -> CamQuality:
         """One record from several (e.g. one per batch of images); all must use the same ``percent``."""
         if not parts:
-            raise ValueError("no CamQuality records to join")
+            raise ArgumentError("parts=[] holds no CamQuality records to join: give at least one", parameter="parts")
         percents = {p.percent for p in parts}
         if len(percents) != 1:
-            raise ValueError(f"cannot join CamQuality records of different percent: {sorted(percents)}")
+            raise ArgumentError(f"parts have different percent values {sorted(percents)}: join records scored with "
+                                "the same percent", parameter="parts")
         fields = ("methods", "image_names", "class_indices", "class_names", "confidence", "keep", "remove")
         joined = {f: tuple(v for p in parts for v in getattr(p, f)) for f in fields}
         return cls(percent=parts[0].percent, **joined)
@@ -419,7 +433,7 @@ class CamQuality:
 
     def to_markdown(self) -> str:
         """Per-method means as a Markdown table, best first, under a line explaining the score."""
-        return f"{self.explanation()}\n\n" + _markdown_table(self._header(), self._rows())
+        return f"{self.explanation()}\n\n" + markdown_table(self._header(), self._rows())
 
     def _repr_html_(self) -> str:
         return f"<p>{html.escape(self.explanation())}</p>" + _html_table(self._header(), self._rows())
@@ -441,13 +455,14 @@ class PointingGame:
     def hits(self, method: str, margin: int = 0, tolerance: float | None = None) -> np.ndarray:
         """Bool (N,): whether ``method``'s peak lies in the box grown by ``margin`` pixels, or, with
         ``tolerance``, within that Euclidean distance (pixels) of the box's nearest pixel (TorchRay's rule)."""
-        rows, cols = self.peaks[self.methods.index(method)].T
+        peaks = self.peaks[self.methods.index(method)]
+        if tolerance is None:
+            return points_in_boxes(peaks, self.boxes, margin)
+        rows, cols = peaks.T
         x0, y0, x1, y1 = self.boxes.T
-        if tolerance is not None:
-            dx = np.maximum(np.maximum(x0 - cols, cols - (x1 - 1)), 0)
-            dy = np.maximum(np.maximum(y0 - rows, rows - (y1 - 1)), 0)
-            return (dx * dx + dy * dy <= tolerance * tolerance) & (x1 > x0) & (y1 > y0)
-        return (cols >= x0 - margin) & (cols < x1 + margin) & (rows >= y0 - margin) & (rows < y1 + margin)
+        dx = np.maximum(np.maximum(x0 - cols, cols - (x1 - 1)), 0)
+        dy = np.maximum(np.maximum(y0 - rows, rows - (y1 - 1)), 0)
+        return (dx * dx + dy * dy <= tolerance * tolerance) & (x1 > x0) & (y1 > y0)
 
     def fraction(self, method: str, margin: int = 0) -> float:
         """Share of images whose ``method`` peak lies in the box grown by ``margin`` pixels."""
@@ -457,7 +472,7 @@ class PointingGame:
         """One row per method, one column per margin."""
         header = ["method"] + ["peak in box" + (f" ±{m} px" if m else "") for m in margins]
         rows = [[m] + [f"{self.fraction(m, g):.1%}" for g in margins] for m in self.methods]
-        return _markdown_table(header, rows)
+        return markdown_table(header, rows)
 
 
 # -- the dataset audit (introspect.audit) ----------------------------------------------
@@ -511,7 +526,7 @@ class Gallery(_ImageRecord):
         """One row per image."""
         rows = [[i.file, i.label_name, i.predicted_name, f"{i.probability:.3f}",
                  "-" if math.isnan(i.energy) else f"{i.energy:.3f}"] for i in self.items]
-        return f"**{self.title}**\n\n" + _markdown_table(["file", "label", "predicted", "probability", "energy"],
+        return f"**{self.title}**\n\n" + markdown_table(["file", "label", "predicted", "probability", "energy"],
                                                            rows)
 
 
@@ -576,7 +591,7 @@ class SanityCheck:
         note = (f"Spearman rank correlation of each method's maps with the trained model's, mean over "
                 f"{self.samples} images, as layers are randomised from the head down (cascading). Near 0 is good; "
                 f"above {self.threshold:g} after full randomisation flags a method.")
-        return note + "\n\n" + _markdown_table(header, rows)
+        return note + "\n\n" + markdown_table(header, rows)
 
 
 @dataclass(frozen=True)
@@ -637,7 +652,7 @@ class AuditResult:
                 row += [c.boxed] + [share(h, c.boxed) for h in c.hits] + [share(c.centre_hits, c.boxed)] + \
                     [f"{e:.3f}" if c.boxed else "-" for e in c.energy]
             rows.append(row)
-        return _markdown_table(header, rows)
+        return markdown_table(header, rows)
 
     def summary_lines(self) -> list[str]:
         """A few lines for the console."""

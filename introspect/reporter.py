@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import OutputError
+from .errors import ArgumentError, ArgumentTypeError, OutputError, StateError
 from .records import (
     AuditResult,
     CamComparison,
@@ -45,7 +45,7 @@ from .records import (
     ParameterSummary,
     Predictions,
     StructureSummary,
-    _markdown_table,
+    markdown_table,
 )
 
 __all__ = ["new_run_dir", "Reporter"]
@@ -58,7 +58,18 @@ def new_run_dir(logdir: str | Path, run_name: str | None, model_name: str) -> Pa
 
     ``RUN`` defaults to ``<model_name>-<YYYYmmdd-HHMMSS>``. If that directory exists
     (two runs in the same second, or a user-given name used before), ``-2``, ``-3``,
-    ... is appended. Raises :class:`OutputError` if ``logdir`` cannot be written.
+    ... is appended.
+
+    Args:
+        logdir: the folder of runs (created if missing).
+        run_name: the run's name, or None for ``<model_name>-<timestamp>``.
+        model_name: the model's name.
+
+    Returns:
+        The new, empty run directory.
+
+    Raises:
+        OutputError: ``logdir`` cannot be written.
     """
     logdir = Path(logdir)
     base = run_name or f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -74,7 +85,8 @@ def new_run_dir(logdir: str | Path, run_name: str | None, model_name: str) -> Pa
                 suffix += 1
     except OSError as error:
         reason = error.strerror or str(error)
-        raise OutputError(f"cannot write to {logdir} ({reason}): choose another --logdir") from error
+        raise OutputError(f"cannot write to logdir={str(logdir)!r} ({reason}): choose another logdir",
+                          parameter="logdir") from error
 
 
 def _one_line(error: BaseException) -> str:
@@ -138,14 +150,15 @@ class Reporter:
 
     @classmethod
     def from_writer(cls, writer: Any) -> Reporter:
-        """A reporter that writes through an existing ``SummaryWriter`` (TypeError for anything else).
+        """A reporter that writes through an existing ``SummaryWriter`` (ArgumentTypeError, a TypeError, otherwise).
 
         Closing the reporter closes that writer; leave it open if its owner closes it.
         """
         from torch.utils.tensorboard import SummaryWriter
 
         if not isinstance(writer, SummaryWriter):
-            raise TypeError(f"expected a torch.utils.tensorboard.SummaryWriter, got {type(writer).__name__}")
+            raise ArgumentTypeError(f"writer is a {type(writer).__name__}: give a "
+                                    "torch.utils.tensorboard.SummaryWriter", parameter="writer")
         reporter = cls.__new__(cls)
         reporter.run_dir = Path(writer.log_dir)
         reporter.tags = {}
@@ -206,7 +219,7 @@ class Reporter:
     def _open_writer(self) -> Any:
         if self._writer is None:
             # SummaryWriter would silently start a second event file; refuse instead.
-            raise RuntimeError(f"Reporter for {self.run_dir} is closed")
+            raise StateError(f"Reporter for {self.run_dir} is closed: open a new one")
         return self._writer
 
     def _count(self, tag: str) -> None:
@@ -230,7 +243,8 @@ class Reporter:
     def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
         """A ``uint8`` height x width x 3 image."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image for {tag!r} must be uint8 HxWx3, got {image.dtype} {image.shape}")
+            raise ArgumentError(f"image for {tag!r} is {image.dtype} {image.shape}: it must be uint8 HxWx3",
+                                parameter="image")
         from PIL import Image
         from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -294,7 +308,7 @@ class Reporter:
 
     def run_info(self, info: dict[str, object], warnings: Sequence[str] = ()) -> None:
         """``run/info``: a key/value table, then a bold WARNINGS list if any."""
-        markdown = _markdown_table(["key", "value"], [[_cell(k), _cell(v)] for k, v in info.items()])
+        markdown = markdown_table(["key", "value"], [[_cell(k), _cell(v)] for k, v in info.items()])
         if warnings:
             markdown += "\n\n**WARNINGS**\n\n" + "\n".join(f"- **{_cell(w)}**" for w in warnings)
         self.text("run/info", markdown)
@@ -519,7 +533,7 @@ def _feature_stats_table(maps: Sequence[FeatureMap]) -> str:
         [_cell(m.layer), _shape(m.shape), f"{m.mean:.4g}", f"{m.std:.4g}", f"{m.zero_fraction:.3f}"]
         for m in maps
     ]
-    return _markdown_table(["layer", "shape", "mean", "std", "zero fraction"], rows)
+    return markdown_table(["layer", "shape", "mean", "std", "zero fraction"], rows)
 
 
 def _traced_graph(model: nn.Module, example_input: torch.Tensor) -> Any:

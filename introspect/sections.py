@@ -362,12 +362,12 @@ def _prepare_saliency(ctx: RunContext) -> None:
 
 def _saliency(ctx: RunContext) -> None:
     from .analyzers.predictions import top_classes
-    from .analyzers.saliency import saliency_from_batch
+    from .analyzers.saliency import saliency_from_pass
 
     names = ctx.state["saliency_methods"]
     layer = ctx.cam_layer if "guidedgradcam" in names else None
     picked = top_classes(ctx.forward, ctx.saliency.topk, ctx.target_indices)
-    ctx.reporter.saliency(saliency_from_batch(ctx.model, ctx.batch, names, picked, ctx.loaded.categories, layer,
+    ctx.reporter.saliency(saliency_from_pass(ctx.model, ctx.batch, names, picked, ctx.loaded.categories, layer,
                                               ctx.forward.probabilities))
 
 

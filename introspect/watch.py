@@ -2,34 +2,56 @@
 
 ``watch`` wraps a user's own training loop::
 
-    with introspect.watch(model, "runs", optimizer=opt, every=50, probe=images, labels=labels) as w:
+    with introspect.watch(model, "runs", every=50, probe=images, labels=labels) as w:
         for x, y in loader:
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()                     # every 50th call writes one set of summaries
-            w.scalar("loss", loss)         # optional: your own scalars at w.step
+            loss_fn(model(x), y).backward()    # every 50th backward pass writes one set of summaries
+            opt.step()
+            w.scalar("loss", loss)             # optional: your own scalars at w.step
 
-**Counting.** Steps are the optimizer's completed ``step()`` calls, counted by a post-step
-hook (``Optimizer.register_step_post_hook``); a step that a ``GradScaler`` skips is not a
-step. ``w.step`` is ``start_step`` plus the steps counted so far. The summaries of step
-``s`` are written when ``s`` is a multiple of ``every``: ``every=2`` over six steps writes
-steps 2, 4 and 6. ``w.log()`` writes one set at any other moment (e.g. after the loop).
+**Counting.** ``w.step`` is ``start_step`` plus the steps counted so far; the summaries of
+step ``s`` are written when ``s`` is a multiple of ``every`` (``every=2`` over six steps
+writes steps 2, 4 and 6); ``w.log()`` writes one set at any other moment.
 
-**What a logging step ``s`` writes** (right after its ``optimizer.step()``):
+- Without ``optimizer=`` a step is a *training backward pass*: a ``backward()`` that
+  accumulates gradients into the model's parameters (``.grad``) while the model is in
+  train mode. A post-accumulate-grad hook on each parameter that requires grad notices
+  the first parameter a backward reaches; the step is counted and logged in a callback
+  queued to run when that whole backward has finished (after every other end-of-backward
+  callback, DistributedDataParallel's gradient all-reduce included), so a logging step
+  sees every gradient of its backward, however many parameters it reached (frozen or
+  unused ones are simply not reached). The nested backward passes of reentrant gradient
+  checkpointing belong to the step of the backward running them (when that backward has
+  reached a parameter outside the checkpointed segments first, as a head outside them
+  does). ``torch.autograd.grad``, eval-mode backward passes and ``backward(inputs=...)``
+  that stop short of the parameters are not counted. With gradient accumulation each
+  micro-batch's backward is a step and ``.grad`` holds the sum so far; pass
+  ``optimizer=`` to count updates instead. Under a ``GradScaler`` the
+  gradients of a backward are still scaled: pass ``optimizer=`` (then they are read after
+  ``scaler.step`` has unscaled them).
+- With ``optimizer=`` a step is a completed ``optimizer.step()`` (a post-step hook,
+  ``Optimizer.register_step_post_hook``); a step that a ``GradScaler`` skips is not a step.
 
-- ``weights/<param>``: histogram of the weights after the update;
-  ``gradients/<param>``: histogram of the gradients the update used (non-finite values left out).
+**What a logging step ``s`` writes** (with an optimizer: right after its ``optimizer.step()``;
+without: right after its backward, before the update):
+
+- ``weights/<param>``: histogram of the weights (with an optimizer: after the update;
+  without: the weights the step's forward used); ``gradients/<param>``: histogram of
+  ``.grad`` (non-finite values left out).
 - ``train/grad_norm`` (global L2 norm over every gradient) and ``train/grad_norm/<param>``.
-- ``train/update_ratio`` and ``train/update_ratio/<param>``: the update of this one step
-  relative to the weights, ``||w_s - w_{s-1}|| / ||w_s||`` (the per-step "update:data"
-  ratio; healthy training is typically around 1e-3). ``w_{s-1}`` is copied by a pre-step
-  hook attached for the logging step only.
-- ``train/lr``: the first parameter group's learning rate.
+- ``train/update_ratio`` and ``train/update_ratio/<param>``: one update relative to the
+  weights, ``||w_s - w_{s-1}|| / ||w_s||`` (the "update:data" ratio; healthy training is
+  typically around 1e-3). With an optimizer it is step ``s``'s own update (``w_{s-1}``
+  copied by a pre-step hook attached for the logging step only); without one it is the
+  change since the previous backward pass, i.e. the update the optimizer made from step
+  ``s - 1``'s gradients (``w_{s-1}`` copied at the end of backward ``s - 1``).
+- ``train/lr``: the first parameter group's learning rate (with an optimizer only).
 - ``activations/<layer>/mean|std|zero_fraction`` for each stage layer
   (:func:`introspect.layers.default_feature_layers`, or ``layers=``), measured on the
   logging step's own training forward: forward hooks are attached after step ``s - 1``
   and each removes itself after the first forward that records a graph
-  (``torch.is_grad_enabled()``; ``no_grad`` validation passes are ignored).
+  (``torch.is_grad_enabled()``; ``no_grad`` validation passes are ignored). Not for a
+  compiled model (below).
 - ``cam/probe/<i>``: the CAM (``cam_method``, Grad-CAM by default) of probe image ``i``
   for its true class (``labels``; the model's top class where ``labels`` is None),
   labelled with that class's probability, and ``train/probe_true_class_probability``
@@ -38,8 +60,23 @@ steps 2, 4 and 6. ``w.log()`` writes one set at any other moment (e.g. after the
   the CAM layer's activation, so parameters, ``.grad``, BatchNorm running statistics,
   modes and the RNG are left exactly as the training loop had them.
 
-**Cost.** Between logging steps nothing is attached but the post-step hook, which adds
-one to a counter (``scripts/bench_watch`` measures it).
+**Wrapped models.** ``DistributedDataParallel`` / ``DataParallel`` (``.module``) and
+``torch.compile`` (``OptimizedModule._orig_mod``, or ``module.compile()``) are unwrapped
+for parameter and layer names. Under ``torch.distributed`` (or torchrun's ``RANK`` before
+the process group exists) every rank counts steps and only rank 0 writes (elsewhere: no
+run directory, no probe, no hooks but the counter); gradients are read after DDP's
+all-reduce (after ``optimizer.step()``, or at the end of the backward), so the gradient
+statistics are those of the reduced gradients; inside
+``no_sync()`` they are rank 0's local ones. Activation statistics are rank 0's own batch.
+watch runs no collective operation. For a compiled model watch attaches nothing to the
+forward (forward hooks would force recompilation and could change the compiled code), so
+no ``activations/...`` are written; the parameter and gradient hooks run outside the
+compiled graph and leave it as it was; the probe runs the original module eagerly.
+
+**Cost.** Between logging steps nothing is attached but the counter: with an optimizer
+one post-step hook (under a microsecond per step), without one a post-accumulate-grad
+hook per parameter that returns after comparing the backward's id (about 0.4 us per
+parameter tensor per backward on a CPU; ``scripts/bench_watch`` measures both).
 
 **Exit.** On leaving the ``with`` block (normally or by an exception) every hook is
 removed and the run is flushed; a run that ``watch`` opened from a log directory is closed.
@@ -47,82 +84,210 @@ removed and the run is flushed; a run that ``watch`` opened from a log directory
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+import os
+import sys
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import ArgumentError, ArgumentTypeError, StateError
 from .hooks import first_tensor
-from .inputs import InputBatch, unwrap
+from .inputs import InputBatch
 from .layers import LayerChoice, default_feature_layers, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
-__all__ = ["Watch", "watch"]
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10: the annotation is for type checkers, which ship typing_extensions
+    try:
+        from typing_extensions import Unpack
+    except ImportError:
+        Unpack = Any
+
+if TYPE_CHECKING:
+    from .reporter import Reporter
+
+__all__ = ["Watch", "WatchOptions", "WatchSettings", "watch"]
 
 _MIN_PROBE_SIDE = 128  # probe CAMs smaller than this are enlarged (nearest) so TensorBoard shows them usefully
 
 
+@dataclass(frozen=True)
+class WatchOptions:
+    """The settings of :func:`watch` that are plain values; each field's default is the only copy.
+
+    Attributes:
+        every: log every ``every``-th step (a step: a training backward pass, or an
+            ``optimizer.step()`` when ``optimizer=`` is given); a whole number >= 1.
+        layers: the layers whose activation mean/std/zero fraction are logged, as names or
+            one comma-separated string (default: the model's stages,
+            :func:`introspect.layers.default_feature_layers`; ``()``: none).
+        cam_layer: the probe CAM's layer (default: the model family's CAM layer).
+        cam_method: the probe CAM's method (a name of ``introspect.CAM_METHODS``).
+        categories: class names, for ``labels`` given as names and for the CAM captions
+            (default: a ``LoadedModel``'s categories, else none).
+        mean: the normalisation the probe carries, to draw its photos (default: the
+            ``LoadedModel``'s transform's, else ImageNet's).
+        std: as ``mean``.
+        run_name: the run directory's name under a log directory (default: ``<model>-<time>``).
+        start_step: the step number before the first counted step (to continue a run).
+
+    Raises:
+        ArgumentError: ``every`` or ``start_step`` is not a whole number in range.
+        ArgumentTypeError: ``categories``, ``mean`` or ``std`` is not a sequence.
+    """
+
+    every: int = 100
+    layers: tuple[str, ...] | str | None = None
+    cam_layer: str | None = None
+    cam_method: str = "gradcam"
+    categories: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    run_name: str | None = None
+    start_step: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ArgumentError(f"every={self.every!r} must be a whole number of steps, 1 or more", parameter="every")
+        if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
+            raise ArgumentError(f"start_step={self.start_step!r} must be a whole number, 0 or more",
+                                parameter="start_step")
+        if isinstance(self.layers, str):  # "features.2,features.6", as the other option groups take layers
+            object.__setattr__(self, "layers", tuple(n.strip() for n in self.layers.split(",") if n.strip()))
+        for name in ("layers", "categories", "mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise ArgumentTypeError(f"{name}={value!r} must be a sequence (list or tuple), not "
+                                        f"{type(value).__name__}", parameter=name)
+            object.__setattr__(self, name, tuple(value))
+
+
+class WatchSettings(TypedDict, total=False):
+    """``WatchOptions``' fields, accepted as keywords by :func:`watch` (``every=50``)."""
+
+    every: int
+    layers: Sequence[str] | str | None
+    cam_layer: str | None
+    cam_method: str
+    categories: Sequence[str] | None
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    run_name: str | None
+    start_step: int
+
+
 class Watch:
-    """A running watch over one model and optimizer; use :func:`watch` to make one."""
+    """Log a model's training into TensorBoard every ``every`` steps; use as a ``with`` block.
+
+    ``watch`` is this class: ``with introspect.watch(model, "runs", every=50) as w: ...``.
+    A step is a training backward pass of the model (one that accumulates into the
+    parameters' ``.grad`` in train mode), logged at the end of that backward; with
+    ``optimizer=``, a completed ``optimizer.step()``, logged right after it. Under
+    ``torch.distributed`` only rank 0 writes. The docstring of the module
+    ``introspect.watch`` (``sys.modules["introspect.watch"]``) lists every tag and when
+    it is measured.
+
+    Args:
+        model: the module being trained (or a :class:`introspect.models.LoadedModel`);
+            ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile`` wrappers
+            are unwrapped.
+        logdir_or_writer: a log directory (a new run ``<model>-<time>``, or ``run_name``,
+            is made in it), an :class:`introspect.reporter.Reporter`, or a
+            ``torch.utils.tensorboard.SummaryWriter`` (left open at exit).
+        optimizer: count ``optimizer.step()`` calls as steps and log ``train/lr``;
+            ``None``: count the model's training backward passes.
+        probe: a normalised image batch (N, 3, H, W), or an ``InputBatch``, whose CAM is
+            drawn at each logging step.
+        labels: the probe's classes (indices, or names in ``categories``); ``None``: the
+            model's top class.
+        options: the plain settings (:class:`WatchOptions`).
+        **settings: any :class:`WatchOptions` field by name (``every=50``); these override
+            the same fields of ``options``.
+
+    Raises:
+        ArgumentError: a setting out of range, a probe that is not an (N, 3, H, W) batch,
+            ``labels`` without ``probe``, of the wrong length or naming classes without
+            ``categories``, or a model without trainable parameters when no optimizer is given.
+        ArgumentTypeError: an unknown setting, or ``model``, ``optimizer``, ``options``,
+            ``probe`` or ``logdir_or_writer`` of a type that cannot be used.
+        StateError: ``logdir_or_writer`` is a closed Reporter.
+        UnknownLayerError: a name in ``layers`` or ``cam_layer`` the model does not have.
+        UnknownMethodError: an unknown ``cam_method``.
+        OutputError: a log directory that cannot be written.
+    """
 
     def __init__(
         self,
         model: nn.Module | LoadedModel,
         logdir_or_writer: Any,
         *,
-        optimizer: torch.optim.Optimizer,
-        every: int = 100,
+        optimizer: torch.optim.Optimizer | None = None,
         probe: torch.Tensor | InputBatch | None = None,
         labels: Sequence[int | str] | torch.Tensor | None = None,
-        categories: Sequence[str] | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        layers: Sequence[str] | None = None,
-        cam_layer: str | None = None,
-        cam_method: str = "gradcam",
-        run_name: str | None = None,
-        start_step: int = 0,
+        options: WatchOptions = WatchOptions(),
+        **settings: Unpack[WatchSettings],
     ) -> None:
         from .analyzers.cam import cam_layer_choice, parse_cam_methods
 
+        options = _merge_options(options, settings)
         module, loaded = unwrap(model)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise UsageError(
-                f"watch needs the torch.optim.Optimizer that trains the model (optimizer=...), "
-                f"got {type(optimizer).__name__}"
-            )
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise UsageError(f"every must be a whole number of optimizer steps >= 1, got {every!r}")
+        if not isinstance(module, nn.Module):
+            raise ArgumentTypeError(f"model= must be a torch.nn.Module or a LoadedModel, got {type(module).__name__}",
+                                    parameter="model")
+        module, compiled = _training_module(module)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ArgumentTypeError(f"optimizer= must be the torch.optim.Optimizer that trains the model (or None to "
+                                    f"count backward passes), got {type(optimizer).__name__}", parameter="optimizer")
         self.model = module
         self.optimizer = optimizer
-        self.every = every
-        self._step = int(start_step)
-        self.categories = tuple(categories or (loaded.categories if loaded else ()))
-        names = list(layers) if layers is not None else [c.name for c in default_feature_layers(module)]
-        self.layers: dict[str, nn.Module] = {name: resolve_layer(module, name) for name in names}
+        self.options = options
+        self.every = options.every
+        self.compiled = compiled
+        self._step = options.start_step
+        self.categories = tuple(options.categories or (loaded.categories if loaded else ()))
+        names = list(options.layers) if options.layers is not None else [
+            c.name for c in default_feature_layers(module)]
+        layers = {name: resolve_layer(module, name) for name in names}
+        self.layers: dict[str, nn.Module] = {} if compiled else layers  # no forward hooks on compiled code
         self._params = [(name, p) for name, p in module.named_parameters()]
+        if optimizer is None and not any(p.requires_grad for _, p in self._params):
+            raise ArgumentError("the model has no parameter that requires grad: without optimizer=, watch counts the "
+                                "backward passes that reach the parameters; pass optimizer=... to count its steps",
+                                parameter="optimizer")
 
         self._batch: InputBatch | None = None
         self._labels: list[int | str] | None = None
         self._cam_layer: LayerChoice | None = None
-        self._cam_method = parse_cam_methods(cam_method)[0]
+        self._cam_method = parse_cam_methods(options.cam_method)[0]
         if probe is not None:
-            self._batch = _probe_batch(probe, loaded, mean, std)
-            self._cam_layer = cam_layer_choice(module, cam_layer)
+            self._batch = _probe_batch(probe, loaded, options.mean, options.std)
+            self._cam_layer = cam_layer_choice(module, options.cam_layer)
             self._labels = _probe_labels(labels, len(self._batch), self.categories)
         elif labels is not None:
-            raise UsageError("labels were given without probe images: pass probe=... as well")
+            raise ArgumentError("labels= were given without probe images: pass probe=... as well", parameter="labels")
 
-        self._reporter, self._owns_reporter = _open_reporter(logdir_or_writer, run_name, loaded, module)
+        self._writes = _is_rank_zero()  # under torch.distributed only rank 0 writes
+        self._reporter, self._owns_reporter = (
+            _open_reporter(logdir_or_writer, options.run_name, loaded, module) if self._writes else (None, False)
+        )
         self._stats: dict[str, torch.Tensor] = {}
         self._forward_handles: list[Any] = []
         self._pre_step_handle: Any = None
-        self._post_step_handle: Any = None
+        self._counter_handles: list[Any] = []
+        self._backward_task: int | None = None
+        self._pending: weakref.ref | None = None  # the queued end-of-backward count, while its backward runs
         self._before: list[torch.Tensor] | None = None
         self._resolved_labels: torch.Tensor | None = None
 
@@ -130,33 +295,53 @@ class Watch:
 
     @property
     def step(self) -> int:
-        """Optimizer steps completed (plus ``start_step``)."""
+        """Steps completed (plus ``start_step``): optimizer steps, or training backward passes."""
         return self._step
 
     @property
-    def run_dir(self) -> Path:
-        """The TensorBoard run directory written to."""
-        return self._reporter.run_dir
+    def counts(self) -> str:
+        """What a step is here: ``"optimizer steps"`` or ``"backward passes"``."""
+        return "backward passes" if self.optimizer is None else "optimizer steps"
 
     @property
-    def reporter(self):
-        """The :class:`introspect.reporter.Reporter` written to."""
+    def writes(self) -> bool:
+        """Whether this process writes the run (False on ranks other than 0 under torch.distributed)."""
+        return self._writes
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The TensorBoard run directory written to (None where this process does not write)."""
+        return self._reporter.run_dir if self._reporter is not None else None
+
+    @property
+    def reporter(self) -> Reporter | None:
+        """The :class:`introspect.reporter.Reporter` written to (None where this process does not write)."""
         return self._reporter
 
     def start(self) -> Watch:
-        """Attach the step counter (``with`` does this)."""
-        if self._post_step_handle is None:
-            self._post_step_handle = self.optimizer.register_step_post_hook(self._after_step)
-            if (self._step + 1) % self.every == 0:
-                self._arm()
+        """Attach the step counter (``with`` does this); calling it again does nothing.
+
+        Returns:
+            This watch.
+        """
+        if self._counter_handles:
+            return self
+        if self.optimizer is not None:
+            self._counter_handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
+        else:
+            self._counter_handles.extend(p.register_post_accumulate_grad_hook(self._after_accumulate)
+                                         for _, p in self._params if p.requires_grad)
+        if (self._step + 1) % self.every == 0:
+            self._arm()
         return self
 
     def close(self) -> None:
         """Remove every hook, flush the run, close it if ``watch`` opened it. Safe to call twice."""
         self._disarm()
-        if self._post_step_handle is not None:
-            self._post_step_handle.remove()
-            self._post_step_handle = None
+        while self._counter_handles:
+            self._counter_handles.pop().remove()
+        if self._reporter is None:
+            return
         if self._owns_reporter:
             self._reporter.close()
         elif not self._reporter.closed:
@@ -169,48 +354,54 @@ class Watch:
         self.close()
 
     def scalar(self, name: str, value: float | torch.Tensor, step: int | None = None) -> None:
-        """Write your own scalar as ``train/<name>`` at ``step`` (default: :attr:`step`)."""
+        """Write your own scalar as ``train/<name>`` (on rank 0 only under torch.distributed).
+
+        Args:
+            name: the tag's name under ``train/``.
+            value: a number or a one-element tensor.
+            step: the step to write it at (default: :attr:`step`).
+        """
+        if self._reporter is None:
+            return
         if isinstance(value, torch.Tensor):
             value = value.detach().item()
         self._reporter.scalar(f"train/{name}", float(value), self._step if step is None else step)
 
     def log(self, step: int | None = None) -> None:
-        """Write one set of summaries now, at ``step`` (default: :attr:`step`).
+        """Write one set of summaries now (on rank 0 only under torch.distributed).
 
         Everything but activation statistics and update ratios, which only the automatic
         logging steps measure (they need that step's forward and its update).
+
+        Args:
+            step: the step to write them at (default: :attr:`step`).
         """
         self._write(self._step if step is None else int(step), automatic=False)
 
-    def _write(self, step: int, automatic: bool) -> None:
-        reporter = self._reporter
-        grads = [(name, p.grad.detach()) for name, p in self._params if p.grad is not None]
-        with torch.no_grad():
-            for name, p in self._params:  # the reporter bins on the tensor's device, finite values only
-                reporter.histogram(f"weights/{name}", p.detach(), step)
-            for name, g in grads:
-                reporter.histogram(f"gradients/{name}", g, step)
-            self._write_norms(grads, step)
-            if automatic and self._before is not None:
-                self._write_update_ratios(step)
-            lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
-            if isinstance(lr, (int, float, torch.Tensor)):
-                reporter.scalar("train/lr", float(lr), step)
-        if automatic:
-            for layer, stats in self._stats.items():
-                mean, std, zeros = stats.tolist()
-                reporter.scalar(f"activations/{layer}/mean", mean, step)
-                reporter.scalar(f"activations/{layer}/std", std, step)
-                reporter.scalar(f"activations/{layer}/zero_fraction", zeros, step)
-            self._stats = {}
-            self._before = None
-        if self._batch is not None:
-            self._write_probe(step)
-        reporter.flush()
+    # -- counting -------------------------------------------------------------------
 
-    # -- hooks ----------------------------------------------------------------------
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._count()
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _after_accumulate(self, param: torch.Tensor) -> None:
+        """A parameter's gradient was accumulated: on a backward's first, queue the count for its end."""
+        task = torch._C._current_graph_task_id()  # the id torch's own register_multi_grad_hook keys on
+        if task == self._backward_task:
+            return
+        self._backward_task = task
+        if self._pending is not None and self._pending() is not None:
+            return  # a backward nested in one still running (reentrant checkpointing): part of that step
+        if self.model.training:
+            callback = _Callback(self._end_of_backward)
+            self._pending = weakref.ref(callback)  # dies unrun with the engine's graph task if the backward fails
+            _queue_at_end_of_backward(callback)
+
+    def _end_of_backward(self) -> None:
+        self._pending = None
+        with torch.enable_grad():  # the engine runs callbacks with grad mode off; the probe CAM needs it
+            self._count()
+
+    def _count(self) -> None:
         self._step += 1
         if self._step % self.every == 0:
             self._disarm()
@@ -219,12 +410,17 @@ class Watch:
             self._arm()
 
     def _arm(self) -> None:
-        """Attach what the next (logging) step needs: stage forward hooks and a pre-step weight copy."""
+        """Attach what the next (logging) step needs: stage forward hooks and a copy of the weights before it."""
         self._disarm()
+        if not self._writes:
+            return
         self._stats = {}
         for name, module in self.layers.items():
             self._forward_handles.append(module.register_forward_hook(self._stats_hook(name)))
-        self._pre_step_handle = self.optimizer.register_step_pre_hook(self._copy_weights)
+        if self.optimizer is not None:
+            self._pre_step_handle = self.optimizer.register_step_pre_hook(self._copy_weights)
+        else:  # the weights now are those before the update from this step's gradients
+            self._before = [p.detach().clone() for _, p in self._params]
 
     def _disarm(self) -> None:
         while self._forward_handles:
@@ -258,6 +454,35 @@ class Watch:
 
     # -- writers --------------------------------------------------------------------
 
+    def _write(self, step: int, automatic: bool) -> None:
+        reporter = self._reporter
+        if reporter is None:
+            return
+        grads = [(name, p.grad.detach()) for name, p in self._params if p.grad is not None]
+        with torch.no_grad():
+            for name, p in self._params:  # the reporter bins on the tensor's device, finite values only
+                reporter.histogram(f"weights/{name}", p.detach(), step)
+            for name, g in grads:
+                reporter.histogram(f"gradients/{name}", g, step)
+            self._write_norms(grads, step)
+            if automatic and self._before is not None:
+                self._write_update_ratios(step)
+            if self.optimizer is not None and self.optimizer.param_groups:
+                lr = self.optimizer.param_groups[0].get("lr")
+                if isinstance(lr, (int, float, torch.Tensor)):
+                    reporter.scalar("train/lr", float(lr), step)
+        if automatic:
+            for layer, stats in self._stats.items():
+                mean, std, zeros = stats.tolist()
+                reporter.scalar(f"activations/{layer}/mean", mean, step)
+                reporter.scalar(f"activations/{layer}/std", std, step)
+                reporter.scalar(f"activations/{layer}/zero_fraction", zeros, step)
+            self._stats = {}
+            self._before = None
+        if self._batch is not None:
+            self._write_probe(step)
+        reporter.flush()
+
     def _write_norms(self, grads: list[tuple[str, torch.Tensor]], step: int) -> None:
         if not grads:
             return
@@ -283,10 +508,11 @@ class Watch:
         from .analyzers.cam import cams_from_pass
         from .analyzers.predictions import resolve_target, top_classes
         from .forward import run_forward
-        from .images import label_image
+        from .drawing import label_image
 
         batch, layer = self._batch, self._cam_layer
-        forward = run_forward(self.model, batch.tensor, capture=[layer.name], grad_layer=layer.name)
+        with _eager(self.model):
+            forward = run_forward(self.model, batch.tensor, capture=[layer.name], grad_layer=layer.name)
         try:
             if self._labels is None:
                 classes = top_classes(forward, 1)
@@ -313,37 +539,81 @@ class Watch:
         self._reporter.scalar("train/probe_true_class_probability", float(probs.mean()), step)
 
 
-def watch(
-    model: nn.Module | LoadedModel,
-    logdir_or_writer: Any,
-    *,
-    optimizer: torch.optim.Optimizer,
-    every: int = 100,
-    probe: torch.Tensor | InputBatch | None = None,
-    labels: Sequence[int | str] | torch.Tensor | None = None,
-    categories: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    layers: Sequence[str] | None = None,
-    cam_layer: str | None = None,
-    cam_method: str = "gradcam",
-    run_name: str | None = None,
-    start_step: int = 0,
-) -> Watch:
-    """Log the training of ``model`` into TensorBoard every ``every`` optimizer steps; use as ``with``.
+watch = Watch
+"""``watch(model, logdir_or_writer, *, optimizer=None, probe=None, labels=None, options=WatchOptions(), **settings)``:
+the :class:`Watch` class under the name used in ``with introspect.watch(...) as w``."""
 
-    ``logdir_or_writer``: a log directory (a new run ``<model>-<time>`` or ``run_name`` is
-    made in it), an :class:`introspect.reporter.Reporter`, or a
-    ``torch.utils.tensorboard.SummaryWriter``. ``probe``: a normalised image batch
-    (N, 3, H, W) (or an ``InputBatch``) whose CAM for its ``labels`` (class indices, or
-    names in ``categories``) is drawn at each logging step; ``mean``/``std`` are the
-    normalisation it carries (ImageNet's by default), to draw the photos. ``layers``
-    overrides the stage layers whose activation statistics are logged. See the module
-    docstring for every tag, the step numbering and what is measured when.
-    """
-    return Watch(model, logdir_or_writer, optimizer=optimizer, every=every, probe=probe, labels=labels,
-                 categories=categories, mean=mean, std=std, layers=layers, cam_layer=cam_layer,
-                 cam_method=cam_method, run_name=run_name, start_step=start_step)
+
+def _merge_options(options: WatchOptions, settings: dict[str, Any]) -> WatchOptions:
+    """``options`` with the fields named in ``settings`` replaced; an unknown name is an ArgumentTypeError."""
+    if not isinstance(options, WatchOptions):
+        raise ArgumentTypeError(f"options= must be a WatchOptions, got {type(options).__name__}", parameter="options")
+    fields = [f.name for f in dataclasses.fields(WatchOptions)]
+    unknown = [name for name in settings if name not in fields]
+    if unknown:
+        raise ArgumentTypeError(f"watch() has no setting {unknown[0]}=: the settings are {', '.join(fields)} "
+                                "(and optimizer=, probe=, labels=, options=)", parameter=unknown[0])
+    return dataclasses.replace(options, **settings) if settings else options
+
+
+def _training_module(module: nn.Module) -> tuple[nn.Module, bool]:
+    """(the module whose parameters and layers are named, whether compiled code runs its forward)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # a compiled model has imported it already
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    compiled = False
+    while True:
+        if isinstance(module, (DistributedDataParallel, DataParallel)):
+            module = module.module
+        elif optimized is not None and isinstance(module, optimized):
+            module, compiled = module._orig_mod, True
+        else:
+            break
+    compiled = compiled or any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())
+    return module, compiled
+
+
+@contextmanager
+def _eager(module: nn.Module) -> Iterator[None]:
+    """Run the modules compiled in place (``module.compile()``) eagerly inside: the probe's hooks and eval mode
+    must not send the training's compiled code into recompiling."""
+    compiled = [(m, m._compiled_call_impl) for m in module.modules()
+                if getattr(m, "_compiled_call_impl", None) is not None]
+    try:
+        for m, _ in compiled:
+            m._compiled_call_impl = None
+        yield
+    finally:
+        for m, impl in compiled:
+            m._compiled_call_impl = impl
+
+
+def _is_rank_zero() -> bool:
+    """Rank 0 of the default process group; before it is initialised, torchrun's ``RANK`` (0 when unset)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+class _Callback:
+    """A callable that a weak reference can follow (the engine holds the only strong one)."""
+
+    __slots__ = ("function", "__weakref__")
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def __call__(self) -> None:
+        self.function()
+
+
+def _queue_at_end_of_backward(callback: Any) -> None:
+    """Run ``callback`` when the running backward has finished, after every callback queued so far or later
+    from a hook (DistributedDataParallel queues its gradient all-reduce's completion so, from a hook)."""
+    engine = torch.autograd.Variable._execution_engine  # the queue DDP and FSDP use for the same purpose
+    engine.queue_callback(lambda: engine.queue_callback(callback))
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -363,10 +633,12 @@ def _probe_batch(probe: Any, loaded: LoadedModel | None, mean: Sequence[float] |
     if isinstance(probe, InputBatch):
         return probe
     if not isinstance(probe, torch.Tensor):
-        raise UsageError(f"probe must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}")
+        raise ArgumentTypeError(f"probe= must be a normalised image tensor (N, 3, H, W), got {type(probe).__name__}",
+                                parameter="probe")
     tensor = probe.detach().unsqueeze(0) if probe.ndim == 3 else probe.detach()
     if tensor.ndim != 4 or tensor.shape[1] != 3 or tensor.shape[0] == 0:
-        raise UsageError(f"probe must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}")
+        raise ArgumentError(f"probe= must be a normalised image tensor (N, 3, H, W), got shape {tuple(probe.shape)}",
+                            parameter="probe")
     transform = loaded.transform if loaded is not None else None
     mean = mean if mean is not None else getattr(transform, "mean", IMAGENET_MEAN)
     std = std if std is not None else getattr(transform, "std", IMAGENET_STD)
@@ -381,12 +653,14 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
         labels = labels.detach().cpu().reshape(-1).tolist()
     items = list(labels)
     if len(items) != count:
-        raise UsageError(f"labels has {len(items)} entries for {count} probe images: give one class per image")
+        raise ArgumentError(f"labels= has {len(items)} entries for {count} probe images: give one class per image",
+                            parameter="labels")
     for item in items:
         if isinstance(item, str) and not item.strip().lstrip("-").isdigit() and not categories:
-            raise UsageError(f"label {item!r} is a class name but no categories were given: pass categories=...")
+            raise ArgumentError(f"labels= entry {item!r} is a class name but no categories were given: pass "
+                                "categories=...", parameter="labels")
         if isinstance(item, int) and item < 0:
-            raise UsageError(f"label {item} is negative: class indices start at 0")
+            raise ArgumentError(f"labels= entry {item} is negative: class indices start at 0", parameter="labels")
     return [int(i) if isinstance(i, (int, np.integer)) else i for i in items]
 
 
@@ -396,7 +670,8 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
 
     if isinstance(target, Reporter):
         if target.closed:
-            raise UsageError(f"the Reporter for {target.run_dir} is closed: pass an open one or a log directory")
+            raise StateError(f"logdir_or_writer= is the closed Reporter of {target.run_dir}: pass an open one or a "
+                             "log directory", parameter="logdir_or_writer")
         return target, False
     if isinstance(target, (str, Path)):
         name = loaded.name if loaded is not None else type(module).__name__
@@ -404,6 +679,7 @@ def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None
     try:
         return Reporter.from_writer(target), False
     except TypeError:
-        raise UsageError(
-            f"cannot log to a {type(target).__name__}: pass a log directory, a Reporter or a SummaryWriter"
+        raise ArgumentTypeError(
+            f"logdir_or_writer= cannot be a {type(target).__name__}: pass a log directory, a Reporter or a "
+            "SummaryWriter", parameter="logdir_or_writer"
         ) from None

@@ -278,8 +278,8 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
 # -- the dataset audit: the synthetic task written to disk ----------------------------
 
 def synthetic_task():
-    """The synthetic task's module (the one import of it for the audit tests: it is moving to introspect.testing)."""
-    from introspect import synthetic
+    """The synthetic task's module (the one import of it for the audit tests)."""
+    from introspect.testing import synthetic
 
     return synthetic
 

@@ -11,7 +11,7 @@ import functools
 import torch
 from torch import nn
 
-from introspect.synthetic import SyntheticDataset, train_reference_model
+from introspect.testing.synthetic import SyntheticDataset, train_reference_model
 
 
 @functools.lru_cache(maxsize=1)

@@ -65,7 +65,7 @@ def reference_class(method: str):
     """The pytorch-grad-cam class whose maps introspect's ``method`` must equal."""
     import pytorch_grad_cam
 
-    return _sign_corrected_references().get(method) or getattr(pytorch_grad_cam, CAM_METHODS[method].reference)
+    return _sign_corrected_references().get(method) or getattr(pytorch_grad_cam, CAM_METHODS[method].delegate)
 
 
 def photo_batch(paths, size: int) -> torch.Tensor:
@@ -298,7 +298,7 @@ def test_gradient_methods_write_nothing_into_grad(small_model, photos):
     handles = [p.register_post_accumulate_grad_hook(lambda p, name=name: accumulated.append(name))
                for name, p in model.named_parameters()]
     try:
-        gradient_methods = [n for n, m in CAM_METHODS.items() if m.single_pass and m.uses_gradients]
+        gradient_methods = [n for n, m in CAM_METHODS.items() if not m.delegated and m.uses_gradients]
         our_maps(model, inputs, ",".join(gradient_methods))
         assert accumulated == []
         assert all(p.grad is None for p in model.parameters())

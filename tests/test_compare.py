@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
-from introspect.images import label_image
+from introspect.drawing import label_image
 from introspect.inputs import prepare_inputs
 
 

@@ -11,7 +11,7 @@ import introspect
 from introspect.analyzers.filters import default_filter_layers
 from introspect.cli import main
 from introspect.errors import UnknownLayerError, UsageError
-from introspect.images import label_image
+from introspect.drawing import label_image
 
 
 def test_activation_maximisation_raises_the_filters_activation(tiny_cnn):

@@ -15,19 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from introspect import images
+from introspect import drawing, images
+from introspect.drawing import colorize, label_image, normalize01, overlay, tile_grid
 from introspect.errors import ImageError, IntrospectWarning, UsageError
 from introspect.images import (
     IMAGE_SUFFIXES,
-    colorize,
     find_images,
-    label_image,
     load_image,
     load_images,
-    normalize01,
-    overlay,
     preprocess,
-    tile_grid,
     to_display,
 )
 
@@ -601,16 +597,21 @@ def test_property_any_saved_image_loads_and_preprocesses(w, h, mode_fmt, seed, k
     assert torch.isfinite(x).all()
 
 
-def test_module_imports_stay_lean():
+def _top_level_imports(module) -> set[str]:
     import ast
 
-    tree = ast.parse(Path(images.__file__).read_text())
+    tree = ast.parse(Path(module.__file__).read_text())
     top = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
             top |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
+    return top
+
+
+def test_module_imports_stay_lean():
+    top = _top_level_imports(images)
     assert "matplotlib" not in top
     assert top - {"__future__", "math", "re", "threading", "warnings", "collections", "pathlib", "typing"} == {
         "numpy",
@@ -618,3 +619,11 @@ def test_module_imports_stay_lean():
         "PIL",
         "introspect",
     }
+
+
+def test_drawing_is_pure_and_lean():
+    """drawing.py draws arrays: no torch, no file loading, matplotlib only inside colorize."""
+    top = _top_level_imports(drawing)
+    assert top - {"__future__", "math", "collections"} == {"numpy", "PIL", "introspect"}
+    assert not {"load_image", "load_images", "find_images", "preprocess"} & set(vars(drawing))
+    assert not {"colorize", "overlay", "tile_grid", "label_image", "labelled_row"} & set(vars(images))

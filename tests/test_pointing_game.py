@@ -1,6 +1,6 @@
 """The pointing game on the synthetic task: each gradient-family CAM of the true class peaks on the object.
 
-The reference model of :mod:`introspect.synthetic` is trained once per test process
+The reference model of :mod:`introspect.testing.synthetic` is trained once per test process
 (tests/synthetic_reference.py); its held-out set has 200 images whose deciding
 object's box is known. A hit is a map peak inside the box (no margin).
 """
@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_untouched, model_state
 
-from introspect import pointing_game, synthetic
-from introspect.analyzers.pointing import GRADIENT_METHODS, SINGLE_PASS_METHODS
+from introspect import pointing_game
+from introspect.testing import synthetic
+from introspect.analyzers.pointing import GRADIENT_METHODS, COMPUTED_METHODS
 from introspect.records import PointingGame
 
 GOOD_METHODS = GRADIENT_METHODS
@@ -25,13 +26,13 @@ def game(trained_synthetic) -> PointingGame:
     model, test_set = trained_synthetic
     before = model_state(model)
     result = pointing_game(model, synthetic.normalize(test_set.images), test_set.labels, test_set.boxes,
-                           SINGLE_PASS_METHODS, batch_size=64)
+                           COMPUTED_METHODS, batch_size=64)
     assert_untouched(before, model)
     return result
 
 
 def test_every_single_pass_method_is_played(game: PointingGame) -> None:
-    assert set(GRADIENT_METHODS) < set(game.methods) == set(SINGLE_PASS_METHODS)
+    assert set(GRADIENT_METHODS) < set(game.methods) == set(COMPUTED_METHODS)
     assert {"eigencam", "fem"} <= set(game.methods)
     assert game.count == 200 and game.peaks.shape == (len(game.methods), 200, 2)
     assert game.peaks.min() >= 0 and game.peaks.max() < 64

@@ -17,7 +17,7 @@ from conftest import assert_untouched, model_state, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
-from introspect import synthetic
+from introspect.testing import synthetic
 from introspect.analyzers.cam import cam_layer_choice, cams_from_pass
 from introspect.analyzers.quality import cam_quality, rank_map
 from introspect.forward import run_forward

@@ -106,9 +106,10 @@ def test_new_run_dir_never_reuses_a_directory(tmp_path: Path) -> None:
 def test_new_run_dir_unwritable_logdir_raises_output_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a directory")
-    with pytest.raises(OutputError, match="choose another --logdir") as info:
+    with pytest.raises(OutputError, match="choose another logdir") as info:
         new_run_dir(blocker / "logs", None, "m")
     assert info.value.exit_code == 2
+    assert info.value.parameter == "logdir" and f"logdir={str(blocker / 'logs')!r}" in str(info.value)
 
 
 # -- lazy import -----------------------------------------------------------------------

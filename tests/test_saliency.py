@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import introspect
-from introspect.analyzers.saliency import saliency_from_batch
+from introspect.analyzers.saliency import saliency_from_pass
 from introspect.errors import UnknownMethodError
 from introspect.inputs import prepare_inputs
 from introspect.layers import LayerChoice
@@ -98,11 +98,11 @@ def test_guided_gradcam_is_guided_times_gradcam_map(tiny_cnn):
         np.testing.assert_allclose(combined.maps[j].gradient, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_saliency_from_batch_on_inplace_relu_resnet(tiny_cnn):
+def test_saliency_from_pass_on_inplace_relu_resnet(tiny_cnn):
     model = tiny_cnn()  # torchvision ResNet: every ReLU is inplace=True
     batch = prepare_inputs(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)))  # layer4: 2x2
     before = model_state(model)
-    results = saliency_from_batch(model, batch, ["vanilla", "guided", "guidedgradcam"],
+    results = saliency_from_pass(model, batch, ["vanilla", "guided", "guidedgradcam"],
                                   torch.tensor([[1], [2]]), [f"c{i}" for i in range(10)], LayerChoice("layer4"))
     assert_untouched(before, model)
     assert [(r.method, r.image_name) for r in results] == [

@@ -1,4 +1,4 @@
-"""Tests of the synthetic task and its reference model (introspect.synthetic).
+"""Tests of the synthetic task and its reference model (introspect.testing.synthetic).
 
 The last tests train the reference model once per session (about 35 s of
 CPU time, one thread) and check its held-out accuracy and a hand-made
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.resnet import ResNet
 
-from introspect import synthetic
-from introspect.synthetic import (
+from introspect.testing import synthetic
+from introspect.testing.synthetic import (
     MEAN,
     SHAPE_CLASSES,
     STD,

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import introspect
-from introspect.errors import UsageError
+from introspect.errors import ArgumentError, ArgumentTypeError, UsageError
 from introspect.reporter import Reporter, new_run_dir
 from introspect.watch import Watch
 
@@ -195,7 +195,7 @@ def test_probe_cams_are_written_at_each_logging_step_and_change_as_the_model_lea
         assert not np.array_equal(frames[0], frames[-1])
     assert steps_of(acc.Scalars("train/probe_true_class_probability")) == [3, 6, 9]
     # the last frame is the project's CAM of the true class, on the final model
-    from introspect.images import label_image
+    from introspect.drawing import label_image
     from introspect.watch import _enlarge
 
     for i, label in enumerate(labels):
@@ -259,8 +259,8 @@ def test_a_summary_writer_is_wrapped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"every": 0}, "every must be"),
-    ({"every": 2.5}, "every must be"),
+    ({"every": 0}, "every=0 must be"),
+    ({"every": 2.5}, "every=2.5 must be"),
     ({"optimizer": "adam"}, "Optimizer"),
     ({"probe": torch.zeros(2, 3, 8, 8), "labels": [0]}, "1 entries for 2 probe images"),
     ({"labels": [0]}, "without probe"),
@@ -277,7 +277,7 @@ def test_usage_errors(tmp_path: Path, kwargs, message) -> None:
 
 def test_an_unknown_writer_is_a_usage_error(tmp_path: Path) -> None:
     model, opt = fresh()
-    with pytest.raises(UsageError, match="log directory, a Reporter or a SummaryWriter"):
+    with pytest.raises(UsageError, match="logdir_or_writer= cannot be a object: pass a log directory, a Reporter or a"):
         introspect.watch(model, object(), optimizer=opt)
 
 
@@ -359,3 +359,254 @@ def test_watch_accepts_a_loaded_model(tmp_path: Path) -> None:
         train_steps(model, opt, make_data(1))
     assert w.run_dir.name.startswith("tiny-")
     assert steps_of(load(w.run_dir).Images("cam/probe/1")) == [1]
+
+
+# -- without an optimizer: steps are training backward passes -----------------------------
+
+
+def param_hook_count(model: nn.Module) -> int:
+    return sum(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}) + len(p._backward_hooks or {})
+               for p in model.parameters())
+
+
+def test_without_optimizer_steps_are_backward_passes_logged_with_their_gradients(tmp_path: Path) -> None:
+    model, opt = fresh()
+    seen: list[dict[str, dict[str, torch.Tensor]]] = []  # per step: the weights its forward used, its gradients
+
+    with introspect.watch(model, tmp_path, every=2) as w:
+        assert w.counts == "backward passes"
+        for x, y in make_data(6):
+            opt.zero_grad()
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+            nn.functional.cross_entropy(model(x), y).backward()
+            seen.append({"weights": weights, "grads": {n: p.grad.clone() for n, p in model.named_parameters()}})
+            opt.step()
+        assert w.step == 6
+    acc = load(w.run_dir)
+    for tag in ["train/grad_norm", "train/update_ratio"]:
+        assert steps_of(acc.Scalars(tag)) == [2, 4, 6], tag
+    assert "train/lr" not in acc.Tags()["scalars"]  # no optimizer, no learning rate
+    for step in (2, 4, 6):
+        grads, weights = seen[step - 1]["grads"], seen[step - 1]["weights"]
+        total = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
+        assert acc.Scalars("train/grad_norm")[step // 2 - 1].value == pytest.approx(total, rel=1e-5)
+        for name in ("features.0.weight", "fc.bias"):
+            hist = acc.Histograms(f"weights/{name}")[step // 2 - 1].histogram_value
+            assert hist.sum == pytest.approx(float(weights[name].double().sum()), rel=1e-4, abs=1e-4)
+            ghist = acc.Histograms(f"gradients/{name}")[step // 2 - 1].histogram_value
+            assert ghist.max == pytest.approx(float(grads[name].max()), rel=1e-6)
+        # the update ratio: the change since the previous backward (the previous step's update)
+        before, after = seen[step - 2]["weights"], seen[step - 1]["weights"]
+        delta = math.sqrt(sum(float((after[n] - before[n]).double().pow(2).sum()) for n in after))
+        norm = math.sqrt(sum(float(a.double().pow(2).sum()) for a in after.values()))
+        assert acc.Scalars("train/update_ratio")[step // 2 - 1].value == pytest.approx(delta / norm, rel=1e-5)
+    for layer in STAGES:
+        assert steps_of(acc.Scalars(f"activations/{layer}/mean")) == [2, 4, 6]
+    assert param_hook_count(model) == 0 and hook_count(model) == 0
+
+
+def test_without_optimizer_eval_backward_autograd_grad_and_the_probe_are_not_steps(tmp_path: Path, probe) -> None:
+    images, labels = probe
+    model, opt = fresh()
+    (x, y), = make_data(1)
+    with introspect.watch(model, tmp_path, every=1, probe=images, labels=labels) as w:
+        nn.functional.cross_entropy(model(x), y).backward()  # a step (the probe CAM runs at its end)
+        assert w.step == 1
+        torch.autograd.grad(nn.functional.cross_entropy(model(x), y), list(model.parameters()))
+        model.eval()
+        nn.functional.cross_entropy(model(x), y).backward()  # eval mode: not training
+        model.train()
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward(inputs=[out])  # stops short of the parameters
+        assert w.step == 1
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert w.step == 2
+    acc = load(w.run_dir)
+    assert steps_of(acc.Images("cam/probe/0")) == [1, 2]
+    assert steps_of(acc.Scalars("train/grad_norm")) == [1, 2]
+
+
+class Branchy(nn.Module):
+    """A frozen stem and two heads of which a forward uses one: not every backward reaches every parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.stem.requires_grad_(False)
+        self.left = nn.Linear(4, 3)
+        self.right = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, right: bool = False) -> torch.Tensor:
+        features = self.stem(x).mean((2, 3))
+        return (self.right if right else self.left)(features)
+
+
+def test_without_optimizer_gradient_accumulation_frozen_and_unused_parameters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Branchy().train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    data = make_data(6, batch=4, side=8)
+    norms = []
+    with introspect.watch(model, tmp_path, every=2, layers=[]) as w:
+        for i, (x, y) in enumerate(data):  # two micro-batches per update, the second through the other head
+            nn.functional.cross_entropy(model(x, right=i % 2 == 1), y).backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norms.append(math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads)))
+            if i % 2 == 1:
+                opt.step()
+                opt.zero_grad()
+        assert w.step == 6  # every backward counts, whichever parameters it reached
+    acc = load(w.run_dir)
+    assert [(e.step, e.value) for e in acc.Scalars("train/grad_norm")] == [
+        (2, pytest.approx(norms[1], rel=1e-5)), (4, pytest.approx(norms[3], rel=1e-5)),
+        (6, pytest.approx(norms[5], rel=1e-5))]
+    histograms = set(acc.Tags()["histograms"])
+    assert {"gradients/left.weight", "gradients/right.weight"} <= histograms  # both heads' accumulated .grad
+    assert "gradients/stem.weight" not in histograms and "weights/stem.weight" in histograms  # frozen
+
+
+def test_without_optimizer_a_backward_that_fails_does_not_stop_the_counting(tmp_path: Path) -> None:
+    model, opt = fresh()
+    (x, y), = make_data(1)
+
+    def fail(grad: torch.Tensor) -> None:
+        raise RuntimeError("boom")
+
+    with introspect.watch(model, tmp_path, every=1) as w:
+        features = model.features(x)
+        features.register_hook(fail)  # reached after the head's parameters got their gradients
+        loss = nn.functional.cross_entropy(model.fc(model.dropout(model.pool(features).flatten(1))), y)
+        with pytest.raises(RuntimeError, match="boom"):
+            loss.backward()
+        assert model.fc.weight.grad is not None and w.step == 0  # the head was reached, the backward failed
+        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()
+        assert w.step == 2
+    assert steps_of(load(w.run_dir).Scalars("train/grad_norm")) == [1, 2]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_training_is_bit_identical_with_and_without_watch_without_optimizer(tmp_path: Path, probe,
+                                                                            every: int) -> None:
+    images, labels = probe
+    data = make_data(6)
+
+    plain, opt = fresh(seed=3)
+    torch.manual_seed(7)
+    train_steps(plain, opt, data)
+
+    watched, opt = fresh(seed=3)
+    torch.manual_seed(7)
+    with introspect.watch(watched, tmp_path, every=every, probe=images, labels=labels) as w:
+        train_steps(watched, opt, data)
+    assert w.step == 6
+
+    plain_state, watched_state = plain.state_dict(), watched.state_dict()
+    for key, value in plain_state.items():
+        assert torch.equal(value, watched_state[key]), key
+    for (name, p), q in zip(plain.named_parameters(), watched.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    assert int(watched_state["features.1.num_batches_tracked"]) == 6
+    assert param_hook_count(watched) == 0
+
+
+# -- one signature ---------------------------------------------------------------------------
+
+
+def test_options_and_keyword_settings_are_the_same_settings(tmp_path: Path) -> None:
+    import dataclasses
+    import inspect
+
+    from introspect.watch import WatchOptions, WatchSettings
+
+    assert introspect.watch is Watch
+    assert set(WatchSettings.__annotations__) == {f.name for f in dataclasses.fields(WatchOptions)}
+    parameters = inspect.signature(Watch).parameters
+    assert [p.name for p in parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD] == ["model",
+                                                                                          "logdir_or_writer"]
+    model, opt = fresh()
+    w = introspect.watch(model, tmp_path, options=WatchOptions(every=3, run_name="a"), every=5)
+    assert w.every == 5 and w.options == WatchOptions(every=5, run_name="a") and w.run_dir.name == "a"
+    w.close()
+    assert WatchOptions(layers=["features.2"]).layers == ("features.2",)
+    assert WatchOptions(layers="features.2, features.6").layers == ("features.2", "features.6")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"evry": 2}, ArgumentTypeError, "no setting evry="),
+    ({"options": {"every": 2}}, ArgumentTypeError, "options= must be a WatchOptions"),
+    ({"start_step": -1}, ArgumentError, "start_step=-1 must be"),
+    ({"categories": "cat"}, ArgumentTypeError, "categories='cat' must be a sequence"),
+    ({"cam_method": "nope", "probe": torch.zeros(1, 3, 8, 8)}, introspect.errors.UnknownMethodError, "nope"),
+])
+def test_setting_errors_name_the_parameter(tmp_path: Path, kwargs, error, message) -> None:
+    model, _ = fresh()
+    with pytest.raises(error, match=message) as raised:
+        introspect.watch(model, tmp_path, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(raised.value, UsageError)
+    if error is not introspect.errors.UnknownMethodError:
+        assert raised.value.parameter == next(iter(kwargs))  # the CLI maps it to its flag
+
+
+def test_without_optimizer_a_frozen_model_is_a_usage_error(tmp_path: Path) -> None:
+    model, opt = fresh()
+    model.requires_grad_(False)
+    with pytest.raises(UsageError, match="no parameter that requires grad"):
+        introspect.watch(model, tmp_path)
+    with introspect.watch(model, tmp_path, optimizer=opt):  # with an optimizer it counts its steps
+        pass
+
+
+def test_a_rank_other_than_0_counts_but_writes_nothing(tmp_path: Path, probe, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = probe
+    monkeypatch.setenv("RANK", "1")  # torchrun's rank, before (or without) a process group
+    model, opt = fresh()
+    with introspect.watch(model, tmp_path, every=1, probe=images, labels=labels) as w:
+        train_steps(model, opt, make_data(2))
+        w.scalar("loss", 1.0)
+        w.log()
+    assert not w.writes and w.run_dir is None and w.reporter is None and w.step == 2
+    assert list(tmp_path.iterdir()) == []
+    assert hook_count(model) == 0 and param_hook_count(model) == 0
+    with pytest.raises(UsageError, match="every=0"):  # the settings are checked on every rank alike
+        introspect.watch(model, tmp_path, every=0)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_without_optimizer_checkpointed_segments_are_one_step(tmp_path: Path, reentrant: bool) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    model, opt = fresh()
+    norms = []
+    with introspect.watch(model, tmp_path, every=1, layers=[]) as w:
+        for x, y in make_data(3):
+            opt.zero_grad()
+            x = x.requires_grad_(True)  # the reentrant variant needs an input that requires grad
+            features = model.features[4:](checkpoint(model.features[:4], x, use_reentrant=reentrant))
+            nn.functional.cross_entropy(model.fc(model.pool(features).flatten(1)), y).backward()
+            norms.append(math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters())))
+            opt.step()
+        assert w.step == 3  # the nested backward of a reentrant checkpoint is part of its step
+    assert [e.value for e in load(w.run_dir).Scalars("train/grad_norm")] == pytest.approx(norms, rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"probe": [1, 2]}, r"probe= must be a normalised image tensor \(N, 3, H, W\), got list"),
+    ({"probe": torch.zeros(2, 1, 8, 8)}, r"probe= must be .* got shape \(2, 1, 8, 8\)"),
+    ({"probe": torch.zeros(1, 3, 8, 8), "labels": [-1]}, "labels= entry -1 is negative"),
+])
+def test_probe_errors_name_the_parameter(tmp_path: Path, kwargs, message) -> None:
+    model, _ = fresh()
+    with pytest.raises(UsageError, match=message):
+        introspect.watch(model, tmp_path, **kwargs)
+
+
+def test_a_closed_reporter_and_a_non_module_are_usage_errors(tmp_path: Path) -> None:
+    model, _ = fresh()
+    reporter = Reporter(new_run_dir(tmp_path, "closed", "m"))
+    reporter.close()
+    with pytest.raises(UsageError, match="logdir_or_writer= is the closed Reporter"):
+        introspect.watch(model, reporter)
+    with pytest.raises(UsageError, match="model= must be a torch.nn.Module"):
+        introspect.watch("resnet18", tmp_path)

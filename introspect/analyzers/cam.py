@@ -1,13 +1,17 @@
 """Class activation maps: Grad-CAM and its family, with one registry of methods.
 
-Methods that need only the target layer's activation and its gradient (the
-gradient family, and EigenCAM/FEM that need the activation alone) are computed
-here from one shared forward pass (:mod:`introspect.forward`): gradients flow only
-from the class scores back to the target layer, for every class and image at once.
-Their maps equal pytorch-grad-cam's (same formulas, same normalisation, same
-bilinear resize). Methods that need many forward passes (Score-CAM, Ablation-CAM,
-FullGrad, ...) are delegated to pytorch-grad-cam, batched over classes, inside
-:func:`introspect.hooks.inspecting` so the model comes back untouched.
+Each method is either *computed here* or *delegated*:
+
+- computed here (``CamMethod.compute`` is a formula): methods that need only the
+  target layer's activation and its gradient (the gradient family, and EigenCAM/FEM
+  that need the activation alone) are computed from one shared forward pass
+  (:mod:`introspect.forward`): gradients flow only from the class scores back to the
+  target layer, for every class and image at once. Their maps equal pytorch-grad-cam's
+  (same formulas, same normalisation, same bilinear resize).
+- delegated (``CamMethod.compute`` is None): methods that need many forward passes
+  (Score-CAM, Ablation-CAM, FullGrad, ...) are run by pytorch-grad-cam's class
+  ``CamMethod.delegate``, batched over classes, inside
+  :func:`introspect.hooks.inspecting` so the model comes back untouched.
 """
 
 from __future__ import annotations
@@ -21,36 +25,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import IntrospectWarning, UnknownMethodError
+from ..errors import IntrospectWarning, MethodFailedError, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, cam_target_layer, resolve_layer, to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import CamMap, CamResult
 from .predictions import class_name, top_classes
+from ..options import CamOptions
 
-__all__ = ["CamMethod", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam", "cams_from_pass",
-           "cam_maps", "cam_layer_choice", "needs_layer_gradient"]
+__all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
+           "cams_from_pass", "cam_maps", "cam_layer_choice", "needs_layer_gradient", "normalize_cam"]
 
-# A fast method maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
-FastCam = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+# A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
+CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class CamMethod:
-    """One CAM method: its name, what it needs, and how it is computed."""
+    """One CAM method: its name, what it needs, and who computes it.
+
+    Attributes:
+        name: the registry key (what ``methods=`` takes).
+        summary: one line for ``--help`` and the README.
+        delegate: the pytorch-grad-cam class whose maps this method's equal; it runs the
+            method when ``compute`` is None.
+        uses_gradients: whether the maps need the class score's gradient at the layer.
+        compute: the formula computed here from the shared forward pass, or None
+            when the method is delegated to pytorch-grad-cam.
+    """
 
     name: str
     summary: str
-    reference: str  # the pytorch-grad-cam class with the same maps
+    delegate: str
     uses_gradients: bool
-    fast: FastCam | None = None  # None: delegated to pytorch-grad-cam
+    compute: CamFormula | None = None
 
     @property
-    def single_pass(self) -> bool:
-        """Computed from the shared forward pass (no extra forward passes)."""
-        return self.fast is not None
+    def delegated(self) -> bool:
+        """Whether pytorch-grad-cam computes the maps (with its own forward passes)."""
+        return self.compute is None
 
 
 def _spatial_sum(x: torch.Tensor) -> torch.Tensor:
@@ -173,12 +188,26 @@ _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "grad-cam"
 
 
 def list_cam_methods() -> list[str]:
-    """Every CAM method name, in the registry's order."""
+    """Every CAM method name, in the registry's order.
+
+    Returns:
+        The keys of :data:`CAM_METHODS`.
+    """
     return list(CAM_METHODS)
 
 
 def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"gradcam,layercam"`` (or a list) -> known method names; an unknown one lists them all."""
+    """Known CAM method names from a comma-separated string or a list (aliases resolved, duplicates dropped).
+
+    Args:
+        spec: e.g. ``"gradcam,layercam"`` or ``["gradcam", "gradcam++"]``.
+
+    Returns:
+        Registry keys, in the order given.
+
+    Raises:
+        UnknownMethodError: an unknown name (the message lists them all), or none at all.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = []
     for item in items:
@@ -196,8 +225,15 @@ def parse_cam_methods(spec: str | Sequence[str]) -> list[str]:
 
 
 def needs_layer_gradient(methods: Sequence[str]) -> bool:
-    """Whether any of ``methods`` (known names) is computed here from the target layer's gradient."""
-    return any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in methods)
+    """Whether the shared forward pass must record the gradient at the target layer.
+
+    Args:
+        methods: CAM method names (registry keys).
+
+    Returns:
+        True when one of them is computed here from the layer's gradient.
+    """
+    return any(not CAM_METHODS[m].delegated and CAM_METHODS[m].uses_gradients for m in methods)
 
 
 def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
@@ -209,8 +245,16 @@ def cam_layer_choice(model: nn.Module, layer: str | None = None) -> LayerChoice:
     return LayerChoice(layer, channels_last=default.channels_last and layer.startswith("features"))
 
 
-def _normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """pytorch-grad-cam's scaling: ReLU, min-max, bilinear resize to the input, min-max again."""
+def normalize_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pytorch-grad-cam's scaling of raw maps: ReLU, min-max, bilinear resize to the input, min-max again.
+
+    Args:
+        raw: ``(..., h, w)`` raw maps.
+        size: ``(H, W)`` of the input images.
+
+    Returns:
+        float32 ``(..., H, W)`` maps in [0, 1].
+    """
     maps = torch.relu(raw.float())
     lead = maps.shape[:-2]
     flat = maps.reshape(-1, *maps.shape[-2:])
@@ -229,7 +273,7 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
     return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _fast_maps(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
+def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
                size: tuple[int, int], notes: list[str]) -> torch.Tensor:
     activation = _finite(to_nchw(forward.activations[layer.name], layer.channels_last).float(), "activations", notes)
     grads = None
@@ -239,9 +283,9 @@ def _fast_maps(method: CamMethod, forward: ForwardPass, layer: LayerChoice, clas
         grads = _finite(grads, "gradients", notes)
         if not grads.abs().amax().item() > 0:
             notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
-    raw = method.fast(activation, grads)
+    raw = method.compute(activation, grads)
     raw = _finite(raw, f"{method.name} maps", notes)
-    return _normalise(raw, size).expand(classes.shape[1], -1, -1, -1)
+    return normalize_cam(raw, size).expand(classes.shape[1], -1, -1, -1)
 
 
 def _finer_targets(logits: torch.Tensor, classes: torch.Tensor) -> list:
@@ -258,7 +302,7 @@ def _finer_targets(logits: torch.Tensor, classes: torch.Tensor) -> list:
     return targets
 
 
-def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, layer: LayerChoice,
+def _delegated_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, layer: LayerChoice,
                     classes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Maps from pytorch-grad-cam for the methods it alone offers, all classes in one batch."""
     import pytorch_grad_cam
@@ -278,13 +322,14 @@ def _reference_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
 
     maps = None
     with inspecting(model):
-        with getattr(pytorch_grad_cam, method.reference)(model=model, target_layers=[target_layer],
+        with getattr(pytorch_grad_cam, method.delegate)(model=model, target_layers=[target_layer],
                                                          reshape_transform=reshape) as explainer:
             if hasattr(explainer, "batch_size"):
                 explainer.batch_size = 64
             maps = explainer(input_tensor=repeated, targets=targets)
     if maps is None:  # pytorch-grad-cam's context manager swallows an IndexError raised inside it
-        raise RuntimeError(f"pytorch-grad-cam's {method.reference} failed with an IndexError on this model")
+        raise MethodFailedError(f"pytorch-grad-cam's {method.delegate} failed with an IndexError on this model: "
+                                "pick another method")
     maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
     return torch.from_numpy(maps).reshape(k, n, *maps.shape[-2:])
 
@@ -302,8 +347,8 @@ def cam_maps(
 ) -> dict[str, torch.Tensor]:
     """Normalised maps of every method, ``{method: (k, N, H, W)}`` in [0, 1] at ``size``, without drawing.
 
-    The single-pass methods come from ``forward`` (which captured ``layer``); the others need
-    ``model`` and ``inputs`` (pytorch-grad-cam). ``notes`` (if given) collects each method's warnings.
+    The methods computed here come from ``forward`` (which captured ``layer``); the delegated ones
+    need ``model`` and ``inputs`` (pytorch-grad-cam runs them). ``notes`` (if given) collects each method's warnings.
 
     Args:
         forward: a pass that captured ``layer`` (and recorded its gradient for the gradient family).
@@ -318,12 +363,12 @@ def cam_maps(
     for name in parse_cam_methods(methods):
         method = CAM_METHODS[name]
         method_notes = notes.setdefault(name, []) if notes is not None else []
-        if method.single_pass:
-            maps[name] = _fast_maps(method, forward, layer, classes, size, method_notes)
-        else:
+        if method.delegated:
             if model is None or inputs is None:
-                raise ValueError(f"{name} needs the model and the inputs (model=, inputs=)")
-            maps[name] = _reference_maps(method, model, inputs, layer, classes, forward.logits)
+                raise ValueError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=")
+            maps[name] = _delegated_maps(method, model, inputs, layer, classes, forward.logits)
+        else:
+            maps[name] = _maps_here(method, forward, layer, classes, size, method_notes)
     return maps
 
 
@@ -335,10 +380,29 @@ def cams_from_pass(
     layer: LayerChoice,
     classes: torch.Tensor,
     categories: Sequence[str],
-    colormap: str = "jet",
+    colormap: str = CamOptions.colormap,
 ) -> list[CamResult]:
-    """CAM results for every method and image, from a forward pass that captured ``layer``."""
-    from ..images import labelled_row, overlay
+    """CAM results for every method and image of a batch that went through the shared forward pass.
+
+    Args:
+        model: the module (delegated methods run it again).
+        forward: the pass over ``batch`` that captured ``layer`` (and recorded its gradient
+            when :func:`needs_layer_gradient` says so).
+        batch: the images.
+        methods: CAM method names.
+        layer: the target layer.
+        classes: ``(N, k)`` class indices to explain, per image.
+        categories: class names (``class N`` where missing).
+        colormap: matplotlib colormap of the overlays.
+
+    Returns:
+        One :class:`CamResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        MethodFailedError: pytorch-grad-cam failed on this model.
+    """
+    from ..drawing import labelled_row, overlay
 
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()
@@ -367,16 +431,37 @@ def cams_from_pass(
 def cam(
     model: nn.Module | LoadedModel,
     inputs: Inputs,
-    methods: str | Sequence[str] = "gradcam",
+    methods: str | Sequence[str] = CamOptions.methods,
     layer: str | None = None,
     targets: Sequence[int | str] | None = None,
-    topk: int = 3,
+    topk: int = CamOptions.topk,
     categories: Sequence[str] | None = None,
-    colormap: str = "jet",
+    colormap: str = CamOptions.colormap,
 ) -> list[CamResult]:
     """Class activation maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 
     Example: ``introspect.cam(loaded, "cat.png", "gradcam,layercam")[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: image paths, folders, PIL images or a normalised tensor (see
+            :func:`~introspect.inputs.prepare_inputs`).
+        methods: CAM method names, a list or comma-separated (see :data:`CAM_METHODS`).
+        layer: the target layer's name (default: picked from the model's structure).
+        targets: classes to explain in every image, by index or name (default: each image's top-k).
+        topk: how many top classes to explain when ``targets`` is not given.
+        categories: class names (default: the loaded model's).
+        colormap: matplotlib colormap of the overlays.
+
+    Returns:
+        One :class:`~introspect.records.CamResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        UnknownLayerError: ``layer`` is not a layer of the model.
+        TargetError: a target out of range or not a class name.
+        ImageError: an input image cannot be loaded.
+        MethodFailedError: pytorch-grad-cam failed on this model.
     """
     from .predictions import resolve_target
 
@@ -385,8 +470,8 @@ def cam(
     names = list(categories or (loaded.categories if loaded else ()))
     choice = cam_layer_choice(module, layer)
     method_names = parse_cam_methods(methods)
-    forward = run_forward(module, batch.tensor, capture=[choice.name],
-                          grad_layer=choice.name if needs_layer_gradient(method_names) else None)
+    grad_layer = choice.name if needs_layer_gradient(method_names) else None
+    forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=grad_layer)
     num_classes = forward.logits.shape[-1]
     indices = [resolve_target(t, names, num_classes) for t in targets] if targets else None
     classes = top_classes(forward, topk, indices)

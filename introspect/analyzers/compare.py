@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..inputs import InputBatch
 from ..records import CamComparison, CamResult
 
@@ -19,8 +20,18 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     :class:`~introspect.inputs.InputBatch` will do). Each row is ``1 + len(methods)``
     labelled tiles wide: "<class> <probability>" on the photo, "<method>: <class>" on
     each overlay. Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
+
+    Args:
+        results: CAM results, several methods of the same images and classes.
+        photos: image name -> uint8 ``(H, W, 3)`` pixels, or an ``InputBatch``.
+
+    Returns:
+        One :class:`~introspect.records.CamComparison` per image, in the order first seen.
+
+    Raises:
+        ArgumentError: ``photos`` lacks an image of the results.
     """
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     if isinstance(photos, InputBatch):
         photos = dict(zip(photos.names, photos.photos))
@@ -30,7 +41,8 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     comparisons = []
     for image_name, group in by_image.items():
         if image_name not in photos:
-            raise KeyError(f"no photo given for image {image_name!r}")
+            raise ArgumentError(f"photos has no photo of image {image_name!r}: give one per image of the results",
+                                parameter="photos")
         photo = np.asarray(photos[image_name], dtype=np.uint8)
         rows = min(len(r.maps) for r in group)
         tiles = []

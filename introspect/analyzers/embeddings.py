@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import ImageError, LayerError, UsageError
 from ..hooks import first_tensor, inspecting
-from ..inputs import stream_inputs, unwrap
-from ..models import LoadedModel
+from ..inputs import stream_inputs
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import EmbeddingSet
 from .predictions import class_name
 
@@ -29,7 +29,18 @@ __all__ = ["embeddings", "penultimate_source"]
 
 
 def penultimate_source(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-    """Candidates for the penultimate features: (name, module, "input"|"output"), the last one to run wins."""
+    """Candidates for the penultimate features; the last one to run in the forward pass wins.
+
+    Args:
+        model: the module.
+
+    Returns:
+        ``(name, module, "input" | "output")``: every ``nn.Linear`` (its input), or else the
+        last adaptive pooling layer (its output).
+
+    Raises:
+        UsageError: the model has neither.
+    """
     linears = [(n, m, "input") for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linears:
         return linears
@@ -38,7 +49,7 @@ def penultimate_source(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     if pools:
         return pools[-1:]
     raise UsageError(f"cannot find the penultimate features of {type(model).__name__} (it has no nn.Linear "
-                     "and no adaptive pooling layer): use a classifier that ends in a Linear layer")
+                     "and no adaptive pooling layer): use a classifier that ends in a Linear layer", parameter="model")
 
 
 def _thumbnail(photo: np.ndarray, side: int) -> np.ndarray:
@@ -58,6 +69,22 @@ def embeddings(
     """Penultimate features, predictions and thumbnails of every image file in ``images`` (files or folders).
 
     Example: ``introspect.embeddings(loaded, "sample_images/").features.shape``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        images: image files and folders (streamed, ``batch_size`` at a time).
+        batch_size: images per forward pass.
+        thumbnail_size: side of the projector's thumbnails in pixels.
+        categories: class names (default: the loaded model's).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`~introspect.records.EmbeddingSet`.
+
+    Raises:
+        UsageError: the model has no penultimate layer to read.
+        LayerError: that layer did not run.
+        ImageError: a named image cannot be loaded, or none can.
     """
     from tqdm import tqdm
 
@@ -66,7 +93,7 @@ def embeddings(
     stream = stream_inputs(images, loaded, batch_size)
     files = stream.files
     candidates = penultimate_source(module)
-    first = next(module.parameters(), None)
+    device, dtype = device_and_dtype(module)
     features, names, probs, indices, thumbs = [], [], [], [], []
     source: dict[str, object] = {}
 
@@ -89,12 +116,13 @@ def embeddings(
                 else:
                     scope.forward_hook(layer, hook_for(name, where))
             for batch in stream:
-                tensor = batch.tensor if first is None else batch.tensor.to(first.device, first.dtype)
+                tensor = batch.tensor.to(device, dtype)
                 source.clear()
                 logits = first_tensor(module(tensor)).float()
                 found = source.get("tensor")
                 if not isinstance(found, torch.Tensor):
-                    raise UsageError(f"the penultimate layer of {type(module).__name__} did not run")
+                    raise LayerError(f"the penultimate layer of {type(module).__name__} did not run: use a classifier "
+                                     "whose last nn.Linear runs in its forward pass", parameter="model")
                 features.append(found.reshape(found.shape[0], -1).float().cpu().numpy())
                 p = torch.softmax(logits, dim=-1).cpu()
                 top = p.max(dim=-1)
@@ -106,7 +134,8 @@ def embeddings(
     finally:
         bar.close()
     if not features:
-        raise UsageError("none of the images could be loaded (see the warnings); pass at least one readable photo")
+        raise ImageError("none of the images could be loaded (see the warnings); pass at least one readable photo",
+                         parameter="images")
     return EmbeddingSet(
         layer=f"{source['name']} {source['where']}",
         features=np.concatenate(features).astype(np.float32),

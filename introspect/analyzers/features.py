@@ -9,17 +9,29 @@ import torch
 from torch import nn
 
 from ..forward import ForwardPass, run_forward
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, default_feature_layers, resolve_layer
 from ..layers import to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import FeatureMap
+from ..options import FeatureOptions
 
 __all__ = ["feature_maps", "feature_maps_from_pass", "feature_layer_choices"]
 
 
 def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None) -> list[LayerChoice]:
-    """The layers asked for (checked), or the model's default stage outputs."""
+    """The layers asked for (checked), or the model's default stage outputs.
+
+    Args:
+        model: the module.
+        layers: layer names, or None for the defaults.
+
+    Returns:
+        One layer choice per layer.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model.
+    """
     defaults = default_feature_layers(model)
     if not layers:
         return defaults
@@ -30,7 +42,7 @@ def feature_layer_choices(model: nn.Module, layers: Sequence[str] | None = None)
 
 
 def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor, max_channels: int) -> FeatureMap:
-    from ..images import normalize01, tile_grid
+    from ..drawing import normalize01, tile_grid
 
     maps = to_nchw(activation[None], choice.channels_last)[0].float()  # (C, H, W)
     maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
@@ -52,8 +64,18 @@ def _feature_map(choice: LayerChoice, image_name: str, activation: torch.Tensor,
 
 
 def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Sequence[LayerChoice],
-                           max_channels: int = 64) -> list[FeatureMap]:
-    """Feature maps of every image and chosen layer from a forward pass that captured them."""
+                           max_channels: int = FeatureOptions.max_channels) -> list[FeatureMap]:
+    """Feature maps of every image and chosen layer from a forward pass that captured them.
+
+    Args:
+        forward: the shared forward pass over ``batch``.
+        batch: the images.
+        choices: the layers (captured by ``forward``).
+        max_channels: most channels drawn per map (the most active first).
+
+    Returns:
+        One :class:`~introspect.records.FeatureMap` per image and layer, images outer.
+    """
     return [
         _feature_map(choice, name, forward.activations[choice.name][n], max_channels)
         for n, name in enumerate(batch.names)
@@ -62,8 +84,22 @@ def feature_maps_from_pass(forward: ForwardPass, batch: InputBatch, choices: Seq
 
 
 def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequence[str] | None = None,
-                 max_channels: int = 64) -> list[FeatureMap]:
-    """Activations of ``layers`` (default: the model's stage outputs) for each input, as grids with stats."""
+                 max_channels: int = FeatureOptions.max_channels) -> list[FeatureMap]:
+    """Activations of ``layers`` for each input, as grids of the most active channels with statistics.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: image paths, folders, PIL images or a normalised tensor.
+        layers: layer names (default: the model's stage outputs).
+        max_channels: most channels drawn per map.
+
+    Returns:
+        One :class:`~introspect.records.FeatureMap` per image and layer, images outer.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model (or does not run).
+        ImageError: an input image cannot be loaded.
+    """
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     choices = feature_layer_choices(module, layers)

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import ArgumentError, LayerError
 from ..hooks import first_tensor, inspecting
-from ..inputs import unwrap
 from ..layers import LayerChoice, default_feature_layers, resolve_layer, to_nchw
-from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel
+from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
 from ..records import FilterGrid
+from ..options import FilterOptions
 
 __all__ = ["visualize_filters", "default_filter_layers"]
 
@@ -42,7 +42,15 @@ class _ReachedLayer(Exception):
 
 
 def default_filter_layers(model: nn.Module, count: int = 3) -> list[LayerChoice]:
-    """The first, middle and last of the model's default feature layers (``count`` of them)."""
+    """Layers evenly spread over the model's default feature layers (the first, middle and last for 3).
+
+    Args:
+        model: the module.
+        count: how many layers.
+
+    Returns:
+        At most ``count`` layer choices, in model order.
+    """
     choices = default_feature_layers(model)
     if len(choices) <= count:
         return choices
@@ -137,12 +145,13 @@ def _redirected_relus(scope, model: nn.Module, active: dict[str, bool]) -> None:
 def _pick_filters(filters: int | Sequence[int], channels: int, layer: str) -> list[int]:
     if isinstance(filters, int):
         if filters < 1:
-            raise UsageError(f"the number of filters to show must be at least 1, not {filters}")
+            raise ArgumentError(f"filters={filters} must be at least 1", parameter="filters")
         return list(range(min(filters, channels)))
     chosen = [int(f) for f in filters]
     bad = [f for f in chosen if not 0 <= f < channels]
     if bad or not chosen:
-        raise UsageError(f"filters {bad or '(none)'} are not in layer {layer} (it has channels 0 to {channels - 1})")
+        raise ArgumentError(f"filters={bad or '[]'} are not in layer {layer} (it has channels 0 to {channels - 1})",
+                            parameter="filters")
     return chosen
 
 
@@ -172,7 +181,8 @@ def _run_to_layer(model: nn.Module, module: nn.Module, choice: LayerChoice, inpu
     finally:
         handle.remove()
     if "out" not in captured:
-        raise UsageError(f"layer {choice.name} did not run in the forward pass: pick another with --filter-layers")
+        raise LayerError(f"layers={[choice.name]!r}: layer {choice.name!r} did not run in the forward pass, pick "
+                         "another", parameter="layers")
     return to_nchw(captured["out"], choice.channels_last)
 
 
@@ -184,7 +194,7 @@ def _mean_activation(maps: torch.Tensor, filters: Sequence[int]) -> torch.Tensor
 
 
 def _grid(tiles: np.ndarray, filters: Sequence[int]) -> np.ndarray:
-    from ..images import label_image, tile_grid
+    from ..drawing import label_image, tile_grid
 
     labelled = np.stack([label_image(tile, f"filter {f}") for tile, f in zip(tiles, filters)])
     return tile_grid(labelled, ncols=math.ceil(math.sqrt(len(filters))), padding=4)
@@ -193,10 +203,10 @@ def _grid(tiles: np.ndarray, filters: Sequence[int]) -> np.ndarray:
 def visualize_filters(
     model: nn.Module | LoadedModel,
     layers: Sequence[str] | None = None,
-    filters: int | Sequence[int] = 8,
-    steps: int = 64,
-    size: int | None = None,
-    budget_s: float | None = 60.0,
+    filters: int | Sequence[int] = FilterOptions.count,
+    steps: int = FilterOptions.steps,
+    size: int | None = FilterOptions.size,
+    budget_s: float | None = FilterOptions.budget_s,
     lr: float = 0.1,
     seed: int = 0,
     progress: bool = True,
@@ -206,21 +216,38 @@ def visualize_filters(
     ``size`` is the side of the synthesised images (default 96, or the model's fixed
     input size); ``budget_s`` bounds the wall-clock time of all layers together, shared
     evenly. Example: ``introspect.visualize_filters(loaded, ["layer3"], steps=32)[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        layers: layer names (default: three stage outputs).
+        filters: how many filters per layer (the first ones), or their indices.
+        steps: optimisation steps per layer.
+        size: side of the synthesised images (default 96, or the model's fixed input size).
+        budget_s: wall-clock seconds for all layers together (None: no limit).
+        lr: Adam's learning rate.
+        seed: seed of the starting noise and the augmentations.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One :class:`~introspect.records.FilterGrid` per layer.
+
+    Raises:
+        ArgumentError: ``steps`` below 1, or ``filters`` not in the layer.
+        UnknownLayerError: a name that is not a layer of the model.
+        LayerError: a layer that does not run in the forward pass.
     """
     from tqdm import tqdm
 
     module, loaded = unwrap(model)
     if steps < 1:
-        raise UsageError(f"--filter-steps must be at least 1, not {steps}")
+        raise ArgumentError(f"steps={steps} must be at least 1", parameter="steps")
     choices = _layer_choices(module, layers)
     fixed = getattr(module, "image_size", None)
     side = int(size or (fixed if isinstance(fixed, int) else 96))
     transform = loaded.transform if loaded is not None else None
     mean = torch.tensor(getattr(transform, "mean", IMAGENET_MEAN)).reshape(1, 3, 1, 1)
     std = torch.tensor(getattr(transform, "std", IMAGENET_STD)).reshape(1, 3, 1, 1)
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device, dtype = device_and_dtype(module)
     mean, std = mean.to(device, dtype), std.to(device, dtype)
     scale = _frequency_scale(side).to(device, dtype)[None, None]
     started = time.perf_counter()

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import unwrap
 from ..layers import conv_layers, resolve_layer
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import KernelGrid
 
 __all__ = ["kernel_grids", "kernel_grid"]
@@ -36,8 +35,18 @@ def _normalise_each(tiles: np.ndarray) -> np.ndarray:
 
 
 def kernel_grid(name: str, conv: nn.Conv2d, max_filters: int = 64, max_channels: int = 16) -> KernelGrid:
-    """One conv layer's weights as a grid image."""
-    from ..images import tile_grid
+    """One conv layer's weights as a grid image.
+
+    Args:
+        name: the layer's name.
+        conv: the layer.
+        max_filters: most filters shown.
+        max_channels: most input channels shown per filter.
+
+    Returns:
+        A :class:`~introspect.records.KernelGrid`.
+    """
+    from ..drawing import tile_grid
 
     weight = conv.weight.detach().float().cpu().numpy()
     out_ch, in_ch = weight.shape[:2]
@@ -64,7 +73,20 @@ def kernel_grid(name: str, conv: nn.Conv2d, max_filters: int = 64, max_channels:
 
 def kernel_grids(model: nn.Module | LoadedModel, layers: Sequence[str] | None = None, max_filters: int = 64,
                  max_channels: int = 16) -> list[KernelGrid]:
-    """Grids of every Conv2d (or of the named conv layers)."""
+    """Grids of every Conv2d (or of the named conv layers).
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        layers: layer names (default: every Conv2d); other layer types are skipped.
+        max_filters: most filters shown per layer.
+        max_channels: most input channels shown per filter.
+
+    Returns:
+        One :class:`~introspect.records.KernelGrid` per conv layer.
+
+    Raises:
+        UnknownLayerError: a name that is not a layer of the model.
+    """
     module, _ = unwrap(model)
     names = list(layers) if layers else conv_layers(module)
     grids = []

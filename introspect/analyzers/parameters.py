@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inputs import unwrap
-from ..models import LoadedModel
+from ..models import LoadedModel, unwrap
 from ..records import Histogram, ParameterSummary, ParameterTensor
 
 __all__ = ["parameter_summary", "histogram_of", "HISTOGRAM_BINS"]
@@ -106,13 +105,30 @@ def _summarise(values: torch.Tensor | np.ndarray, bins: int) -> tuple[Histogram,
 
 
 def histogram_of(values: torch.Tensor | np.ndarray, bins: int = HISTOGRAM_BINS) -> Histogram:
-    """Equal-width histogram of the finite values of a tensor or array (any shape; ``num == 0`` if none)."""
+    """Equal-width histogram of the finite values of a tensor or array.
+
+    Args:
+        values: any shape, on any device.
+        bins: number of bins.
+
+    Returns:
+        A :class:`~introspect.records.Histogram` (``num == 0`` when there is no finite value).
+    """
     return _summarise(values, bins)[0]
 
 
 def parameter_summary(model: nn.Module | LoadedModel, include_grads: bool = True,
                       bins: int = HISTOGRAM_BINS) -> ParameterSummary:
-    """One record per parameter tensor: its histogram, mean and std, and its gradient's histogram if it has one."""
+    """One record per parameter tensor: its histogram, mean and std, and its gradient's histogram if it has one.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        include_grads: also summarise each ``.grad`` that is set.
+        bins: histogram bins.
+
+    Returns:
+        A :class:`~introspect.records.ParameterSummary`.
+    """
     module, _ = unwrap(model)
     tensors = []
     with torch.no_grad():

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
 from ..hooks import inspecting
-from ..inputs import Inputs, prepare_inputs, unwrap
-from ..models import LoadedModel
+from ..inputs import Inputs, prepare_inputs
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import CamQuality, CamResult
 
 __all__ = ["cam_quality", "rank_map", "DEFAULT_PERCENT"]
@@ -46,7 +47,15 @@ DEFAULT_PERCENT = 20.0
 
 
 def rank_map(heatmap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``heatmap``'s pixel ranks scaled to [0, 1] (float32, same shape); ties are broken at random."""
+    """A map's pixel ranks scaled to [0, 1], ties broken at random.
+
+    Args:
+        heatmap: any array (NaN counts as 0).
+        rng: the generator that breaks ties.
+
+    Returns:
+        float32 ranks of the same shape: the smallest value 0, the largest 1.
+    """
     flat = np.nan_to_num(np.asarray(heatmap, dtype=np.float64)).ravel()
     order = np.lexsort((rng.random(flat.size), flat))  # by value, then by the random key
     ranks = np.empty(flat.size, dtype=np.float32)
@@ -98,14 +107,30 @@ def cam_quality(
         quality            # renders as a table, best method first
 
     The model comes back untouched; the caller's torch RNG state is kept.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: the images the results were computed on.
+        results: CAM results of those images.
+        percent: share of the map's pixels kept or removed, in (0, 100).
+        batch_size: perturbed images per forward pass.
+        seed: seed of the tie-breaking and the imputation noise.
+
+    Returns:
+        A :class:`~introspect.records.CamQuality` with one entry per method, image and class.
+
+    Raises:
+        ArgumentError: ``percent`` or ``batch_size`` out of range, or ``results`` that do not
+            belong to ``inputs``.
+        ImageError: an input image cannot be loaded.
     """
     from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     if not 0.0 < percent < 100.0:
-        raise ValueError(f"percent must be between 0 and 100 (exclusive), got {percent}")
+        raise ArgumentError(f"percent={percent} must be between 0 and 100 (exclusive)", parameter="percent")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", parameter="batch_size")
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     position = {name: i for i, name in enumerate(batch.names)}
@@ -113,12 +138,14 @@ def cam_quality(
     entries = []  # (method, image index, CamMap)
     for result in results:
         if result.image_name not in position:
-            raise ValueError(f"CAM result for image {result.image_name!r} but no such image in the inputs "
-                             f"({', '.join(batch.names)})")
+            raise ArgumentError(f"results hold a CAM of image {result.image_name!r} but no such image in the inputs "
+                                f"({', '.join(batch.names)}): give the inputs the CAMs were computed on",
+                                parameter="results")
         for entry in result.maps:
             if entry.heatmap.shape != size:
-                raise ValueError(f"{result.method} map of {result.image_name!r} is {entry.heatmap.shape}, "
-                                 f"the input is {size}: compute the CAMs on these inputs")
+                raise ArgumentError(f"results hold a {result.method} map of {result.image_name!r} of size "
+                                    f"{entry.heatmap.shape}, the input is {size}: compute the CAMs on these inputs",
+                                    parameter="results")
             entries.append((result.method, position[result.image_name], entry))
     count = len(entries)
     images = np.array([i for _, i, _ in entries], dtype=np.int64)
@@ -133,8 +160,7 @@ def cam_quality(
         metric.perturbation.imputer = _SeededImputer(metric.perturbation.imputer)
         imputers.append(metric.perturbation.imputer)
 
-    first = next(module.parameters(), None)
-    tensor = batch.tensor.to(first.device) if first is not None else batch.tensor
+    tensor = batch.tensor.to(device_and_dtype(module)[0])
     keep = np.zeros(count, dtype=np.float64)
     remove = np.zeros(count, dtype=np.float64)
     with inspecting(module), torch.random.fork_rng(devices=[]), warnings.catch_warnings():

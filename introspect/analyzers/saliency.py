@@ -23,16 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import IntrospectWarning, UnknownMethodError
+from ..errors import ArgumentError, IntrospectWarning, UnknownMethodError
 from ..hooks import first_tensor, inspecting
-from ..inputs import InputBatch, Inputs, prepare_inputs, unwrap
+from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, resolve_layer, to_nchw
-from ..models import LoadedModel
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
-from .cam import CAM_METHODS, _normalise, cam_layer_choice
+from .cam import CAM_METHODS, cam_layer_choice, normalize_cam
 from .predictions import class_name, resolve_target
+from ..options import SaliencyOptions
 
-__all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_batch", "guided_relus"]
+__all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_pass", "guided_relus"]
 
 SALIENCY_METHODS: dict[str, str] = {
     "vanilla": "|d score / d input|, max over colour channels (Simonyan et al. 2014)",
@@ -47,7 +48,17 @@ _GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
 
 
 def parse_saliency_methods(spec: str | Sequence[str]) -> list[str]:
-    """``"vanilla,guided"`` (or a list) -> known method names; an unknown one lists them all."""
+    """Known saliency method names from a comma-separated string or a list (aliases resolved, duplicates dropped).
+
+    Args:
+        spec: e.g. ``"vanilla,guided"`` or ``["guidedgradcam"]``.
+
+    Returns:
+        Keys of :data:`SALIENCY_METHODS`, in the order given.
+
+    Raises:
+        UnknownMethodError: an unknown name (the message lists them all), or none at all.
+    """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names: list[str] = []
     for item in items:
@@ -69,10 +80,17 @@ def _clamp_to_positive(module: nn.Module, grad_input: tuple, grad_output: tuple)
 
 
 def guided_relus(scope, model: nn.Module) -> int:
-    """Make every ReLU/ReLU6 of ``model`` guided for the scope's lifetime; returns how many there are.
+    """Make every ReLU/ReLU6 of ``model`` guided (positive gradients only) for the scope's lifetime.
 
     In-place ReLUs are made out-of-place (full backward hooks cannot wrap an in-place
     op); the scope puts the flag back on exit.
+
+    Args:
+        scope: the :class:`~introspect.hooks.ModelScope` of an ``inspecting(model)`` block.
+        model: the module.
+
+    Returns:
+        How many ReLU/ReLU6 modules were made guided.
     """
     count = 0
     for module in model.modules():
@@ -121,7 +139,7 @@ def _magnitude(gradient: np.ndarray) -> np.ndarray:
 
 
 def _draw_magnitude(saliency: np.ndarray) -> np.ndarray:
-    from ..images import normalize01
+    from ..drawing import normalize01
 
     hi = float(np.percentile(saliency, 99.5)) if saliency.size else 0.0
     grey = normalize01(np.clip(saliency, 0.0, hi) if hi > 0 else saliency)
@@ -135,7 +153,7 @@ def _draw_signed(gradient: np.ndarray) -> np.ndarray:
     return (np.clip(g, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def saliency_from_batch(
+def saliency_from_pass(
     model: nn.Module,
     batch: InputBatch,
     methods: Sequence[str],
@@ -144,17 +162,30 @@ def saliency_from_batch(
     layer: LayerChoice | None = None,
     probabilities: torch.Tensor | None = None,
 ) -> list[SaliencyResult]:
-    """Saliency results for every method and image of ``batch``, for the (N, k) ``classes``.
+    """Saliency results for every method and image of a batch that went through the shared forward pass.
 
-    ``layer`` is the Grad-CAM target layer (needed only for ``guidedgradcam``).
+    Args:
+        model: the module.
+        batch: the images.
+        methods: saliency method names (see :data:`SALIENCY_METHODS`).
+        classes: ``(N, k)`` class indices to explain, per image.
+        categories: class names (``class N`` where missing).
+        layer: the Grad-CAM target layer (needed only for ``guidedgradcam``).
+        probabilities: ``(N, classes)`` softmax of the shared forward pass (one more
+            forward pass when None).
+
+    Returns:
+        One :class:`SaliencyResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        ArgumentError: ``guidedgradcam`` asked for without ``layer``.
     """
-    from ..images import labelled_row
+    from ..drawing import labelled_row
 
     names = parse_saliency_methods(methods)
-    first = next(model.parameters(), None)
-    inputs = batch.tensor
-    if first is not None:
-        inputs = inputs.to(device=first.device, dtype=first.dtype)
+    device, dtype = device_and_dtype(model)
+    inputs = batch.tensor.to(device=device, dtype=dtype)
     classes = classes.to(torch.long)
     notes: list[str] = []
     gradients: dict[str, torch.Tensor] = {}
@@ -168,10 +199,11 @@ def saliency_from_batch(
         gradients["guided"] = guided
         if "guidedgradcam" in names:
             if cam_module is None:
-                raise ValueError("guidedgradcam needs the Grad-CAM target layer: pass layer=")
+                raise ArgumentError("layer=None: guidedgradcam needs the Grad-CAM target layer, pass layer=",
+                                    parameter="layer")
             a = to_nchw(activation, layer.channels_last).float()
             g = torch.stack([to_nchw(t, layer.channels_last) for t in layer_grads]).float()
-            cams = _normalise(CAM_METHODS["gradcam"].fast(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
+            cams = normalize_cam(CAM_METHODS["gradcam"].compute(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
             gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
     if probabilities is None:
         with inspecting(model), torch.inference_mode():
@@ -202,24 +234,41 @@ def saliency_from_batch(
 def saliency(
     model: nn.Module | LoadedModel,
     inputs: Inputs,
-    methods: str | Sequence[str] = "vanilla,guided,guidedgradcam",
+    methods: str | Sequence[str] = SaliencyOptions.methods,
     targets: Sequence[int | str] | None = None,
-    topk: int = 1,
+    topk: int = SaliencyOptions.topk,
     layer: str | None = None,
     categories: Sequence[str] | None = None,
 ) -> list[SaliencyResult]:
     """Input-gradient maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 
-    ``layer`` is the Grad-CAM target layer for ``guidedgradcam`` (default: the family's).
     Example: ``introspect.saliency(loaded, "cat.png", "vanilla,guided")[0].to_pil()``.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        inputs: image paths, folders, PIL images or a normalised tensor.
+        methods: saliency method names, a list or comma-separated (see :data:`SALIENCY_METHODS`).
+        targets: classes to explain in every image, by index or name (default: each image's top-k).
+        topk: how many top classes to explain when ``targets`` is not given.
+        layer: the Grad-CAM target layer for ``guidedgradcam`` (default: picked from the model).
+        categories: class names (default: the loaded model's).
+
+    Returns:
+        One :class:`~introspect.records.SaliencyResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        UnknownLayerError: ``layer`` is not a layer of the model.
+        TargetError: a target out of range or not a class name.
+        ImageError: an input image cannot be loaded.
     """
     module, loaded = unwrap(model)
     batch = prepare_inputs(inputs, loaded)
     names = list(categories or (loaded.categories if loaded else ()))
     method_names = parse_saliency_methods(methods)
     choice = cam_layer_choice(module, layer) if "guidedgradcam" in method_names else None
-    first = next(module.parameters(), None)
-    tensor = batch.tensor if first is None else batch.tensor.to(first.device)
+    device, dtype = device_and_dtype(module)
+    tensor = batch.tensor.to(device=device, dtype=dtype)
     with inspecting(module), torch.inference_mode():
         logits = first_tensor(module(tensor)).float()
     num_classes = logits.shape[-1]
@@ -228,5 +277,5 @@ def saliency(
         classes = torch.tensor(indices, dtype=torch.long).expand(logits.shape[0], -1).clone()
     else:
         classes = logits.topk(min(topk, num_classes), dim=-1).indices.cpu()
-    return saliency_from_batch(module, batch, method_names, classes, names, choice,
+    return saliency_from_pass(module, batch, method_names, classes, names, choice,
                                probabilities=torch.softmax(logits, dim=-1))

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ..hooks import inspecting
-from ..inputs import unwrap
-from ..models import LoadedModel
+from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import LayerRow, StructureSummary
 
 __all__ = ["summarize"]
@@ -50,15 +49,21 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     """The layer table of ``model`` for one input of ``input_size`` (default: the model's own, or 224).
 
     Rows go ``depth`` levels deep; a container's mult-adds are the sum of its leaf layers'.
+
+    Args:
+        model: a module or a :class:`~introspect.models.LoadedModel`.
+        input_size: side of a square input, or a full input shape ``(N, C, H, W)``.
+        depth: how many levels of submodules get rows.
+
+    Returns:
+        A :class:`~introspect.records.StructureSummary` (renders as a table).
     """
     import torchinfo
 
     module, loaded = unwrap(model)
     size = input_size or (loaded.input_size if loaded else 224)
     shape = (1, 3, size, size) if isinstance(size, int) else tuple(size)
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device, dtype = device_and_dtype(module)
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
         try:

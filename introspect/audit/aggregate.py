@@ -355,10 +355,10 @@ class Aggregates:
 
 
 def _drawing():
-    """introspect's drawing helpers (the one import of them here: they are moving to introspect.drawing)."""
-    from .. import images
+    """introspect's drawing helpers (overlay, labelled_row, tile_grid): the one import of them here."""
+    from .. import drawing
 
-    return images
+    return drawing
 
 
 def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.ndarray:

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, cam_maps, parse_cam_methods
+from ..analyzers.cam import cam_maps, needs_layer_gradient, parse_cam_methods
 from ..errors import ArgumentError, IntrospectWarning, OutputError, UsageError
 from ..forward import run_forward
 from ..hooks import first_tensor, inspecting
-from ..inputs import unwrap
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, unwrap
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
 from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
@@ -199,7 +198,7 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
     geometry = input_geometry(loaded.transform) if table is not None else None
     methods = options.methods
     choice = _pick_layer(module, options.layer)
-    needs_grad = any(CAM_METHODS[m].single_pass and CAM_METHODS[m].uses_gradients for m in methods)
+    needs_grad = needs_layer_gradient(methods)
     if resume and out_dir is None:
         raise UsageError("resume=True needs out_dir=, the run folder to continue")
 

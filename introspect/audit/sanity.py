@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, cam_maps
+from ..analyzers.cam import cam_maps, needs_layer_gradient
 from ..forward import run_forward
 from ..layers import LayerChoice
 from ..records import SanityCheck
@@ -72,7 +72,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def _maps(model: nn.Module, inputs: torch.Tensor, layer: LayerChoice, methods: Sequence[str],
           classes: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-    needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
+    needs_grad = needs_layer_gradient(methods)
     forward = run_forward(model, inputs, capture=[layer.name], grad_layer=layer.name if needs_grad else None)
     try:
         maps = cam_maps(forward, layer, methods, classes, tuple(inputs.shape[-2:]), model=model, inputs=inputs)

@@ -23,6 +23,10 @@ Colours and size (12-22 px on a 64 px image) are random, so only the pattern
 ResNet (:func:`build_model`), a deterministic CPU training loop (:func:`train`)
 and :func:`train_reference_model`.
 
+For introspect's tests and scripts (see :mod:`introspect.testing`), not the public API.
+:func:`points_in_boxes` is :func:`introspect.geometry.points_in_boxes`, the hit test of
+:meth:`introspect.records.PointingGame.hits`.
+
 Images are float32 in [0, 1]; the model expects them normalised with
 :data:`MEAN` / :data:`STD` (see :func:`normalize`), which :func:`train`,
 :func:`predict` and :func:`accuracy` do themselves.
@@ -39,6 +43,10 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from ..errors import ArgumentError
+from ..geometry import points_in_boxes
+from ..models import device_and_dtype
 
 __all__ = [
     "CLASS_NAMES",
@@ -142,11 +150,12 @@ class SyntheticShapes:
         self, image_size: int = 64, kind: str = "textures", min_size: int = 12, max_size: int = 22
     ) -> None:
         if image_size < 32:
-            raise ValueError(f"image_size must be at least 32, got {image_size}")
+            raise ArgumentError(f"image_size={image_size} must be at least 32", parameter="image_size")
         if kind not in ("textures", "shapes"):
-            raise ValueError(f"kind must be 'textures' or 'shapes', got {kind!r}")
+            raise ArgumentError(f"kind={kind!r} must be 'textures' or 'shapes'", parameter="kind")
         if not 4 <= min_size <= max_size:
-            raise ValueError(f"need 4 <= min_size <= max_size, got {min_size}, {max_size}")
+            raise ArgumentError(f"min_size={min_size}, max_size={max_size}: need 4 <= min_size <= max_size",
+                                parameter="min_size")
         scale = image_size / 64.0
         self.image_size = image_size
         self.kind = kind
@@ -290,7 +299,7 @@ class SyntheticShapes:
     def generate(self, n: int, seed: int) -> SyntheticDataset:
         """Generate ``n`` samples deterministically from ``seed``."""
         if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
+            raise ArgumentError(f"n={n} must be 0 or more", parameter="n")
         rng = np.random.default_rng(seed)
         k = self.num_classes
         labels = np.tile(np.arange(k, dtype=np.int64), -(-n // k))[:n]
@@ -402,12 +411,14 @@ def train(
     global torch RNG is left as it was). Returns the mean training loss of
     each epoch; ``log`` (e.g. ``print``) receives one line per epoch.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be positive")
+    if epochs < 1:
+        raise ArgumentError(f"epochs={epochs} must be at least 1", parameter="epochs")
+    if batch_size < 1:
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", parameter="batch_size")
     if len(train_set) == 0:
-        raise ValueError("train_set is empty")
+        raise ArgumentError("train_set is empty: give at least one sample", parameter="train_set")
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device = device_and_dtype(model)[0]
     inputs = normalize(train_set.images).to(device)
     labels = train_set.labels.to(device)
     n = len(train_set)
@@ -446,7 +457,7 @@ def train(
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Predicted labels for images in [0, 1] (runs in eval mode, restores the mode)."""
     was_training = model.training
-    device = next(model.parameters()).device
+    device = device_and_dtype(model)[0]
     images = images.to(device)
     model.eval()
     try:
@@ -509,21 +520,3 @@ def train_reference_model(
             torch.set_num_threads(previous_threads)
     model.eval()
     return model, test_set
-
-
-# ------------------------------------------------------------------------ scoring
-
-
-def points_in_boxes(peaks_yx: np.ndarray, boxes: np.ndarray | torch.Tensor, margin: int = 0) -> np.ndarray:
-    """Whether each ``(y, x)`` peak lies in its ``(x0, y0, x1, y1)`` box (exclusive).
-
-    ``peaks_yx`` is ``(N, 2)``, ``boxes`` ``(N, 4)``; the box is grown by
-    ``margin`` pixels on every side. Returns a bool array of shape ``(N,)``.
-    """
-    peaks = np.asarray(peaks_yx, dtype=np.float64).reshape(-1, 2)
-    b = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64).reshape(-1, 4)
-    if len(peaks) != len(b):
-        raise ValueError(f"{len(peaks)} peaks but {len(b)} boxes")
-    y, x = peaks[:, 0], peaks[:, 1]
-    x0, y0, x1, y1 = b[:, 0] - margin, b[:, 1] - margin, b[:, 2] + margin, b[:, 3] + margin
-    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
