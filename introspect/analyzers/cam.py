@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import IntrospectWarning, MethodFailedError, UnknownMethodError
+from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
@@ -356,7 +356,7 @@ def cam_maps(
         method_notes = notes.setdefault(name, []) if notes is not None else []
         if method.delegated:
             if model is None or inputs is None:
-                raise ValueError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=")
+                raise ArgumentError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=", parameter="model")
             maps[name] = _delegated_maps(method, model, inputs, layer, classes, forward.logits)
         else:
             maps[name] = _maps_here(method, forward, layer, classes, size, method_notes)

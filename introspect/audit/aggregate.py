@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import StateError
 from ..records import ClassAudit, PointingGame
 
 __all__ = ["BatchStats", "batch_stats", "Aggregates", "sample_indices"]
@@ -316,7 +317,7 @@ class Aggregates:
                 full.view(-1)[tensor["where"]] = tensor["values"]
                 tensor = full
             if self.dense[name].shape != tensor.shape:
-                raise ValueError(f"saved {name} has shape {tuple(tensor.shape)}, expected "
+                raise StateError(f"saved {name} has shape {tuple(tensor.shape)}, expected "
                                  f"{tuple(self.dense[name].shape)}")
             self.dense[name] = tensor.clone()
         self.wrong, self.lowest = list(state["wrong"]), list(state["lowest"])
