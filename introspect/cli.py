@@ -24,6 +24,9 @@ EXAMPLES = """examples:
   python -m introspect resnet18 --weights none --sections structure,kernels,histograms
   python -m introspect resnet18 --list-layers
   python -m introspect --list-models
+  python -m introspect resnet50 --dataset val/ --boxes val_boxes.json --cam gradcam,layercam --workers 8
+  torchrun --nproc_per_node 8 -m introspect resnet50 --dataset val/ --boxes val_boxes.json --device cuda
+  python -m introspect resnet50 --dataset val/ --resume runs/resnet50-20260101-120000
 then: tensorboard --logdir runs
 """
 
@@ -49,6 +52,14 @@ FLAGS: dict[tuple[str, str], str] = {
     ("run", "sections"): "--sections",
     ("run", "logdir"): "--logdir",
     ("run", "run_name"): "--run-name",
+    ("audit", "methods"): "--cam",
+    ("audit", "layer"): "--cam-layer",
+    ("audit", "batch_size"): "--batch-size",
+    ("audit", "num_workers"): "--workers",
+    ("audit", "boxes"): "--boxes",
+    ("audit", "sanity"): "--sanity",
+    ("audit", "dataset"): "--dataset",
+    ("audit", "resume"): "--resume",
 }
 # Parameters that only one group has: an error raised deep in the library names them alone.
 _UNAMBIGUOUS = {field: flag for (group, field), flag in FLAGS.items()
@@ -115,6 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=LoadOptions.device, help=f"cpu (default {LoadOptions.device}) or cuda")
     parser.add_argument("--input-size", type=int, default=LoadOptions.input_size,
                         help="square input size (default: the weights' crop size)")
+    from .audit.run import AuditOptions
+
+    audit = parser.add_argument_group(
+        "dataset audit", "a whole folder of images (not a per-photo report): accuracy, pointing game, per-class "
+        "figures, galleries and a per-image Parquet table; runs on several processes under torchrun")
+    audit.add_argument("--dataset", metavar="DIR",
+                       help="an ImageFolder tree (class folders named by category, WordNet id or index) or a flat "
+                            "folder (no labels); uses --cam and --cam-layer")
+    audit.add_argument("--boxes", metavar="FILE_OR_DIR",
+                       help="object boxes for the pointing game: COCO JSON, a folder of Pascal VOC XML, or a CSV "
+                            "file,x0,y0,x1,y1,label")
+    audit.add_argument("--sanity", action="store_true",
+                       help=f"model-parameter randomisation check on {AuditOptions.sanity_samples} images: flags CAM "
+                            "methods whose maps do not change when the weights are random")
+    audit.add_argument("--resume", metavar="RUN_DIR", help="continue the audit in RUN_DIR where it stopped")
+    audit.add_argument("--batch-size", type=int, metavar="N",
+                       help=f"images per forward pass (default {AuditOptions.batch_size})")
+    audit.add_argument("--workers", type=int, metavar="N",
+                       help=f"DataLoader processes decoding images (default {AuditOptions.num_workers})")
     parser.add_argument("--list-models", action="store_true", help="print the model names and exit")
     parser.add_argument("--list-layers", action="store_true", help="print MODEL's layer names and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -138,6 +168,65 @@ def _in_flags(exc: IntrospectError) -> str:
     if parameter and getattr(exc, "flag", None):
         flags[parameter] = exc.flag
     return exc.with_flags(flags).replace("introspect.list_models()", "--list-models")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """``--dataset DIR``: the dataset audit, on this process or as one rank under torchrun."""
+    import time
+    from pathlib import Path
+
+    from .audit.distributed import broadcast, init_world
+    from .audit.run import AuditOptions, audit, options_from
+    from .errors import ArgumentError
+    from .models import load_model
+    from .options import LoadOptions
+
+    if not args.dataset:
+        raise ArgumentError("resume= needs the dataset: give --dataset DIR with --resume RUN_DIR", parameter="dataset")
+    if args.image:
+        raise ArgumentError("give either --image (a per-photo report) or --dataset (an audit), not both",
+                            parameter="dataset")
+    started = time.perf_counter()
+    world = init_world(args.device)
+    try:
+        load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size)
+        options = _options("audit", options_from, methods=args.cam, layer=args.cam_layer,
+                           batch_size=args.batch_size, num_workers=args.workers, boxes=args.boxes,
+                           sanity=args.sanity or None)
+        loaded = load_model(args.model, load.weights, world.device, load.input_size)
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "audit").is_dir():
+                raise ArgumentError(f"resume={run_dir} holds no audit to continue: give the run folder an audit "
+                                    "wrote", parameter="resume")
+        else:
+            from .reporter import new_run_dir
+
+            run_dir = broadcast(new_run_dir(args.logdir, args.run_name, loaded.name) if world.is_main else None,
+                                world)
+        if world.is_main:
+            print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
+                  f"table and state in {run_dir}", file=sys.stderr)
+        result = audit(loaded, args.dataset, options=options, out_dir=run_dir, resume=bool(args.resume),
+                       world=world)
+        if result is None:  # not rank 0: rank 0 writes
+            return 0
+        from .reporter import Reporter
+
+        with Reporter(run_dir) as reporter:
+            reporter.audit(result)
+            reporter.run_info({**result.settings, "images": result.images, "skipped": result.skipped,
+                               "table": result.table,
+                               "status": f"completed in {time.perf_counter() - started:.1f} s"},
+                              list(loaded.warnings))
+        for line in result.summary_lines():
+            print(line)
+        counts = ", ".join(f"{section} {count}" for section, count in sorted(reporter.tags.items()))
+        print(f"wrote {sum(reporter.tags.values())} summaries ({counts}) and the table {result.table}")
+        print(f"open it with: tensorboard --logdir {run_dir.parent}")
+        return 0
+    finally:
+        world.close()
 
 
 def _list_layers(model_name: str, weights: str) -> None:
@@ -196,6 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_layers:
             _list_layers(args.model, args.weights)
             return 0
+        if args.dataset or args.resume:
+            return _audit(args)
+        for flag, value in (("--boxes", args.boxes), ("--sanity", args.sanity), ("--batch-size", args.batch_size),
+                            ("--workers", args.workers)):
+            if value:
+                print(f"introspect: error: {flag} belongs to a dataset audit: add --dataset DIR", file=sys.stderr)
+                return 2
         from .options import CamOptions, DetectionOptions, FeatureOptions, FilterOptions, LoadOptions, \
             SaliencyOptions
         from .report import report
@@ -224,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"introspect: error: {_one_line(_in_flags(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("introspect: interrupted; what was written so far is kept", file=sys.stderr)
+        hint = " (continue with --resume RUN_DIR)" if getattr(args, "dataset", None) else ""
+        print(f"introspect: interrupted; what was written so far is kept{hint}", file=sys.stderr)
         return 130
     except Exception as exc:  # a failure at run time: one line unless --debug
         if args.debug:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
@@ -32,6 +33,7 @@ from torch import nn
 from .errors import ArgumentError, ArgumentTypeError, OutputError, StateError
 from .tasks.records import Detections, Segmentation
 from .records import (
+    AuditResult,
     CamComparison,
     CamQuality,
     CamResult,
@@ -105,6 +107,32 @@ def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape) or "-"
 
 
+_THREAD_HOOK_LOCK = threading.Lock()
+_THREAD_HOOK_INSTALLED = False
+
+
+def _quiet_writer_thread() -> None:
+    """Keep TensorBoard's writer thread from printing a traceback when the disk is full or gone.
+
+    The thread stores its exception and the next write, flush or close on the main thread raises
+    it again, where :class:`Reporter` turns it into one :class:`OutputError` line. Other threads'
+    exceptions go to the previous hook unchanged.
+    """
+    global _THREAD_HOOK_INSTALLED
+    with _THREAD_HOOK_LOCK:
+        if _THREAD_HOOK_INSTALLED:
+            return
+        previous = threading.excepthook
+
+        def hook(args: Any) -> None:
+            if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+                return
+            previous(args)
+
+        threading.excepthook = hook
+        _THREAD_HOOK_INSTALLED = True
+
+
 class Reporter:
     """Writes records into one TensorBoard run directory.
 
@@ -115,9 +143,13 @@ class Reporter:
     def __init__(self, run_dir: str | Path, flush_secs: int = 10) -> None:
         from torch.utils.tensorboard import SummaryWriter  # lazy: the only tensorboard import
 
+        _quiet_writer_thread()
         self.run_dir = Path(run_dir)
         self.tags: dict[str, int] = {}
-        self._writer: Any = SummaryWriter(log_dir=str(self.run_dir), flush_secs=flush_secs)
+        try:
+            self._writer: Any = SummaryWriter(log_dir=str(self.run_dir), flush_secs=flush_secs)
+        except OSError as error:
+            raise self._output_error(error) from None
 
     @classmethod
     def from_writer(cls, writer: Any) -> Reporter:
@@ -149,16 +181,43 @@ class Reporter:
         """True once :meth:`close` has run."""
         return self._writer is None
 
+    def _output_error(self, error: OSError) -> OutputError:
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        return OutputError(f"cannot write the TensorBoard event file in {self.run_dir} ({reason}); the events "
+                           "written before this are kept there: free space or choose another log folder")
+
     def flush(self) -> None:
-        """Hand every queued event to the event file."""
+        """Hand every queued event to the event file (a full disk or lost folder: one OutputError)."""
         if self._writer is not None:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except OSError as error:
+                self._abandon()
+                raise self._output_error(error) from None
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Turn the writer thread's OSError (re-raised on the next write) into one OutputError."""
+        try:
+            yield
+        except OSError as error:
+            self._abandon()
+            raise self._output_error(error) from None
+
+    def _abandon(self) -> None:
+        """Drop a writer whose thread has failed (closing it would raise the same error again)."""
+        writer, self._writer = self._writer, None
+        with contextlib.suppress(Exception):
+            writer.close()
 
     def close(self) -> None:
         """Flush and close the event file. Calling it again does nothing."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()  # SummaryWriter.close flushes first
+            try:
+                writer.close()  # SummaryWriter.close flushes first
+            except OSError as error:
+                raise self._output_error(error) from None
 
     def _open_writer(self) -> Any:
         if self._writer is None:
@@ -180,7 +239,8 @@ class Reporter:
         # scheme exact by writing torch's own text proto with the tag put back.
         summary = text_summary(tag, markdown)
         summary.value[0].tag = tag
-        self._open_writer()._get_file_writer().add_summary(summary, step)
+        with self._guard():
+            self._open_writer()._get_file_writer().add_summary(summary, step)
         self._count(tag)
 
     def image(self, tag: str, image: np.ndarray, step: int = 0) -> None:
@@ -196,13 +256,15 @@ class Reporter:
         Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=1)
         height, width = image.shape[:2]
         encoded = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
-        self._open_writer()._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=encoded)]),
-                                                           step)
+        with self._guard():
+            self._open_writer()._get_file_writer().add_summary(
+                Summary(value=[Summary.Value(tag=tag, image=encoded)]), step)
         self._count(tag)
 
     def scalar(self, tag: str, value: float, step: int = 0) -> None:
         """One number."""
-        self._open_writer().add_scalar(tag, float(value), global_step=step)
+        with self._guard():
+            self._open_writer().add_scalar(tag, float(value), global_step=step)
         self._count(tag)
 
     def histogram(self, tag: str, values: np.ndarray | torch.Tensor | Histogram, step: int = 0) -> None:
@@ -214,9 +276,10 @@ class Reporter:
             values = histogram_of(values)
         if values.num == 0:  # TensorBoard cannot show an empty histogram
             return
-        self._open_writer().add_histogram_raw(
-            tag, min=values.min, max=values.max, num=values.num, sum=values.sum, sum_squares=values.sum_squares,
-            bucket_limits=values.edges[1:].tolist(), bucket_counts=values.counts.tolist(), global_step=step)
+        with self._guard():
+            self._open_writer().add_histogram_raw(
+                tag, min=values.min, max=values.max, num=values.num, sum=values.sum, sum_squares=values.sum_squares,
+                bucket_limits=values.edges[1:].tolist(), bucket_counts=values.counts.tolist(), global_step=step)
         self._count(tag)
 
     def graph(self, model: nn.Module, example_input: torch.Tensor) -> str | None:
@@ -375,6 +438,128 @@ class Reporter:
                 self._count(tag)
         self.flush()
         return can_encode
+
+    # -- the dataset audit ------------------------------------------------------------
+
+    def audit(self, result: AuditResult) -> None:
+        """Everything an :class:`AuditResult` holds, under ``audit/`` (see the README's tag table).
+
+        Scalars ``audit/accuracy/top1|top5``, ``audit/pointing/<method>``, ``audit/pointing/centre_baseline``,
+        ``audit/energy_in_box/<method>``, ``audit/sanity/<method>``; text ``audit/protocol``, ``audit/per_class``,
+        ``audit/galleries``, ``audit/sanity``, ``audit/skipped``; images ``audit/confusion_matrix``,
+        ``audit/mean_cam/<class>``, ``audit/worst_confident_wrong``, ``audit/lowest_pointing``; PR curves
+        ``audit/pr/<class>``; the projector sample ``audit/projector``; and the run's settings with the
+        headline figures in HPARAMS.
+        """
+        headline = {tag: value for tag, value in result.headline().items() if np.isfinite(value)}
+        for tag, value in headline.items():
+            self.scalar(tag, value)
+        self.text("audit/protocol", result.protocol)
+        if result.classes:
+            self.text("audit/per_class", result.per_class_markdown())
+        if result.skipped:
+            shown = "\n".join(f"- {_cell(f)}" for f in result.skipped_files)
+            self.text("audit/skipped", f"**{result.skipped} files could not be decoded and were skipped**; the "
+                                       f"first ones:\n\n{shown}")
+        if len(result.confusion_classes) > 0 and result.labelled:
+            self.image("audit/confusion_matrix", _confusion_figure(result))
+        for row, c in enumerate(result.pr_classes):
+            self._pr_curve(f"audit/pr/{_tag_part(_class(result, c))}", result.pr_positive[row],
+                           result.pr_negative[row])
+        for mean_cam in result.mean_cams:
+            self.image(f"audit/mean_cam/{_tag_part(mean_cam.class_name)}", mean_cam.image)
+        for gallery in result.galleries:
+            self.image(f"audit/{gallery.name}", gallery.image)
+        if result.galleries:
+            self.text("audit/galleries", "\n\n".join(g.to_markdown() for g in result.galleries))
+        if result.sanity is not None:
+            self.text("audit/sanity", result.sanity.to_markdown())
+            for method, row in zip(result.sanity.methods, result.sanity.correlations):
+                self.scalar(f"audit/sanity/{method}", float(row[-1]))
+        if result.sample is not None and len(result.sample):
+            self._audit_projector(result)
+        self._hparams(result.settings, headline)
+        self.flush()
+
+    def _pr_curve(self, tag: str, positive: np.ndarray, negative: np.ndarray) -> None:
+        """A precision-recall curve from score histograms: threshold i is ``i / bins``."""
+        from torch.utils.tensorboard.summary import pr_curve_raw
+
+        tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)  # images of the class scoring >= threshold
+        fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
+        fn = positive.sum() - tp
+        tn = negative.sum() - fp
+        precision = tp / np.maximum(tp + fp, 1)
+        recall = tp / np.maximum(tp + fn, 1)
+        summary = pr_curve_raw(tag, tp, fp, tn, fn, precision, recall, num_thresholds=len(positive))
+        with self._guard():
+            self._open_writer()._get_file_writer().add_summary(summary, 0)
+        self._count(tag)
+
+    def _audit_projector(self, result: AuditResult) -> None:
+        sample = result.sample
+        rows = [[_tsv_cell(v) for v in row] for row in sample.metadata()]
+        thumbnails = torch.from_numpy(sample.thumbnails).permute(0, 3, 1, 2).float() / 255.0
+        with self._guard():
+            self._open_writer().add_embedding(torch.from_numpy(sample.features), metadata=rows,
+                                              label_img=thumbnails, tag="audit/projector",
+                                              metadata_header=list(sample.METADATA_HEADER))
+        self._count("audit/projector")
+
+    def _hparams(self, settings: dict, metrics: dict[str, float]) -> None:
+        """Settings and headline figures in the HPARAMS tab of this run (not a sub-run, as add_hparams does)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()}
+        experiment, start, end = hparams(values, metrics)
+        with self._guard():
+            writer = self._open_writer()._get_file_writer()
+            for summary in (experiment, start, end):
+                writer.add_summary(summary)
+        self._count("hparams")
+
+
+def _class(result: AuditResult, index: int) -> str:
+    names = result.category_names
+    return names[index] if 0 <= index < len(names) else f"class {index}"
+
+
+def _tag_part(name: str) -> str:
+    """A class name made safe for one tag segment."""
+    return "_".join(str(name).replace("/", " ").split()) or "-"
+
+
+def _confusion_figure(result: AuditResult) -> np.ndarray:
+    """The confusion matrix (rows: true class, columns: predicted; row-normalised colours) as an RGB image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = result.confusion
+    names = [_class(result, c) for c in result.confusion_classes]
+    k = len(names)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, np.maximum(rows, 1))
+    side = min(14.0, max(4.0, 0.35 * k + 2))
+    figure = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 40:
+        axes.set_xticks(range(k), names, rotation=90, fontsize=8)
+        axes.set_yticks(range(k), names, fontsize=8)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if counts[i, j]:
+                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                                  color="white" if shares[i, j] > 0.5 else "black")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"confusion matrix: {k} classes present, top-1 {result.top1:.1%}")
+    figure.tight_layout()
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _video_encoder_available() -> bool:

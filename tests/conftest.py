@@ -273,3 +273,56 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
+
+
+# -- the dataset audit: the synthetic task written to disk ----------------------------
+
+def synthetic_task():
+    """The synthetic task's module (the one import of it for the audit tests)."""
+    from introspect.testing import synthetic
+
+    return synthetic
+
+
+def synthetic_loaded(model: nn.Module):
+    """A LoadedModel for the synthetic task's model: its 64 px inputs, its normalisation, its class names."""
+    from torchvision.transforms._presets import ImageClassification
+
+    from introspect.models import LoadedModel
+
+    task = synthetic_task()
+    size = 64
+    transform = ImageClassification(crop_size=size, resize_size=size, mean=task.MEAN, std=task.STD)
+    device = next(model.parameters()).device
+    return LoadedModel(model=model, name="synthetic", weights="trained", weights_source="tests", transform=transform,
+                       categories=tuple(task.CLASS_NAMES), input_size=size, device=device)
+
+
+def write_image_folder(dataset, root, boxes: bool = True) -> list[str]:
+    """``root/<class>/<i>.png`` for each image of a SyntheticDataset, and ``root.parent/boxes.json`` (COCO).
+
+    Returns the files relative to ``root`` in dataset order.
+    """
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    files = []
+    images, annotations = [], []
+    pixels = (dataset.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    names = dataset.class_names
+    for i, (photo, label, box) in enumerate(zip(pixels, dataset.labels.tolist(), dataset.boxes.tolist())):
+        relative = f"{names[label]}/{i:05d}.png"
+        (root / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(root / relative)
+        files.append(relative)
+        images.append({"id": i, "file_name": relative, "width": photo.shape[1], "height": photo.shape[0]})
+        x0, y0, x1, y1 = box
+        annotations.append({"id": i, "image_id": i, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    if boxes:
+        coco = {"images": images, "annotations": annotations,
+                "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
+        (root.parent / "boxes.json").write_text(json.dumps(coco))
+    return files

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import IntrospectWarning, MethodFailedError, UnknownMethodError
+from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, UnknownMethodError
 from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
@@ -36,7 +36,7 @@ from .predictions import class_name, top_classes
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
-           "cams_from_pass", "needs_layer_gradient", "normalize_cam", "cam_maps"]
+           "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_cam", "activation_maps"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -273,8 +273,8 @@ def _normalize_nd(raw: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return flat.reshape(*lead, *size)
 
 
-def cam_maps(method: str, activation: torch.Tensor, gradients: torch.Tensor | None,
-             size: Sequence[int] | None = None) -> torch.Tensor:
+def activation_maps(method: str, activation: torch.Tensor, gradients: torch.Tensor | None,
+                    size: Sequence[int] | None = None) -> torch.Tensor:
     """Maps of a method computed here, over activations of any spatial rank (2-d images, 3-d clips).
 
     Args:
@@ -375,6 +375,44 @@ def _delegated_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
     return torch.from_numpy(maps).reshape(k, n, *maps.shape[-2:])
 
 
+def cam_maps(
+    forward: ForwardPass,
+    layer: LayerChoice,
+    methods: Sequence[str],
+    classes: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    model: nn.Module | None = None,
+    inputs: torch.Tensor | None = None,
+    notes: dict[str, list[str]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Normalised maps of every method, ``{method: (k, N, H, W)}`` in [0, 1] at ``size``, without drawing.
+
+    The methods computed here come from ``forward`` (which captured ``layer``); the delegated ones
+    need ``model`` and ``inputs`` (pytorch-grad-cam runs them). ``notes`` (if given) collects each method's warnings.
+
+    Args:
+        forward: a pass that captured ``layer`` (and recorded its gradient for the gradient family).
+        layer: the CAM target layer.
+        methods: method names (see :data:`CAM_METHODS`).
+        classes: (N, k) class indices to explain.
+        size: (H, W) of the maps, normally the input's.
+    Returns:
+        One float32 tensor (k, N, H, W) per method, on the forward pass's device.
+    """
+    maps: dict[str, torch.Tensor] = {}
+    for name in parse_cam_methods(methods):
+        method = CAM_METHODS[name]
+        method_notes = notes.setdefault(name, []) if notes is not None else []
+        if method.delegated:
+            if model is None or inputs is None:
+                raise ArgumentError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=", parameter="model")
+            maps[name] = _delegated_maps(method, model, inputs, layer, classes, forward.logits)
+        else:
+            maps[name] = _maps_here(method, forward, layer, classes, size, method_notes)
+    return maps
+
+
 def cams_from_pass(
     model: nn.Module,
     forward: ForwardPass,
@@ -410,13 +448,9 @@ def cams_from_pass(
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()
     results = []
-    for name in parse_cam_methods(methods):
-        method = CAM_METHODS[name]
-        notes: list[str] = []
-        if method.delegated:
-            maps = _delegated_maps(method, model, batch.tensor, layer, classes, forward.logits)
-        else:
-            maps = _maps_here(method, forward, layer, classes, size, notes)
+    notes: dict[str, list[str]] = {}
+    all_maps = cam_maps(forward, layer, methods, classes, size, model=model, inputs=batch.tensor, notes=notes)
+    for name, maps in all_maps.items():
         maps = maps.cpu().numpy()
         for n, image_name in enumerate(batch.names):
             entries = []
@@ -429,8 +463,8 @@ def cams_from_pass(
                                       heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
             panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
-                                     image=panel, warnings=tuple(notes)))
-        for note in notes:
+                                     image=panel, warnings=tuple(notes.get(name, ()))))
+        for note in notes.get(name, ()):
             warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
     return results
 

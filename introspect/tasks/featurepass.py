@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analyzers.cam import CAM_METHODS, parse_cam_methods
-from ..errors import ImageError, UnknownLayerError, UnknownMethodError, UsageError
+from ..errors import ImageError, StateError, UnknownLayerError, UnknownMethodError, UsageError
 from ..hooks import inspecting
 from ..layers import resolve_layer
 
@@ -166,7 +166,7 @@ class FeaturePass:
     def gradients(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """d scores[n, j] / d feature map for every j at once (see :func:`batched_gradients`)."""
         if not self._recorded:
-            raise RuntimeError("this feature pass recorded no graph (gradients=False)")
+            raise StateError("this feature pass recorded no graph: run it with gradients=True")
         return batched_gradients(scores, self.leaves)
 
 
@@ -314,7 +314,7 @@ def scaled_maps(method: str, fp: FeaturePass, grads: dict[str, torch.Tensor] | N
         g = None
         if entry.uses_gradients:
             if grads is None:
-                raise RuntimeError(f"{method} needs gradients")
+                raise StateError(f"{method} needs gradients: run the feature pass with gradients=True")
             g = grads[level].to(dtype)
         raw = torch.nan_to_num(entry.compute(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
         raw = _minmax(torch.relu(raw)).expand(k, -1, -1, -1)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, cam_maps, parse_cam_methods
+from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
 from ..analyzers.predictions import class_name
 from ..errors import ImageError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
@@ -272,7 +272,7 @@ def clip_cams(
         if method.uses_gradients:
             raw = forward.gradients(classes)
             grads = torch.stack([to_ncthw(g, layer.layout, clips.tensor.shape) for g in raw]).float()
-        maps = cam_maps(name, activation, grads, size).expand(classes.shape[1], -1, -1, -1, -1).cpu().numpy()
+        maps = activation_maps(name, activation, grads, size).expand(classes.shape[1], -1, -1, -1, -1).cpu().numpy()
         shown = _sample(size[0], min(MAX_STRIP_FRAMES, size[0]))
         shown = list(dict.fromkeys(shown))
         for n, clip_name in enumerate(clips.names):

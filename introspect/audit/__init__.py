@@ -1,0 +1,11 @@
+"""Dataset audits: a whole folder of images through the model once, on one process or many (torchrun).
+
+``audit(model, "val/", options=AuditOptions(boxes="val.json"), out_dir=run)`` returns an
+:class:`~introspect.records.AuditResult`; ``Reporter(run).audit(result)`` writes it to TensorBoard.
+"""
+
+from __future__ import annotations
+
+from .run import AuditOptions, audit
+
+__all__ = ["AuditOptions", "audit"]
