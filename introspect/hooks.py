@@ -4,6 +4,9 @@
 through it, and on exit (normal, exception or Ctrl-C) removes those hooks and
 puts back each module's ``training`` flag, each parameter's ``requires_grad`` and
 ``.grad`` (the same tensor object with the same values; ``None`` stays ``None``).
+Modules compiled in place (``module.compile()``) run eagerly inside the scope, so
+the hooks and eval mode of an analysis never send the caller's compiled code into
+recompiling.
 """
 
 from __future__ import annotations
@@ -113,6 +116,9 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
     grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
     scope = ModelScope(model)
     try:
+        for module in model.modules():
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                scope.set_attribute(module, "_compiled_call_impl", None)
         if eval_mode:
             model.eval()
         yield scope
