@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
+from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
 
 __all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform",
            "unwrap", "device_and_dtype"]
@@ -401,7 +401,7 @@ def _task_input(name: str, task: str, net: nn.Module, meta_enum: Any, input_size
                                  parameter="input_size")
         # RAFT takes pixels scaled to [-1, 1] (torchvision's OpticalFlow preset).
         return size, imagenet_transform(size, size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), None
-    raise ValueError(f"no input recipe for task {task!r}")
+    raise ArgumentError(f"task={task!r} has no input recipe", parameter="task")
 
 
 def load_model(

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
 from ..layers import resolve_layer
 from ..models import LoadedModel, unwrap
 from ..records import KernelGrid
@@ -68,7 +69,7 @@ def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels:
 
     tensor = conv_weight(conv)
     if tensor is None:
-        raise ValueError(f"{name} ({type(conv).__name__}) is not a convolution")
+        raise ArgumentError(f"conv={name} ({type(conv).__name__}) is not a convolution", parameter="conv")
     full_shape = tuple(tensor.shape)
     weight = np.nan_to_num(tensor.float().cpu().numpy())
     groups = getattr(conv, "groups", 1)

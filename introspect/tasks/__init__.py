@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..errors import ArgumentError
 from .base import Task
 
 __all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names", "ALL_SECTIONS"]
@@ -23,7 +24,7 @@ TASKS: dict[str, Task] = {}
 def register_task(task: Task) -> Task:
     """Add ``task`` to the registry (its name must be new); returns it."""
     if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
+        raise ArgumentError(f"task={task.name!r} is already registered", parameter="task")
     TASKS[task.name] = task
     return task
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ArgumentError
+
 __all__ = ["Task", "SKIPPED"]
 
 #: Input kinds a task can take.
@@ -49,7 +51,7 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:
-            raise ValueError(f"input_kind must be one of {INPUT_KINDS}, not {self.input_kind!r}")
+            raise ArgumentError(f"input_kind={self.input_kind!r} must be one of {INPUT_KINDS}", parameter="input_kind")
 
     def torchvision_module(self):
         """The torchvision module object (``torchvision.models.video`` ...)."""

@@ -58,7 +58,7 @@ def run_model(model: nn.Module, inputs: object, capture: Sequence[str] = ()) -> 
     silent = [name for name in modules if name not in activations]
     if silent:
         raise UnknownLayerError(f"layer {silent[0]!r} does not run in the model's forward pass (in eval mode): "
-                                "pick another with --list-layers")
+                                "pick another (introspect.layers.layer_table lists them)", parameter="layers")
     return RawPass(output=output, activations=activations)
 
 

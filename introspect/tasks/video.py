@@ -24,7 +24,7 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
 from ..analyzers.predictions import class_name
-from ..errors import ImageError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
+from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
@@ -212,7 +212,7 @@ def to_ncthw(activation: torch.Tensor, layout: str, clip_shape: Sequence[int]) -
             if side and t * side * side == tokens - drop:
                 grid = activation[:, drop:, :].reshape(n, t, side, side, channels)
                 return grid.permute(0, 4, 1, 2, 3)
-    raise ValueError(f"cannot lay {tokens} tokens out as a (T, H, W) grid for a {t_in}-frame clip")
+    raise LayerError(f"cannot lay {tokens} tokens out as a (T, H, W) grid for a {t_in}-frame clip")
 
 
 def clip_predictions(logits: torch.Tensor, names: Sequence[str], categories: Sequence[str],
