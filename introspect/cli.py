@@ -176,7 +176,7 @@ def _audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .audit.distributed import broadcast, init_world
-    from .audit.run import AuditOptions, audit, options_from
+    from .audit.run import audit, options_from
     from .errors import ArgumentError
     from .models import load_model
     from .options import LoadOptions
