@@ -556,7 +556,7 @@ def _confusion_figure(result: AuditResult) -> np.ndarray:
                                   color="white" if shares[i, j] > 0.5 else "black")
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
-    axes.set_title(f"confusion matrix: {k} classes present, top-1 {result.top1:.1%}")
+    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {result.top1:.1%}", fontsize=10)
     figure.tight_layout()
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
