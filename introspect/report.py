@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,23 +145,10 @@ def report(
             ctx.state["example_input"] = batch.tensor[:1]
         run_dir = new_run_dir(logdir, run_name, loaded.name)
 
-        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={})
-        info: dict[str, object] = {
-            "model": loaded.name,
-            "weights": loaded.weights,
-            "weights from": loaded.weights_source,
-            "images": ", ".join(str(p) for p in image_list) or "none",
-            "input size": loaded.input_size,
-            "device": str(loaded.device),
-            "sections": ", ".join(chosen_names),
-            **_task_info(task, skipped),
-            **ctx.info,
-            "versions": _versions(),
-            "command": " ".join(sys.argv),
-        }
-        status = "failed"
+        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions)
+        info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **ctx.info}
         ctx.reporter = Reporter(run_dir)
-        try:
+        with _recorded(ctx.reporter, info, summary, caught, started):
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
                 section.run(ctx)
@@ -180,24 +168,51 @@ def report(
             if image_list:
                 for section in (s for s in chosen if s.stage == "images"):
                     section.run(ctx)
-            status = "completed"
-        except KeyboardInterrupt:
-            status = "interrupted (Ctrl-C)"
-            raise
-        except Exception as exc:
-            status = f"failed: {type(exc).__name__}: {exc}"
-            raise
-        finally:
-            summary.predictions = ctx.predictions
-            summary.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-            summary.seconds = time.perf_counter() - started
-            info["status"] = f"{status} in {summary.seconds:.1f} s"
-            try:
-                ctx.reporter.run_info(info, summary.warnings)
-            finally:
-                ctx.reporter.close()
-            summary.tags = dict(ctx.reporter.tags)
     return summary
+
+
+def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: Task,
+               skipped: dict[str, str]) -> dict[str, object]:
+    """The first lines of ``run/info``: the model, its weights, the images, the device, the sections."""
+    return {
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "weights from": loaded.weights_source,
+        "images": ", ".join(str(p) for p in image_list) or "none",
+        "input size": loaded.input_size,
+        "device": str(loaded.device),
+        "sections": ", ".join(chosen),
+        **_task_info(task, skipped),
+    }
+
+
+@contextmanager
+def _recorded(reporter, info: dict[str, object], summary: RunSummary, caught: list, started: float):
+    """Run the body; however it ends, write ``run/info`` with the status, warnings and time, then close.
+
+    What was written before a failure or Ctrl-C stays readable, and ``run/info`` says how the run ended.
+    """
+    info["versions"] = _versions()
+    info["command"] = " ".join(sys.argv)
+    status = "failed"
+    try:
+        yield
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted (Ctrl-C)"
+        raise
+    except Exception as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        summary.seconds = time.perf_counter() - started
+        info["status"] = f"{status} in {summary.seconds:.1f} s"
+        try:
+            reporter.run_info(info, summary.warnings)
+        finally:
+            reporter.close()
+        summary.tags = dict(reporter.tags)
 
 
 def _task_info(task: Task, skipped: dict[str, str]) -> dict[str, object]:
@@ -230,45 +245,18 @@ def _task_report(loaded: LoadedModel, task: Task, images, *, logdir, run_name, c
     prepared = prepare_task_inputs(loaded, image_list)  # bad input fails here, before anything is written
     run_dir = new_run_dir(logdir, run_name, loaded.name)
     summary = RunSummary(run_dir=run_dir, sections=chosen, tags={})
-    info: dict[str, object] = {
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "weights from": loaded.weights_source,
-        "images": ", ".join(str(p) for p in image_list) or "none",
-        "input size": loaded.input_size,
-        "device": str(loaded.device),
-        "sections": ", ".join(chosen),
-        "cam methods": ", ".join(methods) or "-",
-        **_task_info(task, skipped),
-    }
+    info = {**_base_info(loaded, image_list, chosen, task, skipped), "cam methods": ", ".join(methods) or "-"}
     if loaded.clip_length:
         info["clip length"] = f"{loaded.clip_length} frames"
     if task.name == "detection":
         info["score threshold"] = detection.score_threshold
-    info["versions"] = _versions()
-    info["command"] = " ".join(sys.argv)
-    status = "failed"
     reporter = Reporter(run_dir)
     run = TaskRun(loaded=loaded, images=image_list, reporter=reporter, sections=chosen, methods=methods,
                   cam_layer=cam.layer, layers=features.layers, topk=cam.topk, targets=target_indices,
                   threshold=detection.score_threshold, say=say, info=info, prepared=prepared)
-    try:
-        run_task(run)
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted (Ctrl-C)"
-        raise
-    except Exception as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        summary.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-        summary.seconds = time.perf_counter() - started
-        info["status"] = f"{status} in {summary.seconds:.1f} s"
+    with _recorded(reporter, info, summary, caught, started):
         try:
-            reporter.run_info(info, summary.warnings)
+            run_task(run)
         finally:
-            reporter.close()
-        summary.tags = dict(reporter.tags)
-        summary.predictions = [p for p in run.predictions if hasattr(p, "probabilities")]
+            summary.predictions = [p for p in run.predictions if hasattr(p, "probabilities")]
     return summary
