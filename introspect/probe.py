@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .hooks import inspecting
+from .errors import ArgumentTypeError
+from .hooks import first_tensor, inspecting
 
 __all__ = ["LayerOutput", "Probe", "probe", "patch_gradients", "model_input_size", "describe", "LAYOUTS"]
 
@@ -188,15 +189,11 @@ def _classify(shape: tuple[int, ...], batch: int, size: tuple[int, int], grids: 
 
 
 def _first(output: object) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None
+    """The tensor a module produced (``hooks.first_tensor``), or None when it produced none."""
+    try:
+        return first_tensor(output)
+    except ArgumentTypeError:
+        return None
 
 
 def _example(model: nn.Module, size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
