@@ -250,8 +250,10 @@ def _list_layers(model_name: str, weights: str) -> None:
 
 
 def _print_summary(summary) -> None:
+    from .errors import in_flags
+
     for message in summary.warnings:
-        print(f"WARNING: {message}", file=sys.stderr)
+        print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
     for preds in summary.predictions:
         top = ", ".join(f"{n} {p:.1%}" for n, p in zip(preds.names[:3], preds.probabilities[:3]))
         print(f"{preds.image_name}: {top}")

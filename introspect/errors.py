@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "IntrospectError",
+    "in_flags",
     "UsageError",
     "ArgumentError",
     "ArgumentTypeError",
@@ -60,11 +61,16 @@ class IntrospectError(Exception):
             The message as a command-line user reads it (quotes around string values dropped):
             ``steps=0 must be at least 1`` becomes ``--filter-steps 0 must be at least 1``.
         """
-        message = str(self)
-        for name, flag in flags.items():
-            pattern = rf"(?<![\w.]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[^\s,;)]+)"
-            message = re.sub(pattern, lambda m: f"{flag} {m.group(1).strip(chr(39) + chr(34))}", message)
-        return message
+        return in_flags(str(self), flags)
+
+
+def in_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with every ``name=value`` of a parameter in ``flags`` written as ``FLAG value``
+    (see :meth:`IntrospectError.with_flags`; the CLI also says its warnings this way)."""
+    for name, flag in flags.items():
+        pattern = rf"(?<![\w.]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[^\s,;)]+)"
+        message = re.sub(pattern, lambda m: f"{flag} {m.group(1).strip(chr(39) + chr(34))}", message)
+    return message
 
 
 class UsageError(IntrospectError):

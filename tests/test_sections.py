@@ -112,3 +112,11 @@ def test_cli_names_the_flag_for_a_bad_option(tmp_path):
 def test_report_takes_options_keyword_only(tmp_path):
     with pytest.raises(TypeError):
         introspect.report("resnet18", [CAT], tmp_path)  # logdir is keyword-only
+
+
+def test_cli_warnings_name_flags_not_parameters(tmp_path):
+    """The offline RANDOM WEIGHTS warning says `weights=PATH` in the library and `--weights PATH` on the console."""
+    code, out, err = run_cli(["resnet18", "--sections", "structure", "--input-size", "64", "--logdir", str(tmp_path)])
+    assert code == 0, err
+    warning = next(line for line in err.splitlines() if "RANDOM WEIGHTS" in line)
+    assert "--weights PATH" in warning and "weights=PATH" not in warning

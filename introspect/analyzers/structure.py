@@ -69,14 +69,16 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     device, dtype = device_and_dtype(module)
     names = {id(m): n for n, m in module.named_modules()}
     with inspecting(module):
-        try:
-            if not on_meta:
-                raise NotImplementedError("a real forward was asked for")
-            with _weights_on_meta(module):
-                example = [torch.zeros(shape, device="meta", dtype=dtype)] * num_inputs
-                stats = torchinfo.summary(module, input_data=example,
-                                          depth=max(depth, 1), verbose=0, device=torch.device("meta"), mode="eval")
-        except Exception:  # data-dependent code, tensors kept outside parameters and buffers...: run it for real
+        stats = None
+        if on_meta:
+            try:
+                with _weights_on_meta(module):
+                    example = [torch.zeros(shape, device="meta", dtype=dtype)] * num_inputs
+                    stats = torchinfo.summary(module, input_data=example, depth=max(depth, 1), verbose=0,
+                                              device=torch.device("meta"), mode="eval")
+            except Exception:  # data-dependent code, tensors kept outside parameters and buffers...
+                stats = None
+        if stats is None:  # run it for real
             example = [torch.zeros(shape, device=device, dtype=dtype)] * num_inputs
             stats = torchinfo.summary(module, input_data=example,
                                       depth=max(depth, 1), verbose=0, device=device, mode="eval")
