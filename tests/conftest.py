@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -326,3 +327,31 @@ def write_image_folder(dataset, root, boxes: bool = True) -> list[str]:
                 "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
         (root.parent / "boxes.json").write_text(json.dumps(coco))
     return files
+
+
+# -- reading event files back -------------------------------------------------------------
+
+
+def load_events(run_dir: Path) -> Any:
+    """Every summary of a run, nothing sampled away."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    keep_all = {"images": 0, "histograms": 0, "tensors": 0, "scalars": 0, "compressedHistograms": 0, "audio": 0}
+    acc = EventAccumulator(str(run_dir), size_guidance=keep_all)
+    acc.Reload()
+    return acc
+
+
+def text(acc, tag: str) -> str:
+    """The first text summary of ``tag``."""
+    return acc.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+
+
+def image(acc, tag: str) -> np.ndarray:
+    """The first image of ``tag`` as RGB uint8."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(acc.Images(tag)[0].encoded_image_string)) as img:
+        return np.asarray(img.convert("RGB"))

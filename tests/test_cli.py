@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import run_cli
-from PIL import Image
+from conftest import image, load_events, run_cli, text
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -62,20 +61,6 @@ def run_dir_from(stdout: str) -> Path:
     return Path(match.group(1))
 
 
-def load_events(run_dir: Path) -> EventAccumulator:
-    keep_all = {"images": 0, "histograms": 0, "tensors": 0, "scalars": 0, "compressedHistograms": 0, "audio": 0}
-    acc = EventAccumulator(str(run_dir), size_guidance=keep_all)
-    acc.Reload()
-    return acc
-
-
-def text(acc: EventAccumulator, tag: str) -> str:
-    return acc.Tensors(tag)[0].tensor_proto.string_val[0].decode()
-
-
-def image(acc: EventAccumulator, tag: str) -> np.ndarray:
-    with Image.open(io.BytesIO(acc.Images(tag)[0].encoded_image_string)) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def all_tags(acc: EventAccumulator) -> set[str]:

@@ -6,7 +6,6 @@ The sweep over every torchvision model name is ``test_every_torchvision_model_ru
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import assert_untouched, model_state, run_cli
+from conftest import assert_untouched, image, load_events, model_state, run_cli, text
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -48,19 +47,6 @@ def run_dir_from(stdout: str) -> Path:
     return Path(match.group(1))
 
 
-def load_events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
-    acc.Reload()
-    return acc
-
-
-def text(acc: EventAccumulator, tag: str) -> str:
-    return acc.Tensors(tag)[0].tensor_proto.string_val[0].decode()
-
-
-def image(acc: EventAccumulator, tag: str) -> np.ndarray:
-    with Image.open(io.BytesIO(acc.Images(tag)[0].encoded_image_string)) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def cli_run(args: list[str], tmp_path: Path) -> tuple[EventAccumulator, str]:
