@@ -232,21 +232,23 @@ def _audit(args: argparse.Namespace) -> int:
 def _list_layers(model_name: str, weights: str) -> None:
     from .layers import layer_table
     from .models import load_model
-    from .tasks.runner import TASK_RUNNERS, task_layers
+    from .tasks import TASKS
 
     loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
-    if loaded.task in TASK_RUNNERS:  # detection, segmentation, video, optical flow: probed on their own input
-        features, target = task_layers(loaded)
-        for name, layer in loaded.model.named_modules():
-            if name:
-                marks = (" [features]" if name in features else "") + (" [cam]" if name == target else "")
-                print(f"{name}  {type(layer).__name__}{marks}")
+    task = TASKS[loaded.task]
+    if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
+        rows = layer_table(loaded.model, loaded.input_size)
+        width = max((len(row.name) for row in rows), default=0)
+        for row in rows:
+            marks = (" [features]" if row.features else "") + (" [cam]" if row.cam else "")
+            print(f"{row.name:<{width}}  {row.kind:<24} {row.output}{marks}")
         return
-    rows = layer_table(loaded.model, loaded.input_size)
-    width = max((len(row.name) for row in rows), default=0)
-    for row in rows:
-        marks = (" [features]" if row.features else "") + (" [cam]" if row.cam else "")
-        print(f"{row.name:<{width}}  {row.kind:<24} {row.output}{marks}")
+    features = set(task.feature_layer_names(loaded))  # found on the task's own input
+    target = task.cam_layer_name(loaded) if task.skip_reason("cam", ("targets",)) is None else None
+    for name, layer in loaded.model.named_modules():
+        if name:
+            marks = (" [features]" if name in features else "") + (" [cam]" if name == target else "")
+            print(f"{name}  {type(layer).__name__}{marks}")
 
 
 def _print_summary(summary) -> None:
@@ -254,9 +256,8 @@ def _print_summary(summary) -> None:
 
     for message in summary.warnings:
         print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
-    for preds in summary.predictions:
-        top = ", ".join(f"{n} {p:.1%}" for n, p in zip(preds.names[:3], preds.probabilities[:3]))
-        print(f"{preds.image_name}: {top}")
+    for record in summary.predictions:
+        print(record.headline())
     counts = ", ".join(f"{section} {count}" for section, count in sorted(summary.tags.items()))
     print(f"wrote {sum(summary.tags.values())} summaries ({counts}) in {summary.seconds:.1f} s to {summary.run_dir}")
     print(f"open it with: tensorboard --logdir {summary.run_dir.parent}")

@@ -30,9 +30,10 @@ __all__ = ["ForwardPass", "run_forward"]
 class ForwardPass:
     """What one forward pass produced."""
 
-    logits: torch.Tensor  # (N, classes), detached
-    activations: dict[str, torch.Tensor]  # layer name -> its output (first tensor), detached
+    logits: torch.Tensor  # (N, classes), detached: the first tensor of the output
+    activations: dict[str, torch.Tensor]  # layer name -> its output (first tensor, first call), detached
     grad_layer: str | None = None
+    output: object = None  # the model's own output (RAFT: its list of flow estimates), detached
     _leaf: torch.Tensor | None = field(default=None, repr=False)
     _scores: torch.Tensor | None = field(default=None, repr=False)
     _cached: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (classes, gradients)
@@ -83,7 +84,7 @@ class ForwardPass:
 
 def run_forward(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
     capture: Sequence[str] = (),
     grad_layer: str | None = None,
 ) -> ForwardPass:
@@ -91,7 +92,8 @@ def run_forward(
 
     Args:
         model: the module (comes back untouched).
-        inputs: ``(N, 3, H, W)`` normalised images (moved to the model's device and dtype).
+        inputs: ``(N, 3, H, W)`` normalised images or ``(N, 3, T, H, W)`` clips, or a tuple of such
+            tensors for a model that takes several (RAFT's two frames); moved to the model's device and dtype.
         capture: names of the layers whose outputs to keep.
         grad_layer: the layer whose gradients :meth:`ForwardPass.gradients` will take (only
             the part of the model after it is recorded), or None.
@@ -112,10 +114,12 @@ def run_forward(
     activations: dict[str, torch.Tensor] = {}
     leaf: dict[str, torch.Tensor] = {}
     device, dtype = device_and_dtype(model)
-    inputs = inputs.to(device=device, dtype=dtype)
+    args = tuple(t.to(device=device, dtype=dtype) for t in (inputs if isinstance(inputs, tuple) else (inputs,)))
 
     def capturing(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if name in activations:  # the first call (RAFT's encoder runs once on both frames)
+                return
             tensor = first_tensor(output).detach()
             activations[name] = tensor.dequantize() if tensor.is_quantized else tensor  # int8 layers
         return hook
@@ -138,10 +142,10 @@ def run_forward(
         if grad_module is not None:
             scope.forward_hook(grad_module, make_leaf)
             with torch.no_grad():
-                output = model(inputs)
+                output = model(*args)
         else:
             with torch.inference_mode():
-                output = model(inputs)
+                output = model(*args)
     scores = first_tensor(output)
     ran = set(activations) | ({grad_layer} if "tensor" in leaf else set())
     silent = [name for name in [*modules, grad_layer] if name and name not in ran]
@@ -151,7 +155,8 @@ def run_forward(
                                 "(in eval mode): pick another", parameter=which)
     if grad_layer is not None and grad_layer in modules:
         activations[grad_layer] = leaf["tensor"].detach()
-    result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer)
+    result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer,
+                         output=output if grad_module is None else _detached(output))
     if grad_module is not None:
         if not scores.requires_grad:
             raise LayerError(f"grad_layer={grad_layer!r}: the model's output does not depend on this layer, pick "
@@ -159,3 +164,12 @@ def run_forward(
         result._leaf = leaf["tensor"]
         result._scores = scores
     return result
+
+
+def _detached(output: object) -> object:
+    """``output`` with its tensors detached (a tensor, or a list / tuple of them)."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (list, tuple)):
+        return type(output)(_detached(o) for o in output)
+    return output

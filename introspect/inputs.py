@@ -32,6 +32,9 @@ class InputBatch:
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
+    def __getitem__(self, part: slice) -> InputBatch:
+        return InputBatch(self.tensor[part], self.photos[part], self.names[part])
+
 
 def _mean_std(transform: object) -> tuple[Sequence[float], Sequence[float]]:
     return getattr(transform, "mean", IMAGENET_MEAN), getattr(transform, "std", IMAGENET_STD)

@@ -190,6 +190,11 @@ class Predictions:
 
     _HEADER = ["rank", "class", "index", "probability"]
 
+    def headline(self) -> str:
+        """One line for the console: the input and its top 3 classes."""
+        top = ", ".join(f"{n} {p:.1%}" for n, p in zip(self.names[:3], self.probabilities[:3]))
+        return f"{self.image_name}: {top}"
+
     def _rows(self) -> list[list[object]]:
         ranked = zip(self.indices, self.names, self.probabilities)
         return [[rank, name, index, f"{p:.4f}"] for rank, (index, name, p) in enumerate(ranked, start=1)]
@@ -486,6 +491,10 @@ class FlowResult(_ImageRecord):
     mean_magnitude: float
     max_magnitude: float
     image: np.ndarray  # first frame | second frame | flow_to_image
+
+    def headline(self) -> str:
+        """One line for the console: the pair and its flow magnitudes."""
+        return f"{self.pair_name}: mean flow {self.mean_magnitude:.2f} px, max {self.max_magnitude:.2f} px"
 
     def to_markdown(self) -> str:
         """The flow's size and magnitudes as a Markdown table."""

@@ -21,16 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .context import RunContext
 from .errors import UsageError
-from .forward import run_forward
-from .inputs import InputBatch, prepare_inputs
 from .models import LoadedModel, load_model
 from .options import BATCH_SIZE, DEFAULT_LOGDIR, CamOptions, DetectionOptions, FeatureOptions, FilterOptions, \
     LoadOptions, SaliencyOptions
-from .sections import SECTIONS, RunContext, Section, parse_sections
+from .sections import SECTIONS, Section, parse_sections
 from .tasks import TASKS
 from .tasks.base import Task
-from .tasks.runner import TASK_RUNNERS, TaskRun, prepare_task_inputs, run_task
 
 __all__ = ["RunSummary", "report"]
 
@@ -51,12 +49,6 @@ def _versions() -> str:
     import torchvision
 
     return f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
-
-
-def _chunks(batch: InputBatch, size: int):
-    for start in range(0, len(batch), size):
-        stop = start + size
-        yield InputBatch(batch.tensor[start:stop], batch.photos[start:stop], batch.names[start:stop])
 
 
 def _check_images(chosen: Sequence[Section], image_list: list, explicit: bool) -> None:
@@ -92,10 +84,10 @@ def report(
         cam, features, saliency, filters, detection: each section's options (``detection``: detection models).
         progress: called with a short line as each step starts (the CLI prints them).
 
-    Sections that do not apply to the model's task (``introspect.tasks.TASKS``: detection,
-    segmentation, video, optical flow, quantized) are skipped and ``run/info`` says why;
-    detection, segmentation, video and optical-flow models go through their task's pipeline
-    (:mod:`introspect.tasks.runner`).
+    Every task (``introspect.tasks.TASKS``: classification, quantized, detection, segmentation,
+    video, optical flow) walks the same sections: each batch is one forward pass of the model
+    (:meth:`Task.forward`) that every ``batch`` section shares. Sections that need what the
+    task cannot give are skipped and ``run/info`` says why.
 
     Returns:
         A :class:`RunSummary`: the run directory, the tags written per section, warnings,
@@ -112,51 +104,48 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen_names = parse_sections(sections)
-        chosen = [SECTIONS[name] for name in chosen_names]
-        batch_sections = [s for s in SECTIONS.values() if s.stage == "batch" and (s.always or s.name in chosen_names)]
         loaded = model if isinstance(model, LoadedModel) else load_model(model, load.weights, load.device,
                                                                              load.input_size)
         task = TASKS[loaded.task]
-        skipped = {name: task.skip_reason(name) for name in chosen_names if task.skip_reason(name)}
-        if skipped:  # sections that do not apply to this model's task: run/info says why
-            chosen_names = [name for name in chosen_names if name not in skipped]
-            chosen = [SECTIONS[name] for name in chosen_names]
-            batch_sections = [s for s in batch_sections if s.always or s.name in chosen_names]
-        if task.name in TASK_RUNNERS:  # detection, segmentation, video, optical flow: their own pipeline
-            return _task_report(loaded, task, images, logdir=logdir, run_name=run_name, chosen=chosen_names,
-                                skipped=skipped, cam=cam, features=features, detection=detection, say=say,
-                                started=started, caught=caught)
+        skipped = {name: reason for name in chosen_names
+                   if (reason := task.skip_reason(name, SECTIONS[name].requires))}
+        chosen_names = [name for name in chosen_names if name not in skipped]
+        chosen = [SECTIONS[name] for name in chosen_names]
+        batch_sections = [s for s in SECTIONS.values() if s.stage == "batch" and (s.always or s.name in chosen_names)]
         image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
         ctx = RunContext(loaded=loaded, sections=chosen_names, images=image_list, cam=cam, features=features,
-                         saliency=saliency, filters=filters, say=say)
+                         saliency=saliency, filters=filters, detection=detection, say=say)
+        task.check_options(ctx)
         for section in dict.fromkeys(s for s in batch_sections + chosen):
             if section.prepare is not None:
                 section.prepare(ctx)
         _check_images(chosen, image_list, explicit=sections is not None)
+        if not image_list and any(s.needs_images for s in chosen):
+            skipped.update({s.name: "no images given (pass images=PATH)" for s in chosen if s.needs_images})
         per_batch = [s for s in batch_sections if not s.always] and image_list
         streaming = any(s.stage == "images" for s in chosen)
-        # Sections that stream the images load them themselves: load all up front only for the batch sections.
-        batch = prepare_inputs(image_list, loaded) if image_list and (per_batch or not streaming) else None
-        if image_list and batch is None:
+        # Sections that stream the images load them themselves: read all up front only for the batch sections.
+        inputs = task.read_inputs(image_list, loaded) if image_list and (per_batch or not streaming) else None
+        if image_list and inputs is None:
             from .images import find_images
 
             find_images(image_list)  # a missing path fails now, before anything is written
-        if batch is not None:
-            ctx.state["example_input"] = batch.tensor[:1]
+        if inputs is not None and hasattr(inputs, "tensor"):
+            ctx.state["example_input"] = inputs.tensor[:1]
         run_dir = new_run_dir(logdir, run_name, loaded.name)
 
         summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions)
-        info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **ctx.info}
+        info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
+        ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
         with _recorded(ctx.reporter, info, summary, caught, started):
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
                 section.run(ctx)
-            if batch is not None and per_batch:
-                for chunk in _chunks(batch, BATCH_SIZE):
-                    say(f"images {', '.join(chunk.names)}")
-                    ctx.start_batch(chunk, run_forward(loaded.model, chunk.tensor, capture=ctx.capture,
-                                                       grad_layer=ctx.gradient_layer))
+            if inputs is not None and per_batch:
+                for chunk in task.chunks(inputs, BATCH_SIZE):
+                    say(f"{task.input_kind}s {', '.join(chunk.names)}")
+                    ctx.start_batch(chunk)
                     try:
                         for section in batch_sections:
                             section.run(ctx)
@@ -221,42 +210,3 @@ def _task_info(task: Task, skipped: dict[str, str]) -> dict[str, object]:
     if skipped:
         info["sections skipped"] = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
     return info
-
-
-def _task_report(loaded: LoadedModel, task: Task, images, *, logdir, run_name, chosen: list[str],
-                 skipped: dict[str, str], cam: CamOptions, features: FeatureOptions, detection: DetectionOptions,
-                 say: Callable[[str], None], started: float, caught: list) -> RunSummary:
-    """The run of a detection, segmentation, video or optical-flow model (see :mod:`introspect.tasks.runner`)."""
-    from .analyzers.cam import CAM_METHODS, parse_cam_methods
-    from .analyzers.predictions import resolve_target
-    from .reporter import Reporter, new_run_dir
-
-    image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
-    methods = parse_cam_methods(cam.methods or task.default_cam or "gradcam") if "cam" in chosen else []
-    multi_pass = [m for m in methods if CAM_METHODS[m].delegated]
-    if multi_pass:
-        raise UsageError(f"{multi_pass[0]} needs many forward passes and is not offered for {task.name} models: "
-                         f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if not m.delegated)}",
-                         parameter="methods")
-    target_indices = None
-    if cam.targets:
-        target_indices = [resolve_target(t, loaded.categories, len(loaded.categories)) for t in cam.targets] \
-            if loaded.categories else list(cam.targets)
-    prepared = prepare_task_inputs(loaded, image_list)  # bad input fails here, before anything is written
-    run_dir = new_run_dir(logdir, run_name, loaded.name)
-    summary = RunSummary(run_dir=run_dir, sections=chosen, tags={})
-    info = {**_base_info(loaded, image_list, chosen, task, skipped), "cam methods": ", ".join(methods) or "-"}
-    if loaded.clip_length:
-        info["clip length"] = f"{loaded.clip_length} frames"
-    if task.name == "detection":
-        info["score threshold"] = detection.score_threshold
-    reporter = Reporter(run_dir)
-    run = TaskRun(loaded=loaded, images=image_list, reporter=reporter, sections=chosen, methods=methods,
-                  cam_layer=cam.layer, layers=features.layers, topk=cam.topk, targets=target_indices,
-                  threshold=detection.score_threshold, say=say, info=info, prepared=prepared)
-    with _recorded(reporter, info, summary, caught, started):
-        try:
-            run_task(run)
-        finally:
-            summary.predictions = [p for p in run.predictions if hasattr(p, "probabilities")]
-    return summary

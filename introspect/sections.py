@@ -17,23 +17,26 @@ Stages, in the order a run goes through them:
 Adding a section is one analyzer and one :func:`register_section` call (plus a
 reporter writer if it brings a new kind of record)::
 
-    def count_channels(ctx):
-        ctx.reporter.text("channels/info", str(ctx.forward.logits.shape))
+    def list_inputs(ctx):
+        ctx.reporter.text("inputs/names", ", ".join(ctx.batch.names))
 
-    register_section(Section("channels", "logit shape per batch", stage="batch", run=count_channels))
+    register_section(Section("inputs", "the names of each batch's inputs", stage="batch", run=list_inputs))
+
+A section runs for every task that gives what it ``requires`` (a classifier, a detector, a
+segmenter, a video model...); the others skip it and ``run/info`` says why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import nn
 
+from .context import RunContext
 from .errors import ArgumentError, UsageError
-from .options import CamOptions, FeatureOptions, FilterOptions, SaliencyOptions
+from .tasks.base import NEEDS
 
 __all__ = [
     "Section",
@@ -43,6 +46,8 @@ __all__ = [
     "default_sections",
     "selectable_sections",
     "parse_sections",
+    "write_record",
+    "write_cams",
 ]
 
 Stage = Literal["model", "batch", "images"]
@@ -67,6 +72,9 @@ class Section:
         slow: not in the default set; runs when named or with ``all``.
         always: runs with every ``batch`` stage (the input photos and predictions) and is
             not a ``--sections`` choice.
+        requires: what the model's task must give (keys of ``introspect.tasks.base.CAPABILITIES``:
+            ``images``, ``class_scores``, ``targets``, ``autograd``, ``graph``); a task that lacks one
+            skips the section and ``run/info`` says why. Empty: every task runs it.
     """
 
     name: str
@@ -79,6 +87,7 @@ class Section:
     needs_gradients: bool = False
     slow: bool = False
     always: bool = False
+    requires: frozenset[str] = frozenset()
 
     @property
     def needs_forward(self) -> bool:
@@ -137,123 +146,6 @@ def parse_sections(spec: str | Sequence[str] | None) -> list[str]:
     return [s for s in valid if s in items]
 
 
-@dataclass
-class RunContext:
-    """The state a report's sections share: the model, the options, and the current batch.
-
-    A section reads what it needs and hands records to ``reporter``. Per batch,
-    ``forward`` is the one forward pass every ``batch`` section shares; results that
-    several sections use (the CAM maps) are computed once per batch, on first use.
-    """
-
-    loaded: Any  # LoadedModel
-    sections: list[str]
-    images: list
-    cam: CamOptions = field(default_factory=CamOptions)
-    features: FeatureOptions = field(default_factory=FeatureOptions)
-    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
-    filters: FilterOptions = field(default_factory=FilterOptions)
-    say: Callable[[str], None] = lambda message: None
-    reporter: Any = None  # introspect.reporter.Reporter, set once the run directory exists
-    info: dict[str, object] = field(default_factory=dict)  # extra lines for run/info
-    state: dict[str, Any] = field(default_factory=dict)  # per-section state (choices, accumulations)
-    capture: list[str] = field(default_factory=list)  # layers the shared forward pass keeps
-    gradient_layer: str | None = None  # the layer whose output gradients the shared pass prepares
-    predictions: list = field(default_factory=list)  # every image's Predictions, for the summary
-    batch: Any = None  # the current InputBatch
-    forward: Any = None  # the current ForwardPass
-    _per_batch: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def model(self) -> nn.Module:
-        """The module under inspection."""
-        return self.loaded.model
-
-    def wants(self, name: str) -> bool:
-        """Whether section ``name`` is part of this run."""
-        return name in self.sections
-
-    def keep(self, *layers: str) -> None:
-        """Ask the shared forward pass to capture these layers' outputs."""
-        for layer in layers:
-            if layer not in self.capture:
-                self.capture.append(layer)
-
-    def once(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` the first time ``key`` is asked for in this run; the same value after."""
-        if key not in self.state:
-            self.state[key] = compute()
-        return self.state[key]
-
-    def per_batch(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per batch: results that several sections share (the CAM maps)."""
-        if key not in self._per_batch:
-            self._per_batch[key] = compute()
-        return self._per_batch[key]
-
-    def start_batch(self, batch: Any, forward: Any) -> None:
-        """Make ``batch`` and its forward pass current."""
-        self.batch, self.forward = batch, forward
-        self._per_batch.clear()
-
-    def end_batch(self) -> None:
-        """Drop the batch and everything computed from it (memory stays flat over a folder)."""
-        if self.forward is not None:
-            self.forward.release()
-        self.batch = self.forward = None
-        self._per_batch.clear()
-
-    # -- shared choices, made once per run -----------------------------------------------
-
-    @property
-    def cam_layer(self) -> Any:
-        """The CAM target layer (a ``LayerChoice``): ``cam.layer`` checked, or the model's default."""
-        from .layers import pick_cam_layer
-
-        return self.once("cam_layer", lambda: pick_cam_layer(self.model, self.cam.layer,
-                                                             input_size=self.loaded.input_size))
-
-    @property
-    def cam_methods(self) -> list[str]:
-        """The CAM method names of ``cam.methods`` (default: the task's, gradcam or eigencam), checked."""
-        from .analyzers.cam import parse_cam_methods
-
-        from .tasks import TASKS
-        from .tasks.quantized import check_cam_methods
-
-        def choose() -> list[str]:
-            task = TASKS[self.loaded.task]
-            names = parse_cam_methods(self.cam.methods or task.default_cam or "gradcam")
-            if task.name == "quantized":
-                check_cam_methods(names, self.loaded.name)  # int8 kernels have no autograd
-            if not self.cam.methods and task.default_cam:
-                self.info["cam method choice"] = " ".join(task.notes) or f"{task.default_cam}: the task's default"
-            return names
-
-        return self.once("cam_methods", choose)
-
-    @property
-    def target_indices(self) -> list[int] | None:
-        """``cam.targets`` as class indices (None: each image's top-k)."""
-        from .analyzers.predictions import resolve_target
-
-        categories = self.loaded.categories
-        return self.once("targets", lambda: [resolve_target(t, categories, len(categories))
-                                             for t in self.cam.targets] if self.cam.targets else None)
-
-    def cam_results(self) -> list:
-        """This batch's CAM results for every method (computed once per batch)."""
-        from .analyzers.cam import cams_from_pass
-        from .analyzers.predictions import top_classes
-
-        def compute() -> list:
-            picked = top_classes(self.forward, self.cam.topk, self.target_indices)
-            return cams_from_pass(self.model, self.forward, self.batch, self.cam_methods, self.cam_layer, picked,
-                                  self.loaded.categories, self.cam.colormap)
-
-        return self.per_batch("cam_results", compute)
-
-
 # -- the built-in sections -----------------------------------------------------------------
 
 
@@ -264,10 +156,9 @@ def _structure(ctx: RunContext) -> None:
 
 
 def _graph(ctx: RunContext) -> None:
-    size = ctx.loaded.input_size
     example = ctx.state.get("example_input")
     if example is None:
-        example = torch.zeros(1, 3, size, size)
+        example = ctx.task.example_input(ctx.loaded)
     ctx.reporter.graph(ctx.model, example.to(ctx.loaded.device))
 
 
@@ -300,50 +191,58 @@ def _filters(ctx: RunContext) -> None:
 
 
 def _inputs_and_predictions(ctx: RunContext) -> None:
-    from .analyzers.predictions import predictions_from_pass
-
-    for name, photo in zip(ctx.batch.names, ctx.batch.photos):
-        ctx.reporter.input_image(name, photo)
-    for preds in predictions_from_pass(ctx.forward, ctx.batch.names, ctx.loaded.categories, max(ctx.cam.topk, 5)):
-        ctx.reporter.predictions(preds)
-        ctx.predictions.append(preds)
+    for name, picture in ctx.task.shown_inputs(ctx.batch):
+        ctx.reporter.input_image(name, picture)
+    for record in ctx.batch_predictions():
+        write_record(ctx.reporter, record)
+        ctx.predictions.append(record)
 
 
 def _prepare_features(ctx: RunContext) -> None:
-    from .analyzers.features import feature_layer_choices
-
-    choices = feature_layer_choices(ctx.model, ctx.features.layers, input_size=ctx.loaded.input_size)
-    ctx.state["feature_layers"] = choices
-    ctx.keep(*(c.name for c in choices))
+    ctx.task.prepare_features(ctx)
 
 
 def _features(ctx: RunContext) -> None:
-    from .analyzers.features import feature_maps_from_pass
-
-    ctx.reporter.features(feature_maps_from_pass(ctx.forward, ctx.batch, ctx.state["feature_layers"],
-                                                 ctx.features.max_channels))
+    ctx.reporter.features(ctx.task.feature_maps(ctx))
 
 
 def _prepare_cams(ctx: RunContext) -> None:
-    """The CAM methods, layer and targets, checked; the shared pass keeps the layer (and its gradient)."""
-    from .analyzers.cam import needs_layer_gradient
-
-    layer = ctx.cam_layer
-    ctx.target_indices  # noqa: B018 - an unknown target fails now, before anything is written
-    ctx.keep(layer.name)
-    if needs_layer_gradient(ctx.cam_methods):
-        ctx.gradient_layer = layer.name
-    ctx.info["cam methods"] = ", ".join(ctx.cam_methods)
-    ctx.info["cam layer"] = layer.name
+    """The CAM methods, layer and targets, checked by the task; the shared pass keeps what they need."""
+    ctx.task.prepare_cams(ctx)
 
 
 def _cams(ctx: RunContext) -> None:
     from .analyzers.compare import compare_cams
+    from .records import CamResult
 
     results = ctx.cam_results()
-    ctx.reporter.cams(results)
-    if len(ctx.cam_methods) > 1:
-        ctx.reporter.cam_comparisons(compare_cams(results, ctx.batch))
+    write_cams(ctx, results)
+    drawn = [r for r in results if isinstance(r, CamResult)]  # the side-by-side view: one score per class
+    if drawn and len({r.method for r in drawn}) > 1:
+        ctx.reporter.cam_comparisons(compare_cams(drawn, ctx.batch))
+
+
+def write_cams(ctx: RunContext, results: Sequence) -> None:
+    """Write CAM results of any task (``cam/<method>/<input>``); a clip's also as a video where it can."""
+    from .records import ClipCamResult
+
+    clips = [r for r in results if isinstance(r, ClipCamResult)]
+    if clips:
+        encoded = ctx.reporter.clip_cams(clips)
+        ctx.info["cam videos"] = "written: cam/<method>/<clip>/video, an animated GIF (IMAGES tab)" if encoded else \
+            "not written: TensorBoard's video encoder needs moviepy 1.x (pip install 'moviepy<2'); the IMAGES " \
+            "strips show the frames"
+    ctx.reporter.cams([r for r in results if not isinstance(r, ClipCamResult) and r.maps])
+
+
+def write_record(reporter, record) -> None:
+    """Write one prediction record (classes, detections, mask, flow) under its own tags."""
+    from .records import FlowResult, Predictions
+    from .tasks.records import Detections, Segmentation
+
+    writers = {Predictions: reporter.predictions, Detections: reporter.detections,
+               Segmentation: reporter.segmentation, FlowResult: reporter.flow}
+    writers[type(record)](record)
 
 
 def _quality(ctx: RunContext) -> None:
@@ -368,18 +267,17 @@ def _prepare_saliency(ctx: RunContext) -> None:
 
     names = parse_saliency_methods(ctx.saliency.methods)
     ctx.state["saliency_methods"] = names
-    ctx.target_indices  # noqa: B018 - checked before anything is written
+    ctx.task.target_indices(ctx)  # checked before anything is written
     if "guidedgradcam" in names:
-        ctx.cam_layer  # noqa: B018 - picked (and checked) now
+        ctx.task.cam_layer(ctx)  # picked (and checked) now
 
 
 def _saliency(ctx: RunContext) -> None:
-    from .analyzers.predictions import top_classes
     from .analyzers.saliency import saliency_from_pass
 
     names = ctx.state["saliency_methods"]
-    layer = ctx.cam_layer if "guidedgradcam" in names else None
-    picked = top_classes(ctx.forward, ctx.saliency.topk, ctx.target_indices)
+    layer = ctx.task.cam_layer(ctx) if "guidedgradcam" in names else None
+    picked = ctx.task.classes(ctx, ctx.saliency.topk)
     ctx.reporter.saliency(saliency_from_pass(ctx.model, ctx.batch, names, picked, ctx.loaded.categories, layer,
                                               ctx.forward.probabilities))
 
@@ -394,22 +292,25 @@ def _embeddings(ctx: RunContext) -> None:
 
 for _section in (
     Section("structure", "the torchinfo layer table: shapes, parameters, mult-adds", "model", _structure),
-    Section("graph", "the traced model (GRAPHS tab)", "model", _graph),
+    Section("graph", "the traced model (GRAPHS tab)", "model", _graph, requires=NEEDS["graph"]),
     Section("kernels", "conv weights as image grids", "model", _kernels),
     Section("histograms", "one histogram per parameter tensor", "model", _histograms),
     Section("filters", "activation maximisation of the first filters of some layers", "model", _filters,
-            prepare=_prepare_filters, needs_gradients=True, slow=True),
-    Section("predictions", "the photos as the model saw them, and the top-5 classes", "batch",
+            prepare=_prepare_filters, needs_gradients=True, slow=True, requires=NEEDS["filters"]),
+    Section("predictions", "the inputs as the model saw them, and what it predicts", "batch",
             _inputs_and_predictions, needs_images=True, always=True),
     Section("features", "the most active channels of each stage's output", "batch", _features,
             prepare=_prepare_features, needs_images=True),
-    Section("cam", "class activation maps over the photo for the top-k classes", "batch", _cams,
-            prepare=_prepare_cams, needs_images=True, needs_gradients=True),
+    Section("cam", "class activation maps over the photo for the top-k classes (boxes, mask classes)", "batch",
+            _cams, prepare=_prepare_cams, needs_images=True, needs_gradients=True,
+            requires=NEEDS["cam"]),
     Section("saliency", "input gradients: vanilla, guided backprop, guided Grad-CAM", "batch", _saliency,
-            prepare=_prepare_saliency, needs_images=True, needs_gradients=True, slow=True),
+            prepare=_prepare_saliency, needs_images=True, needs_gradients=True, slow=True,
+            requires=NEEDS["saliency"]),
     Section("embeddings", "penultimate features of every image in the PROJECTOR", "images", _embeddings,
-            needs_images=True, slow=True),
+            needs_images=True, slow=True, requires=NEEDS["embeddings"]),
     Section("quality", "ROAD scores of the CAM maps (keep / remove their top 20%)", "batch", _quality,
-            prepare=_prepare_cams, finish=_write_quality, needs_images=True, needs_gradients=True, slow=True),
+            prepare=_prepare_cams, finish=_write_quality, needs_images=True, needs_gradients=True, slow=True,
+            requires=NEEDS["quality"]),
 ):
     register_section(_section)

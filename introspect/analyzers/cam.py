@@ -481,7 +481,9 @@ def cam(
 ) -> list[CamResult]:
     """Class activation maps of ``inputs`` for the top-k classes (or ``targets``), one result per method and image.
 
-    Example: ``introspect.cam(loaded, "cat.png", "gradcam,layercam")[0].to_pil()``.
+    Every task goes the same way (its inputs, one forward pass, its targets): a detector's result holds a
+    map per top detection (its box score), a segmenter's a map per class present, a video model's a
+    map over the clip's frames. Example: ``introspect.cam(loaded, "cat.png", "gradcam,layercam")[0].to_pil()``.
 
     Args:
         model: a module or a :class:`~introspect.models.LoadedModel`.
@@ -505,25 +507,9 @@ def cam(
         ImageError: an input image cannot be loaded.
         MethodFailedError: pytorch-grad-cam failed on this model.
     """
-    from .predictions import resolve_target
+    from .batch import one_batch
 
-    module, loaded = unwrap(model)
-    batch = prepare_inputs(inputs, loaded)
-    names = list(categories or (loaded.categories if loaded else ()))
-    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:]))
-    from ..tasks import TASKS
-    from ..tasks.quantized import check_cam_methods, is_quantized_model
-
-    task = TASKS[loaded.task if loaded else ("quantized" if is_quantized_model(module) else "classification")]
-    method_names = parse_cam_methods(methods or task.default_cam or "gradcam")
-    if task.name == "quantized":
-        check_cam_methods(method_names, loaded.name if loaded else type(module).__name__)
-    grad_layer = choice.name if needs_layer_gradient(method_names) else None
-    forward = run_forward(module, batch.tensor, capture=[choice.name], grad_layer=grad_layer)
-    num_classes = forward.logits.shape[-1]
-    indices = [resolve_target(t, names, num_classes) for t in targets] if targets else None
-    classes = top_classes(forward, topk, indices)
-    try:
-        return cams_from_pass(module, forward, batch, method_names, choice, classes, names, colormap)
-    finally:
-        forward.release()
+    options = CamOptions(methods=methods, layer=layer, targets=targets, topk=topk, colormap=colormap)
+    with one_batch(model, inputs, categories=categories, cam=options,
+                   prepare=(lambda ctx: ctx.task.prepare_cams(ctx),)) as ctx:
+        return ctx.task.cam_results(ctx)

@@ -88,7 +88,12 @@ def embeddings(
     """
     from tqdm import tqdm
 
+    from ..tasks.base import NEEDS
+    from .batch import require
+
     module, loaded = unwrap(model)
+    if loaded is not None:
+        require(loaded, "embeddings", NEEDS["embeddings"])
     names_of = list(categories or (loaded.categories if loaded else ()))
     stream = stream_inputs(images, loaded, batch_size)
     files = stream.files

@@ -98,8 +98,8 @@ def feature_maps(model: nn.Module | LoadedModel, inputs: Inputs, layers: Sequenc
         UnknownLayerError: a name that is not a layer of the model (or does not run).
         ImageError: an input image cannot be loaded.
     """
-    module, loaded = unwrap(model)
-    batch = prepare_inputs(inputs, loaded)
-    choices = feature_layer_choices(module, layers, input_size=tuple(batch.tensor.shape[-2:]))
-    forward = run_forward(module, batch.tensor, capture=[c.name for c in choices])
-    return feature_maps_from_pass(forward, batch, choices, max_channels)
+    from .batch import one_batch
+
+    options = FeatureOptions(layers=layers, max_channels=max_channels)
+    with one_batch(model, inputs, features=options, prepare=(lambda ctx: ctx.task.prepare_features(ctx),)) as ctx:
+        return ctx.task.feature_maps(ctx)

@@ -235,7 +235,12 @@ def visualize_filters(
     """
     from tqdm import tqdm
 
+    from ..tasks.base import NEEDS
+    from .batch import require
+
     module, loaded = unwrap(model)
+    if loaded is not None:
+        require(loaded, "filters", NEEDS["filters"])
     if steps < 1:
         raise ArgumentError(f"steps={steps} must be at least 1", parameter="steps")
     choices = _layer_choices(module, layers)

@@ -89,7 +89,8 @@ def predictions_from_pass(forward: ForwardPass, names: Sequence[str], categories
 
 def predict(model: nn.Module | LoadedModel, inputs: Inputs, topk: int = 5,
             categories: Sequence[str] | None = None) -> list[Predictions]:
-    """Top-k class names and probabilities for each input image.
+    """What the model predicts for each input: top-k classes (a classifier, a video model), detections,
+    a mask, or a flow field, as the model's task reads them.
 
     Args:
         model: a module or a :class:`~introspect.models.LoadedModel`.
@@ -103,11 +104,11 @@ def predict(model: nn.Module | LoadedModel, inputs: Inputs, topk: int = 5,
     Raises:
         ImageError: an input image cannot be loaded.
     """
-    module, loaded = unwrap(model)
-    batch = prepare_inputs(inputs, loaded)
-    forward = run_forward(module, batch.tensor)
-    names = categories or (loaded.categories if loaded else ())
-    return predictions_from_pass(forward, batch.names, names, topk)
+    from .batch import one_batch
+
+    with one_batch(model, inputs, categories=categories) as ctx:
+        ctx.state["prediction_topk"] = topk
+        return ctx.task.predictions(ctx)
 
 
 def top_classes(forward: ForwardPass, topk: int, targets: Sequence[int] | None = None) -> torch.Tensor:

@@ -31,7 +31,7 @@ from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
 from .cam import CAM_METHODS, normalize_cam
 from .predictions import class_name, resolve_target
-from ..options import SaliencyOptions
+from ..options import CamOptions, SaliencyOptions
 
 __all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_pass", "guided_relus"]
 
@@ -262,21 +262,15 @@ def saliency(
         TargetError: a target out of range or not a class name.
         ImageError: an input image cannot be loaded.
     """
-    module, loaded = unwrap(model)
-    batch = prepare_inputs(inputs, loaded)
-    names = list(categories or (loaded.categories if loaded else ()))
+    from ..tasks.base import NEEDS
+    from .batch import loaded_model, one_batch, require
+
+    loaded = loaded_model(model, categories)
+    require(loaded, "saliency", NEEDS["saliency"])
     method_names = parse_saliency_methods(methods)
-    choice = pick_cam_layer(module, layer, input_size=tuple(batch.tensor.shape[-2:])) \
-        if "guidedgradcam" in method_names else None
-    device, dtype = device_and_dtype(module)
-    tensor = batch.tensor.to(device=device, dtype=dtype)
-    with inspecting(module), torch.inference_mode():
-        logits = first_tensor(module(tensor)).float()
-    num_classes = logits.shape[-1]
-    if targets:
-        indices = [resolve_target(t, names, num_classes) for t in targets]
-        classes = torch.tensor(indices, dtype=torch.long).expand(logits.shape[0], -1).clone()
-    else:
-        classes = logits.topk(min(topk, num_classes), dim=-1).indices.cpu()
-    return saliency_from_pass(module, batch, method_names, classes, names, choice,
-                               probabilities=torch.softmax(logits, dim=-1))
+    options = CamOptions(layer=layer, targets=targets)
+    with one_batch(loaded, inputs, cam=options) as ctx:
+        choice = ctx.task.cam_layer(ctx) if "guidedgradcam" in method_names else None
+        classes = ctx.task.classes(ctx, topk)
+        return saliency_from_pass(ctx.model, ctx.batch, method_names, classes, ctx.loaded.categories, choice,
+                                  probabilities=ctx.forward.probabilities)

@@ -64,6 +64,13 @@ def summarize(model: nn.Module | LoadedModel, input_size: int | tuple[int, ...] 
     import torchinfo
 
     module, loaded = unwrap(model)
+    if loaded is not None and input_size is None:  # the task's own input: a clip, a pair of frames...
+        from ..tasks import TASKS
+
+        task = TASKS[loaded.task]
+        example = task.example_input(loaded)
+        examples = example if isinstance(example, tuple) else (example,)
+        input_size, num_inputs, on_meta = tuple(examples[0].shape), len(examples), on_meta and task.runs_on_meta
     size = input_size or (loaded.input_size if loaded else 224)
     shape = (1, 3, size, size) if isinstance(size, int) else tuple(size)
     device, dtype = device_and_dtype(module)

@@ -1,7 +1,8 @@
 """The task registry: every torchvision model family and what introspect shows for it.
 
-Each :class:`Task` describes itself (name, summary, torchvision module, input kind,
-which report sections apply and why the others do not). ``task_of(name)`` finds the
+Each :class:`Task` describes itself (name, summary, torchvision module, input kind, what it
+can show and why not the rest) and carries its behaviour on the one run path (inputs, the
+forward pass, predictions, feature maps, CAMs, layers: :mod:`introspect.tasks.base`). ``task_of(name)`` finds the
 task of a torchvision model name; ``models_by_task()`` is the ``--list-models`` listing.
 """
 
@@ -11,12 +12,16 @@ from functools import lru_cache
 
 from ..errors import ArgumentError
 from .base import Task
+from .classification import ClassificationTask, QuantizedTask
+from .detection import DetectionTask
+from .flow import FlowTask
+from .segmentation import SegmentationTask
+from .video import VideoTask
 
-__all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names", "ALL_SECTIONS"]
+__all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names"]
 
-ALL_SECTIONS = frozenset({"structure", "graph", "kernels", "features", "cam", "histograms", "saliency", "filters",
-                          "embeddings", "quality"})
 _CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
+_NO_AUDIT = "the dataset audit is written for classifiers (accuracy, pointing game against boxes): not yet for {}"
 
 TASKS: dict[str, Task] = {}
 
@@ -29,24 +34,25 @@ def register_task(task: Task) -> Task:
     return task
 
 
-register_task(Task(
+register_task(ClassificationTask(
     name="classification",
     summary="image classifiers: top-k classes, CAMs, saliency, filters, embeddings",
     module="torchvision.models",
     input_kind="image",
-    sections=None,
+    capabilities=frozenset({"images", "class_scores", "targets", "autograd", "graph"}),
 ))
-register_task(Task(
+register_task(QuantizedTask(
     name="quantized",
     summary="int8 quantized classifiers: kernels dequantized, activation-only CAMs (eigencam, fem)",
     module="torchvision.models.quantization",
     input_kind="image",
-    sections=frozenset({"structure", "graph", "kernels", "features", "cam", "histograms"}),
+    capabilities=frozenset({"images", "class_scores", "targets", "graph"}),
     not_applicable={
         "saliency": "needs input gradients, and quantized int8 kernels have no autograd",
         "filters": "gradient ascent on the input needs autograd, which quantized int8 kernels lack",
         "embeddings": "not wired for quantized models yet",
         "quality": "not wired for quantized models yet",
+        "audit": "the audit's CAMs need gradients, and quantized int8 kernels have no autograd",
     },
     cam_methods=frozenset({"eigencam", "fem"}),
     default_cam="eigencam",
@@ -54,59 +60,62 @@ register_task(Task(
     notes=("CAM: quantized int8 kernels have no autograd, so only the activation-only methods (eigencam, fem) "
            "run; the default is eigencam",),
 ))
-register_task(Task(
+register_task(DetectionTask(
     name="detection",
     summary="object detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD): boxes drawn with COCO names, "
             "a CAM per top detection",
     module="torchvision.models.detection",
     input_kind="image",
-    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
+    capabilities=frozenset({"images", "targets", "autograd"}),
     not_applicable={
         "graph": "detection models take a list of images and return a list of dicts, which the graph tracer "
                  "cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
-        "quality": _CLASSIFIER_ONLY,
+        "quality": _CLASSIFIER_ONLY, "audit": _NO_AUDIT.format("detectors (mAP)"),
     },
     build_kwargs={"weights_backbone": None},
+    runs_on_meta=False,
 ))
-register_task(Task(
+register_task(SegmentationTask(
     name="segmentation",
     summary="semantic segmentation (FCN, DeepLabV3, LR-ASPP): the predicted mask with a legend of classes, a CAM "
             "per class present",
     module="torchvision.models.segmentation",
     input_kind="image",
-    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
+    capabilities=frozenset({"images", "targets", "autograd"}),
     not_applicable={
         "graph": "segmentation models return a dict, which the graph tracer cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
-        "quality": _CLASSIFIER_ONLY,
+        "quality": _CLASSIFIER_ONLY, "audit": _NO_AUDIT.format("segmenters (mIoU)"),
     },
     build_kwargs={"weights_backbone": None, "aux_loss": False},
 ))
-register_task(Task(
+register_task(VideoTask(
     name="video",
     summary="video classifiers (R3D, MC3, R(2+1)D, S3D, MViT, Swin3D): Kinetics-400 top-k, CAM over time",
     module="torchvision.models.video",
     input_kind="clip",
-    sections=frozenset({"structure", "kernels", "features", "cam", "histograms"}),
+    capabilities=frozenset({"class_scores", "targets", "autograd"}),
     not_applicable={
         "graph": "not traced for video models (large 5-d graphs); structure lists every layer",
         "saliency": "written for single images, not clips", "filters": "written for single images, not clips",
         "embeddings": "written for single images, not clips", "quality": "written for single images, not clips",
+        "audit": _NO_AUDIT.format("video models"),
     },
 ))
-register_task(Task(
+register_task(FlowTask(
     name="optical_flow",
     summary="optical flow (RAFT): two frames -> the flow image and the feature encoder's maps",
     module="torchvision.models.optical_flow",
     input_kind="frame pair",
-    sections=frozenset({"structure", "kernels", "features", "histograms"}),
+    capabilities=frozenset({"autograd"}),
     not_applicable={
         "graph": "RAFT's iterative refinement loop is not traced (the graph would repeat it 12 times)",
         "cam": "RAFT outputs a flow field, not class scores: there is no class to explain",
         "saliency": "RAFT outputs a flow field, not class scores", "filters": "RAFT outputs a flow field, "
         "not class scores", "embeddings": "RAFT outputs a flow field, not class scores",
         "quality": "RAFT outputs a flow field, not class scores: there are no CAMs to score",
+        "audit": "RAFT outputs a flow field, not class scores: there is nothing to audit against labels",
     },
 ))
 

@@ -1,94 +1,146 @@
-"""Pieces every non-classification task shares: a plain forward that keeps the raw output,
-stage layers found by probing output shapes, and feature-map records from any layout.
+"""Pieces the detection, segmentation, video and optical-flow tasks share: the feature stages of a
+trunk found from its structure and the shapes one pass gives, and feature-map records from any layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UnknownLayerError
-from ..hooks import first_tensor, inspecting
-from ..layers import resolve_layer
+from .base import Task
 
-__all__ = ["RawPass", "run_model", "stage_ends", "dequantized"]
+__all__ = ["trunk_root", "stage_children", "stage_ends", "feature_records", "ROOTS", "HeadsTask"]
 
-
-@dataclass
-class RawPass:
-    """What one inference pass produced: the model's own output and the captured layer outputs."""
-
-    output: object
-    activations: dict[str, torch.Tensor]
+#: Where a task's trunk lives, first match wins: a detector's or segmenter's backbone body, RAFT's
+#: feature encoder, a video model's blocks.
+ROOTS: dict[str, tuple[str, ...]] = {
+    "image": ("backbone.body", "backbone.features", "backbone"),
+    "frame pair": ("feature_encoder",),
+    "clip": ("features", "blocks"),
+}
 
 
-def dequantized(tensor: torch.Tensor) -> torch.Tensor:
-    """A float copy of a quantized tensor (int8 activations), the tensor itself otherwise."""
-    return tensor.dequantize() if tensor.is_quantized else tensor
+def trunk_root(model: nn.Module, candidates: Sequence[str]) -> str:
+    """The first of ``candidates`` that is a module of ``model`` ("" for the model itself)."""
+    names = {name for name, _ in model.named_modules()}
+    return next((name for name in candidates if name in names), "")
 
 
-def run_model(model: nn.Module, inputs: object, capture: Sequence[str] = ()) -> RawPass:
-    """Run ``model`` once in eval mode without autograd; keep its raw output and the ``capture`` layers' outputs.
-
-    Args:
-        model: any module; it comes back untouched.
-        inputs: what its forward takes (a tensor, or a tuple of positional arguments).
-        capture: layer names whose (first tensor) output to keep, detached and dequantized.
-    Returns:
-        :class:`RawPass`.
-    """
-    modules = {name: resolve_layer(model, name) for name in capture}
-    activations: dict[str, torch.Tensor] = {}
-
-    def capturing(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if name not in activations:  # the first call (RAFT's encoder runs once on both frames)
-                activations[name] = dequantized(first_tensor(output).detach())
-        return hook
-
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    with inspecting(model) as scope:
-        for name, module in modules.items():
-            scope.forward_hook(module, capturing(name))
-        with torch.inference_mode():
-            output = model(*args)
-    silent = [name for name in modules if name not in activations]
-    if silent:
-        raise UnknownLayerError(f"layer {silent[0]!r} does not run in the model's forward pass (in eval mode): "
-                                "pick another (introspect.layers.layer_table lists them)", parameter="layers")
-    return RawPass(output=output, activations=activations)
+def stage_children(model: nn.Module, root: str) -> list[str]:
+    """The children of ``root`` that may end a stage (pooling layers are left out)."""
+    container = model.get_submodule(root) if root else model
+    return [f"{root}.{name}" if root else name for name, child in container.named_children()
+            if "pool" not in type(child).__name__.lower()]
 
 
-def stage_ends(model: nn.Module, root: str, inputs: object, limit: int = 6) -> list[str]:
-    """The children of ``root`` that end a resolution stage, found by running ``inputs`` once.
-
-    A child ends a stage when the next child's output has another spatial size (every
-    dimension after the channels: H, W or T, H, W). Children whose output is not a
-    tensor of at least 4 dimensions are left out. At most ``limit`` (the deepest ones).
-    """
-    container = resolve_layer(model, root) if root else model
-    children = [(f"{root}.{name}" if root else name, child) for name, child in container.named_children()]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def recording(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            try:
-                tensor = first_tensor(output)
-            except TypeError:
-                return
-            if tensor.ndim >= 4 and name not in shapes:
-                shapes[name] = tuple(tensor.shape[2:])
-        return hook
-
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    with inspecting(model) as scope:
-        for name, child in children:
-            scope.forward_hook(child, recording(name))
-        with torch.inference_mode():
-            model(*args)
-    ran = [name for name, _ in children if name in shapes]
-    ends = [name for name, after in zip(ran, ran[1:] + [None]) if after is None or shapes[after] != shapes[name]]
+def stage_ends(shapes: Mapping[str, tuple[int, ...]], limit: int = 6) -> list[str]:
+    """The layers (in run order) after which the spatial size changes: the last ``limit`` stage ends."""
+    names = list(shapes)
+    ends = [n for n, after in zip(names, names[1:] + [None]) if after is None or shapes[after] != shapes[n]]
     return ends[-limit:]
+
+
+def feature_records(activations: Mapping[str, torch.Tensor], names: Sequence[str], layers: Sequence[str] | None,
+                    max_channels: int, as_map: Callable[[torch.Tensor], torch.Tensor] = lambda a: a) -> list:
+    """Feature-map records of ``layers`` (default: the stage ends among ``activations``), one per layer and input.
+
+    ``as_map`` turns each activation into (N, C, H, W) (a clip's middle frame); others are left out.
+    """
+    from ..analyzers.features import feature_map
+    from ..layers import LayerChoice
+
+    maps = {layer: as_map(a) for layer, a in activations.items()}
+    maps = {layer: m for layer, m in maps.items() if m.ndim == 4}
+    chosen = list(layers) if layers else stage_ends({k: tuple(v.shape[2:]) for k, v in maps.items()})
+    return [feature_map(LayerChoice(layer), name, maps[layer][n], max_channels) for n, name in enumerate(names)
+            for layer in chosen if layer in maps]
+
+
+@dataclass(frozen=True)
+class HeadsTask(Task):
+    """Tasks whose heads read a dict of feature maps (detection, segmentation): those maps are the CAM's
+    gradient leaves, the trunk's stages the feature maps, and one pass of the model serves all of them.
+
+    A subclass gives :meth:`run_pass` (one forward pass over images of one size, returning a record with
+    ``fp`` (:class:`~introspect.tasks.featurepass.FeaturePass`) and ``release()``), :meth:`explain`
+    (CAM results from that pass) and :meth:`check_cam_options`.
+    """
+
+    def read_inputs(self, inputs: Any, loaded: Any) -> Any:
+        from ..inputs import prepare_inputs
+
+        return prepare_inputs(inputs, loaded)
+
+    def run_pass(self, ctx: Any, batch: Any, methods: Sequence[str], capture: Sequence[str]) -> Any:
+        """One forward pass over ``batch`` (a ``TaskImages``)."""
+        raise NotImplementedError
+
+    def explain(self, ctx: Any, methods: Sequence[str]) -> list:
+        """CAM results of ``ctx.forward`` for ``methods``."""
+        raise NotImplementedError
+
+    def check_cam_options(self, ctx: Any) -> None:
+        """Refuse CAM options that do not fit the task (before anything is written)."""
+
+    def prepare_cams(self, ctx: Any) -> None:
+        from ..layers import resolve_layer
+        from .featurepass import single_pass_methods
+
+        self.check_cam_options(ctx)
+        methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
+        if ctx.cam.layer:
+            resolve_layer(ctx.model, ctx.cam.layer)
+        ctx.state["cam_methods"] = methods
+        ctx.explain = True
+        ctx.info["cam methods"] = ", ".join(methods)
+
+    def prepare_features(self, ctx: Any) -> None:
+        from ..layers import resolve_layer
+
+        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["image"])))
+        for name in layers:
+            resolve_layer(ctx.model, name)
+        ctx.keep(*layers)
+        ctx.state["feature_capture"] = layers
+
+    def forward(self, ctx: Any) -> Any:
+        from .featurepass import task_images
+
+        methods = ctx.state.get("cam_methods", ()) if ctx.explain else ()
+        return self.run_pass(ctx, task_images(ctx.batch), methods, ctx.capture)
+
+    def feature_maps(self, ctx: Any) -> list:
+        fp = ctx.forward.fp
+        found = {name: fp.layer_output(name) for name in ctx.state.get("feature_capture", ())}
+        return feature_records({k: v for k, v in found.items() if v is not None}, ctx.batch.names,
+                               ctx.features.layers, ctx.features.max_channels)
+
+    def cam_results(self, ctx: Any) -> list:
+        results = self.explain(ctx, ctx.state["cam_methods"])
+        for result in results:
+            ctx.info.setdefault("cam layer", result.layer + (f" ({', '.join(result.levels)})"
+                                                             if any(result.levels) else ""))
+        return results
+
+    def _probe(self, loaded: Any) -> Any:
+        """One pass of a blank image of the model's size, capturing the trunk's stages (``--list-layers``)."""
+        from ..context import RunContext
+        from .featurepass import task_images
+
+        size = loaded.input_size
+        capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["image"]))
+        found = self.run_pass(RunContext(loaded=loaded), task_images(torch.zeros(1, 3, size, size)), ("eigencam",),
+                              capture)
+        return found
+
+    def cam_layer_name(self, loaded: Any, layer: str | None = None) -> str | None:
+        return layer or self._probe(loaded).fp.layer or None
+
+    def feature_layer_names(self, loaded: Any) -> list[str]:
+        fp = self._probe(loaded).fp
+        outputs = {name: fp.layer_output(name) for name in fp.captured if not name.startswith("__")}
+        return stage_ends({name: tuple(t.shape[2:]) for name, t in outputs.items() if t is not None and t.ndim == 4})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,14 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS
 from ..errors import IntrospectWarning, TargetError, UsageError
+from .common import HeadsTask
 from ..hooks import inspecting
-from .featurepass import FeaturePass, feature_pass, scaled_maps, single_pass_methods, task_images
+from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
 from .records import DetectionCamMap, DetectionCamResult, Detections
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
-           "detect", "detection_cams", "draw_detections", "box_score_targets"]
+           "detect", "detection_cams", "draw_detections", "box_score_targets", "DetectionPass", "detection_pass",
+           "detection_cam_results", "DetectionTask"]
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 """Detections scoring less are not shown or explained."""
@@ -47,6 +50,8 @@ COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
     (0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12), (11, 12),
     (11, 13), (13, 15), (12, 14), (14, 16))
 """Pairs of COCO's 17 person keypoints joined when they are drawn."""
+
+_PROPOSALS, _PREDICTIONS = "__proposals__", "__box_predictions__"  # capture keys of the RoI fast path
 
 _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
@@ -200,12 +205,10 @@ def detect(
     Returns:
         One record per image.
     """
-    _check_threshold(score_threshold)
     module, categories = _model_and_categories(model, categories)
-    batch = task_images(images, names)
-    fp = _run(module, batch.tensors, None, False, score_threshold, require_features=False)
-    return [_detections(out, name, photo, score_threshold, categories)
-            for out, name, photo in zip(fp.output, batch.names, batch.photos)]
+    found = detection_pass(module, task_images(images, names), score_threshold=score_threshold, categories=categories)
+    found.release()
+    return found.detections
 
 
 def box_score_targets(outputs: Sequence[dict[str, torch.Tensor]], references: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -269,8 +272,8 @@ def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tup
     from torchvision.models.detection.transform import resize_boxes
     from torchvision.ops import box_iou, clip_boxes_to_image
 
-    proposals = list(fp.captured["proposals"][0])
-    class_logits, box_regression = fp.captured["predictions"]
+    proposals = list(fp.captured[_PROPOSALS][0])
+    class_logits, box_regression = fp.captured[_PREDICTIONS]
     _, resized = fp.canvas
     counts = [len(p) for p in proposals]
     logits_list, regression_list = class_logits.split(counts), box_regression.split(counts)
@@ -311,6 +314,118 @@ def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tup
         grads = torch.autograd.grad(total, [copies[name] for name in names], allow_unused=True,
                                     materialize_grads=True)
     return {name: g.reshape(k, *activations[name].shape) for name, g in zip(names, grads)}
+
+
+@dataclass
+class DetectionPass:
+    """One detector forward pass: its feature maps (made gradient leaves when a CAM needs them), the
+    detections of every image, and what the RoI fast path needs."""
+
+    fp: FeaturePass
+    batch: TaskImages
+    detections: list[Detections]
+    categories: Sequence[str]
+    score_threshold: float
+    gradients: bool
+    roi: nn.Module | None = None
+    layer: str | None = None
+
+    def release(self) -> None:
+        """Drop the recorded graph and the feature maps."""
+        self.fp.release()
+
+
+def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[str] = (), layer: str | None = None,
+                   score_threshold: float = DEFAULT_SCORE_THRESHOLD, categories: Sequence[str] | None = None,
+                   capture: Sequence[str] = (), restrict_to_rois: bool = True) -> DetectionPass:
+    """Run a detector once over ``batch``: the detections, the layers in ``capture``, and (for ``methods``) the
+    feature maps the heads read as gradient leaves.
+
+    R-CNN models with a gradient method keep the forward unrecorded (the box head is re-run on the explained
+    RoIs only, see :func:`detection_cam_results`); other detectors record their heads.
+    """
+    from ..layers import resolve_layer
+
+    _check_threshold(score_threshold)
+    needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
+    if needs_grad and torch.is_inference_mode_enabled():
+        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
+                         "it, or use methods='eigencam'")
+    roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
+    hooks = {name: resolve_layer(module, name) for name in capture}
+    if roi is not None:
+        hooks.update({_PROPOSALS: module.rpn, _PREDICTIONS: roi.box_predictor})
+    fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, hooks or None,
+              require_features=bool(methods))
+    missing = [name for name in capture if name not in fp.captured]
+    if missing:
+        from ..errors import UnknownLayerError
+
+        raise UnknownLayerError(f"layer {missing[0]!r} does not run in the detector's forward pass (in eval mode): "
+                                "pick another", parameter="layers")
+    cats = categories if categories is not None else coco_categories(person_only="keypoints" in fp.output[0])
+    detections = [_detections(out, name, photo, score_threshold, cats)
+                  for out, name, photo in zip(fp.output, batch.names, batch.photos)]
+    return DetectionPass(fp=fp, batch=batch, detections=detections, categories=cats,
+                         score_threshold=score_threshold, gradients=needs_grad, roi=roi, layer=layer)
+
+
+def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequence[str], *, topk: int = 3,
+                          targets: Sequence[int | str] | None = None,
+                          iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+                          colormap: str = "jet") -> list[DetectionCamResult]:
+    """A CAM for each of the top-k detections of each image of a :func:`detection_pass` (one backward)."""
+    from ..drawing import labelled_row, overlay
+
+    if topk < 1:
+        raise UsageError(f"topk={topk} must be at least 1", parameter="topk")
+    fp, batch, detections, roi = found.fp, found.batch, found.detections, found.roi
+    wanted = _resolve_targets(targets, found.categories)
+    chosen = [[i for i in range(len(d)) if wanted is None or int(d.labels[i]) in wanted][:topk] for d in detections]
+    k = max((len(c) for c in chosen), default=0)
+    notes: list[str] = []
+    if k == 0:
+        notes.append(f"no detection scored {found.score_threshold:g} or more" +
+                     (" in the classes asked for" if wanted else "") + ": nothing to explain")
+    sizes = [tuple(p.shape[:2]) for p in batch.photos]
+    grads = None
+    if found.gradients and k:
+        if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
+            references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
+            if any(m.training for m in roi.modules()):
+                with inspecting(roi):  # eval mode for the box path, put back after
+                    grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+            else:  # no hook, no mode change, nothing written to .grad: nothing to put back
+                grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+        else:
+            if roi is not None:  # the features found are not what the box head reads: the whole graph
+                fp = _run(module, batch.tensors, found.layer, True, found.score_threshold)
+            references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
+            grads = fp.gradients(box_score_targets(fp.output, references2, k, iou_threshold))
+    results = []
+    for method in methods:
+        maps = scaled_maps(method, fp, grads, k, sizes) if k else [None] * len(sizes)
+        if k and not any(bool(m.any()) for m in maps):
+            notes.append(f"{method}: every map is zero at {fp.layer} (no gradient reaches it?): blank maps")
+        for n, (boxes, picks) in enumerate(zip(detections, chosen)):
+            entries = []
+            for j, index in enumerate(picks):
+                heatmap = maps[n][j].numpy().astype(np.float32)
+                box = tuple(float(v) for v in boxes.boxes[index])
+                drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), boxes.boxes[index:index + 1],
+                                        boxes.names[index:index + 1], boxes.scores[index:index + 1],
+                                        boxes.labels[index:index + 1])
+                entries.append(DetectionCamMap(method=method, detection=index, label=int(boxes.labels[index]),
+                                               name=boxes.names[index], score=float(boxes.scores[index]),
+                                               box=box, heatmap=heatmap, image=drawn))
+            panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
+                if entries else boxes.image
+            results.append(DetectionCamResult(method=method, layer=fp.layer, levels=fp.levels,
+                                              image_name=boxes.image_name, detections=boxes, maps=tuple(entries),
+                                              image=panel, warnings=tuple(notes)))
+    for note in notes:
+        warnings.warn(f"detection CAM: {note}", IntrospectWarning, stacklevel=2)
+    return results
 
 
 def detection_cams(
@@ -355,74 +470,43 @@ def detection_cams(
     Returns:
         One result per method and image (method-major), each carrying that image's :class:`Detections`.
     """
-    from ..drawing import labelled_row, overlay
-
     _check_threshold(score_threshold)
     if topk < 1:
-        raise UsageError(f"topk={topk} must be at least 1")
+        raise UsageError(f"topk={topk} must be at least 1", parameter="topk")
     method_names = single_pass_methods(methods, "detection")
     module, categories = _model_and_categories(model, categories)
     batch = task_images(images, names)
-    needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
-    if needs_grad and torch.is_inference_mode_enabled():
-        raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
-                         "it, or use methods='eigencam'")
     _resolve_targets(targets, categories if categories is not None else coco_categories())  # fail before the pass
-    roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
-    capture = {"proposals": module.rpn, "predictions": roi.box_predictor} if roi is not None else None
-    fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, capture)
-    outputs = fp.output
-    cats = categories if categories is not None else coco_categories(person_only="keypoints" in outputs[0])
-    wanted = _resolve_targets(targets, cats)
-    detections = [_detections(out, name, photo, score_threshold, cats)
-                  for out, name, photo in zip(outputs, batch.names, batch.photos)]
-    chosen = [[i for i in range(len(d)) if wanted is None or int(d.labels[i]) in wanted][:topk] for d in detections]
-    k = max((len(c) for c in chosen), default=0)
-    notes: list[str] = []
-    if k == 0:
-        notes.append(f"no detection scored {score_threshold:g} or more" + (" in the classes asked for" if wanted
-                                                                            else "") + ": nothing to explain")
-    sizes = [tuple(p.shape[:2]) for p in batch.photos]
-    grads = None
-    if needs_grad and k:
-        if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
-            references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
-            if any(m.training for m in roi.modules()):
-                with inspecting(roi):  # eval mode for the box path, put back after
-                    grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
-            else:  # no hook, no mode change, nothing written to .grad: nothing to put back
-                grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
-        else:
-            if roi is not None:  # the features found are not what the box head reads: the whole graph
-                fp = _run(module, batch.tensors, layer, True, score_threshold)
-                outputs = fp.output
-            references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
-            grads = fp.gradients(box_score_targets(outputs, references2, k, iou_threshold))
-    results = []
+    found = detection_pass(module, batch, methods=method_names, layer=layer, score_threshold=score_threshold,
+                           categories=categories, restrict_to_rois=restrict_to_rois)
     try:
-        for method in method_names:
-            maps = scaled_maps(method, fp, grads, k, sizes) if k else [None] * len(sizes)
-            if k and not any(bool(m.any()) for m in maps):
-                notes.append(f"{method}: every map is zero at {fp.layer} (no gradient reaches it?): blank maps")
-            for n, (found, picks) in enumerate(zip(detections, chosen)):
-                entries = []
-                for j, index in enumerate(picks):
-                    heatmap = maps[n][j].numpy().astype(np.float32)
-                    box = tuple(float(v) for v in found.boxes[index])
-                    drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), found.boxes[index:index + 1],
-                                            found.names[index:index + 1], found.scores[index:index + 1],
-                                            found.labels[index:index + 1])
-                    entries.append(DetectionCamMap(method=method, detection=index, label=int(found.labels[index]),
-                                                   name=found.names[index], score=float(found.scores[index]),
-                                                   box=box, heatmap=heatmap, image=drawn))
-                panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
-                    if entries else found.image
-                results.append(DetectionCamResult(method=method, layer=fp.layer, levels=fp.levels,
-                                                  image_name=found.image_name, detections=found, maps=tuple(entries),
-                                                  image=panel, warnings=tuple(notes)))
+        return detection_cam_results(module, found, method_names, topk=topk, targets=targets,
+                                     iou_threshold=iou_threshold, colormap=colormap)
     finally:
-        fp.leaves.clear()
-        fp.output = None
-    for note in notes:
-        warnings.warn(f"detection CAM: {note}", IntrospectWarning, stacklevel=2)
-    return results
+        found.release()
+
+
+
+@dataclass(frozen=True)
+class DetectionTask(HeadsTask):
+    """Object detectors: boxes with names and scores, a CAM per top detection (its box score)."""
+
+    def check_cam_options(self, ctx: Any) -> None:
+        if ctx.cam.topk < 1:
+            raise UsageError(f"topk={ctx.cam.topk} must be at least 1", parameter="topk")
+        _resolve_targets(ctx.cam.targets, ctx.loaded.categories or coco_categories())
+
+    def run_pass(self, ctx: Any, batch: TaskImages, methods: Sequence[str], capture: Sequence[str]) -> DetectionPass:
+        return detection_pass(ctx.model, batch, methods=methods, layer=ctx.cam.layer,
+                              score_threshold=ctx.detection.score_threshold,
+                              categories=ctx.loaded.categories or None, capture=capture)
+
+    def predictions(self, ctx: Any) -> list:
+        return list(ctx.forward.detections)
+
+    def explain(self, ctx: Any, methods: Sequence[str]) -> list:
+        return detection_cam_results(ctx.model, ctx.forward, methods, topk=ctx.cam.topk, targets=ctx.cam.targets,
+                                     colormap=ctx.cam.colormap)
+
+    def run_info(self, ctx: Any) -> dict[str, object]:
+        return {"score threshold": ctx.detection.score_threshold}

@@ -163,6 +163,19 @@ class FeaturePass:
         """The feature maps, detached."""
         return {name: leaf.detach() for name, leaf in self.leaves.items()}
 
+    def layer_output(self, name: str) -> torch.Tensor | None:
+        """The first tensor of the output of the module captured as ``name`` (``capture=``), detached, or None."""
+        from ..hooks import first_tensor
+
+        value = self.captured.get(name)
+        return None if value is None else first_tensor(value).detach()
+
+    def release(self) -> None:
+        """Drop the recorded graph, the feature maps and the captured outputs."""
+        self.leaves.clear()
+        self.captured.clear()
+        self.output = None
+
     def gradients(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """d scores[n, j] / d feature map for every j at once (see :func:`batched_gradients`)."""
         if not self._recorded:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import TargetError, UsageError
+from .base import Task
+from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 from ..records import FlowResult
 
-__all__ = ["FramePairs", "MAX_PAIRS", "prepare_pairs", "flow_results"]
+__all__ = ["FlowTask", "FramePairs", "MAX_PAIRS", "prepare_pairs", "flow_results"]
 
 MAX_PAIRS = 4
 
@@ -33,6 +36,9 @@ class FramePairs:
 
     def __len__(self) -> int:
         return self.first.shape[0]
+
+    def __getitem__(self, part: slice) -> FramePairs:
+        return FramePairs(self.first[part], self.second[part], self.photos[part], self.names[part])
 
 
 def prepare_pairs(paths: Sequence[str | Path], loaded, max_pairs: int = MAX_PAIRS) -> FramePairs:
@@ -91,3 +97,60 @@ def flow_results(flows: torch.Tensor, pairs: FramePairs) -> list[FlowResult]:
                                   max_magnitude=float(magnitude.max()),
                                   image=tile_grid(np.stack(tiles), ncols=3, padding=2)))
     return results
+
+
+@dataclass(frozen=True)
+class FlowTask(Task):
+    """Optical flow (RAFT): two frames -> the flow image, its magnitudes, and the feature encoder's maps."""
+
+    def read_inputs(self, inputs: Any, loaded: Any) -> FramePairs:
+        if isinstance(inputs, FramePairs):
+            return inputs
+        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        if not all(isinstance(p, (str, Path)) for p in paths):
+            raise UsageError(f"{loaded.name} takes frames by path: pass inputs=[FIRST, SECOND] or one clip",
+                             parameter="inputs")
+        return prepare_pairs(paths, loaded)
+
+    def shown_inputs(self, batch: FramePairs) -> list:
+        return []  # flow/<pair> shows both frames beside the flow
+
+    def example_input(self, loaded: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        size = loaded.input_size
+        return torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size)
+
+    def check_options(self, ctx: Any) -> None:
+        if ctx.cam.targets:
+            raise TargetError(f"targets={str(ctx.cam.targets[0])!r} does not apply: {ctx.loaded.name} estimates "
+                              "optical flow and has no classes, drop it", parameter="targets")
+
+    def prepare_features(self, ctx: Any) -> None:
+        from ..layers import resolve_layer
+
+        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["frame pair"])))
+        for name in layers:
+            resolve_layer(ctx.model, name)
+        ctx.keep(*layers)
+        ctx.state["feature_capture"] = layers
+
+    def forward(self, ctx: Any):
+        from ..forward import run_forward
+
+        return run_forward(ctx.model, (ctx.batch.first, ctx.batch.second), capture=ctx.capture)
+
+    def predictions(self, ctx: Any) -> list:
+        output = ctx.forward.output
+        flows = output[-1] if isinstance(output, (list, tuple)) else output
+        return flow_results(flows, ctx.batch)
+
+    def feature_maps(self, ctx: Any) -> list:
+        count = len(ctx.batch)  # the encoder ran on both frames at once: keep the first frame's maps
+        found = {name: ctx.forward.activations[name][:count] for name in ctx.state["feature_capture"]}
+        return feature_records(found, ctx.batch.names, ctx.features.layers, ctx.features.max_channels)
+
+    def feature_layer_names(self, loaded: Any) -> list[str]:
+        from ..forward import run_forward
+
+        capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["frame pair"]))
+        found = run_forward(loaded.model, self.example_input(loaded), capture=capture)
+        return stage_ends({name: tuple(a.shape[2:]) for name, a in found.activations.items() if a.ndim == 4})

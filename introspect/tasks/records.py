@@ -91,6 +91,12 @@ class Detections(ImageRecordMixin):
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def headline(self) -> str:
+        """One line for the console: the image and its best detections."""
+        top = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.names[:3], self.scores[:3].tolist()))
+        return f"{self.image_name}: {len(self)} detections" + (f" ({top}, ...)" if len(self) > 3 else
+                                                               f" ({top})" if top else "")
+
     def _rows(self) -> list[list[object]]:
         return [[i + 1, name, int(label), f"{float(score):.4f}", ", ".join(f"{v:.1f}" for v in box)]
                 for i, (name, label, score, box) in enumerate(zip(self.names, self.labels, self.scores,
@@ -163,6 +169,10 @@ class Segmentation(ImageRecordMixin):
     image: np.ndarray  # uint8: the photo with the classes drawn over it, and a legend below
 
     _HEADER = ["class", "index", "pixels", "share"]
+
+    def headline(self) -> str:
+        """One line for the console: the image and its largest classes."""
+        return f"{self.image_name}: " + ", ".join(f"{c.name} {c.share:.1%}" for c in self.classes[:3])
 
     def _rows(self) -> list[list[object]]:
         return [[c.name, c.index, c.pixels, f"{c.share:.2%}"] for c in self.classes]

@@ -19,6 +19,7 @@ gradient methods its map is blank and the CAM is that of ``'out'``, as with pyto
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,12 +28,14 @@ import torch
 from torch import nn
 
 from ..analyzers.cam import CAM_METHODS
-from ..errors import IntrospectWarning, UsageError
+from ..errors import IntrospectWarning, TargetError, UsageError
+from .common import HeadsTask
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
 from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
-           "segmentation_cams", "draw_segmentation"]
+           "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",
+           "segmentation_cam_results", "SegmentationTask"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,7 +110,8 @@ def _groups(batch: TaskImages) -> list[list[int]]:
 
 
 def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Sequence[float], std: Sequence[float],
-             layer: str | None, gradients: bool, require_features: bool = True) -> FeaturePass:
+             layer: str | None, gradients: bool, require_features: bool = True,
+             capture: dict[str, nn.Module] | None = None) -> FeaturePass:
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -115,7 +119,8 @@ def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Seq
     if not batch.normalized:
         x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
-    return feature_pass(module, x, layer=layer, gradients=gradients, require_features=require_features)
+    return feature_pass(module, x, layer=layer, gradients=gradients, require_features=require_features,
+                        capture=capture)
 
 
 def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
@@ -140,6 +145,100 @@ def _module(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Se
     if not isinstance(module, nn.Module):
         raise UsageError(f"expected a torch.nn.Module segmenter, got {type(model).__name__}")
     return module, tuple(categories) if categories is not None else voc_categories()
+
+
+@dataclass
+class SegmentationPass:
+    """One segmenter forward pass over images of one size: the masks, the captured layers, and (for a CAM)
+    the feature maps the heads read as gradient leaves."""
+
+    fp: FeaturePass
+    batch: TaskImages
+    logits: torch.Tensor  # (N, classes, H, W), recorded from the leaves when gradients were asked for
+    segmentations: list[Segmentation]
+    gradients: bool
+
+    def release(self) -> None:
+        """Drop the recorded graph and the feature maps."""
+        self.fp.release()
+        self.logits = self.logits.detach()
+
+
+def _subset(batch: TaskImages, indices: Sequence[int]) -> TaskImages:
+    return TaskImages(tuple(batch.tensors[i] for i in indices), tuple(batch.photos[i] for i in indices),
+                      tuple(batch.names[i] for i in indices), batch.normalized)
+
+
+def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[str] = (), layer: str | None = None,
+                      categories: Sequence[str], mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD, capture: Sequence[str] = ()) -> SegmentationPass:
+    """Run a segmenter once over ``batch`` (images of one size): the masks, the layers in ``capture``, and (for
+    ``methods``) the feature maps its heads read as gradient leaves."""
+    from ..layers import resolve_layer
+
+    if len(_groups(batch)) > 1:
+        raise UsageError("segmentation_pass takes images of one size: group them first", parameter="images")
+    needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
+    hooks = {name: resolve_layer(module, name) for name in capture}
+    fp = _forward(module, batch, list(range(len(batch))), mean, std, layer, needs_grad,
+                  require_features=bool(methods), capture=hooks or None)
+    missing = [name for name in capture if name not in fp.captured]
+    if missing:
+        from ..errors import UnknownLayerError
+
+        raise UnknownLayerError(f"layer {missing[0]!r} does not run in the segmenter's forward pass (in eval mode): "
+                                "pick another", parameter="layers")
+    logits = _logits(fp.output)
+    segs = [_segmentation(logits[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
+    return SegmentationPass(fp=fp, batch=batch, logits=logits, segmentations=segs, gradients=needs_grad)
+
+
+def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
+                             max_classes: int = DEFAULT_MAX_CLASSES, skip_background: bool = True,
+                             colormap: str = "jet") -> list[SegmentationCamResult]:
+    """A CAM for each class present in each image of a :func:`segmentation_pass`: one batched backward, whose
+    target per class is its logit summed over the pixels predicted as that class."""
+    from ..drawing import labelled_row, overlay
+
+    if max_classes < 1:
+        raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
+    fp, batch, logits, segs = found.fp, found.batch, found.logits, found.segmentations
+    chosen = []
+    for seg in segs:
+        classes = list(seg.classes)
+        if skip_background and len(classes) > 1:
+            classes = [c for c in classes if c.name != "__background__"]
+        chosen.append(classes[:max_classes])
+    k = max(len(c) for c in chosen)
+    notes: list[str] = []
+    grads = None
+    if found.gradients:
+        class_map = logits.detach().argmax(1)
+        rows = []
+        for row, classes in enumerate(chosen):
+            values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum() for c in classes]
+            values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
+            rows.append(torch.stack(values))
+        grads = fp.gradients(torch.stack(rows))
+    sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
+    maps = {m: [t.numpy() for t in scaled_maps(m, fp, grads, k, sizes)] for m in methods}
+    notes += [f"{m}: every map is zero at {fp.layer} (no gradient reaches it?): the maps are blank"
+              for m in methods if k and not any(t.any() for t in maps[m])]
+    results = []
+    for method in methods:
+        for n, (seg, classes) in enumerate(zip(segs, chosen)):
+            entries = []
+            for j, c in enumerate(classes):
+                heatmap = maps[method][n][j].astype(np.float32)
+                entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
+                                                  heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
+            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
+            results.append(SegmentationCamResult(method=method, layer=fp.layer, levels=fp.levels,
+                                                 image_name=seg.image_name, segmentation=seg, maps=tuple(entries),
+                                                 image=panel, warnings=tuple(notes)))
+    for note in notes:
+        warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
+    return results
 
 
 def segment(
@@ -168,10 +267,9 @@ def segment(
     batch = task_images(images, names)
     found: dict[int, Segmentation] = {}
     for indices in _groups(batch):
-        fp = _forward(module, batch, indices, mean, std, None, gradients=False, require_features=False)
-        logits = _logits(fp.output)
-        for row, i in enumerate(indices):
-            found[i] = _segmentation(logits[row], batch.names[i], batch.photos[i], cats)
+        one = segmentation_pass(module, _subset(batch, indices), categories=cats, mean=mean, std=std)
+        found.update(zip(indices, one.segmentations))
+        one.release()
     return [found[i] for i in range(len(batch))]
 
 
@@ -205,64 +303,42 @@ def segmentation_cams(
     Returns:
         One result per method and image (method-major), each carrying that image's :class:`Segmentation`.
     """
-    from ..drawing import labelled_row, overlay
-
     if max_classes < 1:
-        raise UsageError(f"max_classes={max_classes} must be at least 1")
+        raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
     method_names = single_pass_methods(methods, "segmentation")
     module, cats = _module(model, categories)
     batch = task_images(images, names)
-    needs_grad = any(CAM_METHODS[m].uses_gradients for m in method_names)
-    per_image: dict[int, tuple[Segmentation, list[SegmentClass], dict[str, np.ndarray], str, tuple[str, ...],
-                               list[str]]] = {}
+    per_method: dict[str, dict[int, SegmentationCamResult]] = {m: {} for m in method_names}
     for indices in _groups(batch):
-        fp = _forward(module, batch, indices, mean, std, layer, needs_grad)
+        one = segmentation_pass(module, _subset(batch, indices), methods=method_names, layer=layer, categories=cats,
+                                mean=mean, std=std)
         try:
-            logits = _logits(fp.output)
-            segs = [_segmentation(logits[row], batch.names[i], batch.photos[i], cats) for row, i in enumerate(indices)]
-            chosen = []
-            for seg in segs:
-                classes = list(seg.classes)
-                if skip_background and len(classes) > 1:
-                    classes = [c for c in classes if c.name != "__background__"]
-                chosen.append(classes[:max_classes])
-            k = max(len(c) for c in chosen)
-            notes: list[str] = []
-            grads = None
-            if needs_grad:
-                class_map = logits.detach().argmax(1)
-                rows = []
-                for row, classes in enumerate(chosen):
-                    values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum()
-                              for c in classes]
-                    values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
-                    rows.append(torch.stack(values))
-                grads = fp.gradients(torch.stack(rows))
-            sizes = [tuple(batch.photos[i].shape[:2]) for i in indices]
-            maps = {m: [t.numpy() for t in scaled_maps(m, fp, grads, k, sizes)] for m in method_names}
-            notes += [f"{m}: every map is zero at {fp.layer} (no gradient reaches it?): the maps are blank"
-                      for m in method_names if k and not any(t.any() for t in maps[m])]
-            layer_name, levels = fp.layer, fp.levels
+            results = segmentation_cam_results(one, method_names, max_classes=max_classes,
+                                               skip_background=skip_background, colormap=colormap)
         finally:
-            fp.leaves.clear()
-            fp.output = None
-        for row, i in enumerate(indices):
-            per_image[i] = (segs[row], chosen[row], {m: maps[m][row] for m in method_names}, layer_name, levels,
-                            notes)
-    results = []
-    for method in method_names:
-        for i in range(len(batch)):
-            seg, classes, maps, layer_name, levels, notes = per_image[i]
-            entries = []
-            for j, c in enumerate(classes):
-                heatmap = maps[method][j].astype(np.float32)
-                entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
-                                                  heatmap=heatmap, image=overlay(batch.photos[i], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
-            results.append(SegmentationCamResult(method=method, layer=layer_name, levels=levels,
-                                                 image_name=seg.image_name,
-                                                 segmentation=seg, maps=tuple(entries), image=panel,
-                                                 warnings=tuple(notes)))
-    for note in sorted({n for entry in per_image.values() for n in entry[5]}):
-        warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
-    return results
+            one.release()
+        for position, result in enumerate(results):
+            per_method[result.method][indices[position % len(indices)]] = result
+    return [per_method[m][i] for m in method_names for i in range(len(batch))]
+
+
+
+@dataclass(frozen=True)
+class SegmentationTask(HeadsTask):
+    """Semantic segmenters: the mask with a legend, a CAM per class present (its logit over its pixels)."""
+
+    def check_cam_options(self, ctx: Any) -> None:
+        if ctx.cam.targets:
+            raise TargetError(f"targets={str(ctx.cam.targets[0])!r} does not apply: {ctx.loaded.name} explains "
+                              "every class present in the mask, drop it", parameter="targets")
+
+    def run_pass(self, ctx: Any, batch: TaskImages, methods: Sequence[str],
+                 capture: Sequence[str]) -> SegmentationPass:
+        return segmentation_pass(ctx.model, batch, methods=methods, layer=ctx.cam.layer,
+                                 categories=ctx.loaded.categories or voc_categories(), capture=capture)
+
+    def predictions(self, ctx: Any) -> list:
+        return list(ctx.forward.segmentations)
+
+    def explain(self, ctx: Any, methods: Sequence[str]) -> list:
+        return segmentation_cam_results(ctx.forward, methods, max_classes=ctx.cam.topk, colormap=ctx.cam.colormap)

@@ -29,8 +29,10 @@ from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
 from ..records import ClipCamResult, Predictions
+from .base import Task
+from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
-__all__ = ["VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoLayer", "read_frames", "prepare_clips",
+__all__ = ["VideoTask", "VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoLayer", "read_frames", "prepare_clips",
            "video_cam_layer", "to_ncthw", "clip_predictions", "clip_cams", "video_available"]
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
@@ -49,6 +51,9 @@ class ClipBatch:
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
+
+    def __getitem__(self, part: slice) -> ClipBatch:
+        return ClipBatch(self.tensor[part], self.frames[part], self.names[part], self.static[part])
 
 
 @dataclass(frozen=True)
@@ -289,3 +294,109 @@ def clip_cams(
                 image=_strip(overlays, panel_labels, shown),
             ))
     return results
+
+
+def _channels_last(model: nn.Module) -> bool:
+    """Whether the trunk lays its maps out as (N, T, H, W, C) (Swin3D, which has a ``patch_embed``)."""
+    return hasattr(model, "patch_embed")
+
+
+def _middle_frames(activation: torch.Tensor, clip_shape: Sequence[int], channels_last: bool) -> torch.Tensor:
+    """A trunk layer's output as the (N, C, H, W) map of its middle time step (others returned as they are)."""
+    if activation.ndim == 3:
+        grid = to_ncthw(activation, "tokens", clip_shape)
+    elif activation.ndim == 5:
+        grid = to_ncthw(activation, "nthwc" if channels_last else "ncthw", clip_shape)
+    else:
+        return activation
+    return grid[:, :, grid.shape[2] // 2]
+
+
+@dataclass(frozen=True)
+class VideoTask(Task):
+    """Video classifiers: the top-k classes of each clip and a CAM over its frames."""
+
+    def read_inputs(self, inputs, loaded) -> ClipBatch:
+        if isinstance(inputs, ClipBatch):
+            return inputs
+        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        if not all(isinstance(p, (str, Path)) for p in paths):
+            raise UsageError(f"{loaded.name} takes clips by path (an animated GIF, a folder of frames, a video file "
+                             "or a still photo): pass inputs=PATH", parameter="inputs")
+        return prepare_clips(paths, loaded)
+
+    def shown_inputs(self, batch: ClipBatch) -> list:
+        return [(name, frames[len(frames) // 2]) for name, frames in zip(batch.names, batch.frames)]
+
+    def example_input(self, loaded) -> torch.Tensor:
+        size = loaded.input_size
+        return torch.zeros(1, 3, loaded.clip_length or 16, size, size)
+
+    def cam_layer(self, ctx) -> VideoLayer:
+        """The CAM layer (``cam.layer`` checked, or the last spatio-temporal child before the pooling)."""
+        return ctx.once("video_layer", lambda: video_cam_layer(ctx.model, self.example_input(ctx.loaded),
+                                                               ctx.cam.layer))
+
+    def cam_layer_name(self, loaded, layer: str | None = None) -> str | None:
+        return video_cam_layer(loaded.model, self.example_input(loaded), layer).name
+
+    def prepare_cams(self, ctx) -> None:
+        from ..analyzers.predictions import resolve_target
+        from .featurepass import single_pass_methods
+
+        methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
+        layer = self.cam_layer(ctx)
+        categories = ctx.loaded.categories
+        ctx.state["cam_methods"] = methods
+        ctx.state["targets"] = [resolve_target(t, categories, len(categories)) for t in ctx.cam.targets] \
+            if ctx.cam.targets else None
+        ctx.keep(layer.name)
+        if any(CAM_METHODS[m].uses_gradients for m in methods):
+            ctx.gradient_layer = layer.name
+        ctx.explain = True
+        ctx.info["cam methods"] = ", ".join(methods)
+        ctx.info["cam layer"] = f"{layer.name} ({layer.layout})"
+
+    def prepare_features(self, ctx) -> None:
+        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["clip"])))
+        for name in layers:
+            resolve_layer(ctx.model, name)
+        ctx.keep(*layers)
+        ctx.state["feature_capture"] = layers
+
+    def forward(self, ctx):
+        from ..forward import run_forward
+
+        return run_forward(ctx.model, ctx.batch.tensor, capture=ctx.capture, grad_layer=ctx.gradient_layer)
+
+    def predictions(self, ctx) -> list:
+        topk = ctx.state.get("prediction_topk") or max(ctx.cam.topk, 5)
+        return clip_predictions(ctx.forward.logits, ctx.batch.names, ctx.loaded.categories, topk)
+
+    def feature_maps(self, ctx) -> list:
+        shape, last = ctx.batch.tensor.shape, _channels_last(ctx.model)
+        found = {name: ctx.forward.activations[name] for name in ctx.state["feature_capture"]}
+        return feature_records(found, ctx.batch.names, ctx.features.layers, ctx.features.max_channels,
+                               lambda a: _middle_frames(a, shape, last))
+
+    def cam_results(self, ctx) -> list:
+        logits, targets = ctx.forward.logits, ctx.state["targets"]
+        if targets:
+            classes = torch.tensor(targets, dtype=torch.long).expand(len(ctx.batch), -1).clone()
+        else:
+            classes = logits.topk(min(ctx.cam.topk, logits.shape[-1]), dim=-1).indices
+        return clip_cams(ctx.forward, ctx.batch, ctx.state["cam_methods"], self.cam_layer(ctx), classes,
+                         ctx.loaded.categories, colormap=ctx.cam.colormap)
+
+    def feature_layer_names(self, loaded) -> list[str]:
+        from ..forward import run_forward
+
+        example = self.example_input(loaded)
+        capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["clip"]))
+        found = run_forward(loaded.model, example, capture=capture)
+        last = _channels_last(loaded.model)
+        grids = {name: _middle_frames(a, example.shape, last) for name, a in found.activations.items()}
+        return stage_ends({name: tuple(g.shape[2:]) for name, g in grids.items() if g.ndim == 4})
+
+    def run_info(self, ctx) -> dict[str, object]:
+        return {"clip length": f"{ctx.loaded.clip_length or 16} frames"}

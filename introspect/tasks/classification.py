@@ -1,0 +1,140 @@
+"""Image classifiers (float and int8 quantized): the top-k classes, and a CAM per class.
+
+The one forward pass per batch is :func:`introspect.forward.run_forward`: it keeps the
+logits, the feature layers and the CAM layer, and (for the gradient methods) makes the
+CAM layer's output the gradient leaf so that every class of every image takes one
+batched ``autograd.grad`` (:mod:`introspect.analyzers.cam`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Task
+
+__all__ = ["ClassificationTask", "QuantizedTask"]
+
+
+def _input_size(ctx: Any) -> Any:
+    """The size of the images of this call (a library call's own tensor), else the model's."""
+    return ctx.state.get("input_size") or ctx.loaded.input_size
+
+
+@dataclass(frozen=True)
+class ClassificationTask(Task):
+    """Image classifiers: one score per class and image."""
+
+    def read_inputs(self, inputs: Any, loaded: Any) -> Any:
+        from ..inputs import prepare_inputs
+
+        return prepare_inputs(inputs, loaded)
+
+    def example_input(self, loaded: Any):
+        import torch
+
+        size = loaded.input_size
+        return torch.zeros(1, 3, size, size)
+
+    # -- choices, made once per run ---------------------------------------------------------
+
+    def cam_layer(self, ctx: Any) -> Any:
+        """The CAM target layer (a ``LayerChoice``): ``cam.layer`` checked, or picked from the structure."""
+        from ..layers import pick_cam_layer
+
+        return ctx.once("cam_layer", lambda: pick_cam_layer(ctx.model, ctx.cam.layer,
+                                                            input_size=_input_size(ctx)))
+
+    def cam_layer_name(self, loaded: Any, layer: str | None = None) -> str | None:
+        from ..layers import pick_cam_layer
+
+        return pick_cam_layer(loaded.model, layer, input_size=loaded.input_size).name
+
+    def methods(self, ctx: Any) -> list[str]:
+        """The CAM method names of ``cam.methods`` (default: the task's), checked."""
+        from ..analyzers.cam import parse_cam_methods
+
+        def choose() -> list[str]:
+            names = parse_cam_methods(ctx.cam.methods or self.default_cam or "gradcam")
+            self.check_methods(names, ctx.loaded.name)
+            if not ctx.cam.methods and self.default_cam:
+                ctx.info["cam method choice"] = " ".join(self.notes) or f"{self.default_cam}: the task's default"
+            return names
+
+        return ctx.once("cam_methods", choose)
+
+    def check_methods(self, methods: list[str], model_name: str) -> None:
+        """Refuse CAM methods this task cannot run (every method runs on a float classifier)."""
+
+    def target_indices(self, ctx: Any) -> list[int] | None:
+        """``cam.targets`` as class indices (None: each image's top-k)."""
+        from ..analyzers.predictions import resolve_target
+
+        categories = ctx.loaded.categories
+        return ctx.once("targets", lambda: [resolve_target(t, categories, len(categories))
+                                            for t in ctx.cam.targets] if ctx.cam.targets else None)
+
+    def prepare_cams(self, ctx: Any) -> None:
+        from ..analyzers.cam import needs_layer_gradient
+
+        layer = self.cam_layer(ctx)
+        self.target_indices(ctx)  # an unknown target fails now, before anything is written
+        methods = self.methods(ctx)
+        ctx.keep(layer.name)
+        if needs_layer_gradient(methods):
+            ctx.gradient_layer = layer.name
+        ctx.explain = True
+        ctx.info["cam methods"] = ", ".join(methods)
+        ctx.info["cam layer"] = layer.name
+
+    def prepare_features(self, ctx: Any) -> None:
+        from ..analyzers.features import feature_layer_choices
+
+        choices = feature_layer_choices(ctx.model, ctx.features.layers, input_size=_input_size(ctx))
+        ctx.state["feature_layers"] = choices
+        ctx.keep(*(c.name for c in choices))
+
+    def feature_layer_names(self, loaded: Any) -> list[str]:
+        from ..analyzers.features import feature_layer_choices
+
+        return [c.name for c in feature_layer_choices(loaded.model, None, input_size=loaded.input_size)]
+
+    # -- the pass and what comes out of it ----------------------------------------------------
+
+    def forward(self, ctx: Any) -> Any:
+        from ..forward import run_forward
+
+        return run_forward(ctx.model, ctx.batch.tensor, capture=ctx.capture, grad_layer=ctx.gradient_layer)
+
+    def predictions(self, ctx: Any) -> list:
+        from ..analyzers.predictions import predictions_from_pass
+
+        topk = ctx.state.get("prediction_topk") or max(ctx.cam.topk, 5)
+        return predictions_from_pass(ctx.forward, ctx.batch.names, ctx.loaded.categories, topk)
+
+    def feature_maps(self, ctx: Any) -> list:
+        from ..analyzers.features import feature_maps_from_pass
+
+        return feature_maps_from_pass(ctx.forward, ctx.batch, ctx.state["feature_layers"], ctx.features.max_channels)
+
+    def classes(self, ctx: Any, topk: int):
+        """(N, k) class indices to explain: the targets asked for, or each image's top-k."""
+        from ..analyzers.predictions import top_classes
+
+        return top_classes(ctx.forward, topk, self.target_indices(ctx))
+
+    def cam_results(self, ctx: Any) -> list:
+        from ..analyzers.cam import cams_from_pass
+
+        return cams_from_pass(ctx.model, ctx.forward, ctx.batch, self.methods(ctx), self.cam_layer(ctx),
+                              self.classes(ctx, ctx.cam.topk), ctx.loaded.categories, ctx.cam.colormap)
+
+
+@dataclass(frozen=True)
+class QuantizedTask(ClassificationTask):
+    """int8 quantized classifiers: no autograd, so only the activation-only CAM methods."""
+
+    def check_methods(self, methods: list[str], model_name: str) -> None:
+        from .quantized import check_cam_methods
+
+        check_cam_methods(methods, model_name)
