@@ -346,3 +346,76 @@ def test_gradcam_path_imports_neither_pytorch_grad_cam_nor_cv2():
     assert lines["after gradcam"].strip() == ""
     # The check can fail: a delegated method does import pytorch-grad-cam (and with it cv2).
     assert {"pytorch_grad_cam", "cv2"} <= set(lines["after kpcacam"].strip().split(","))
+
+
+# -- heads whose gradients vary by position: Grad-CAM and HiResCAM part ----------------------------
+#
+# Behind global average pooling and a linear layer, a class score's gradient at the target layer is the same at
+# every location, so Grad-CAM (channel weights = mean gradient) and HiResCAM (gradient x activation, location by
+# location) give one map. A flatten + MLP head, and VGG's flatten + classifier, give each location its own
+# gradient: the two maps part, and a mix-up of the two formulas shows. Compared in float64 (pytorch-grad-cam's
+# maps come back float32) to 1e-5.
+
+POSITIONAL_METHODS = ("gradcam", "hirescam", "xgradcam", "gradcam++")
+FINE_TOLERANCE = 1e-5
+
+
+class FlatHeadNet(torch.nn.Module):
+    """A small CNN whose head is flatten + MLP (no global pooling): 16 x 16 x 16 features at 64 x 64."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def assert_methods_match(model, target_layer, inputs, expected_layer: str) -> dict[str, np.ndarray]:
+    maps, classes, results = our_maps(model, inputs, ",".join(POSITIONAL_METHODS))
+    assert {r.layer for r in results} == {expected_layer}
+    for method in POSITIONAL_METHODS:
+        reference = reference_maps(model, target_layer, method, inputs, classes)
+        assert_informative(reference, method)
+        assert maps[method].shape == reference.shape == (inputs.shape[0], 2, *inputs.shape[-2:])
+        difference = float(np.abs(maps[method] - reference).max())
+        assert difference <= FINE_TOLERANCE, f"{method}: max |ours - pytorch-grad-cam| = {difference:.2e}"
+    return maps
+
+
+def test_flatten_mlp_head_matches_pytorch_grad_cam_and_parts_gradcam_from_hirescam(photos):
+    torch.manual_seed(0)
+    model = FlatHeadNet().double().eval()
+    inputs = photo_batch(photos, 64).double()
+    maps = assert_methods_match(model, model.features, inputs, "features")
+    apart = np.abs(maps["gradcam"] - maps["hirescam"]).reshape(4, -1).max(axis=1)
+    assert (apart > 0.1).all(), apart  # every (image, class) map differs between the two
+
+
+def test_global_pooling_head_cannot_part_gradcam_from_hirescam(small_model, photos):
+    """The contrast: on SmallConvNet (global pooling + linear) the two maps agree, so only heads like the
+    ones above can tell the methods apart."""
+    maps, _, _ = our_maps(small_model, photo_batch(photos, 64), "gradcam,hirescam")
+    assert_informative(maps["gradcam"], "gradcam")
+    assert np.abs(maps["gradcam"] - maps["hirescam"]).max() <= TOLERANCE
+
+
+@pytest.mark.slow  # about 6-9 s on one core: vgg11's 130 M weights in float64
+def test_vgg11_matches_pytorch_grad_cam_and_parts_gradcam_from_hirescam(photos):
+    """torchvision's vgg11 (random weights) at 64 x 64: a 2 x 2 grid after the last pooling, which the
+    adaptive pooling repeats to 7 x 7 before the flattening classifier."""
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None).double().eval()
+    # Frozen so that pytorch-grad-cam's full backward skips the classifier's 120 M weight gradients (seconds in
+    # float64); the gradient at the target layer, all the maps need, is the same.
+    model.classifier.requires_grad_(False)
+    inputs = photo_batch(photos, 64).double()
+    maps = assert_methods_match(model, model.features[-1], inputs, "features.20")
+    apart = np.abs(maps["gradcam"] - maps["hirescam"]).reshape(4, -1).max(axis=1)
+    assert (apart > 0.1).all(), apart

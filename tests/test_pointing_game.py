@@ -106,17 +106,64 @@ def test_untrained_model_does_not_point_at_the_object(trained_synthetic) -> None
     assert game.fraction("gradcam") < 0.5
 
 
-def test_hits_agree_with_points_in_boxes() -> None:
-    rng = np.random.default_rng(0)
-    peaks = rng.integers(0, 64, size=(1, 500, 2))
-    corner = rng.integers(0, 48, size=(500, 2))
-    boxes = np.concatenate([corner, corner + rng.integers(4, 17, size=(500, 2))], axis=1)
-    game = PointingGame(methods=("m",), peaks=peaks, boxes=boxes)
-    for margin in (0, 2, 5):
-        expected = synthetic.points_in_boxes(peaks[0], boxes, margin=margin)
-        assert np.array_equal(game.hits("m", margin), expected)
-        assert game.fraction("m", margin) == pytest.approx(expected.mean())
-    assert 0 < expected.sum() < 500
+def hand_hit(row: int, col: int, box, margin: int = 0, tolerance: float | None = None) -> bool:
+    """The hit test by plain loops over pixels: the box holds columns x0 .. x1 - 1 and rows y0 .. y1 - 1
+    (x1, y1 exclusive). With ``margin``: the point is one of the pixels of the box grown by ``margin`` on each
+    side. With ``tolerance``: some pixel of the (ungrown) box lies within ``tolerance`` of the point."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if tolerance is None:
+        return any((row, col) == (r, c) for r in range(y0 - margin, y1 + margin)
+                   for c in range(x0 - margin, x1 + margin))
+    return any((row - r) ** 2 + (col - c) ** 2 <= tolerance ** 2 for r in range(y0, y1) for c in range(x0, x1))
+
+
+# Boxes (x0, y0, x1, y1) in a 20 x 20 grid: ordinary, one pixel wide, one row high, a single pixel,
+# empty (x1 == x0), touching the grid's edges.
+HAND_BOXES = [(5, 4, 11, 9), (7, 3, 8, 12), (2, 10, 9, 11), (12, 12, 13, 13), (6, 6, 6, 10), (0, 0, 4, 20)]
+
+
+def test_hits_agree_with_a_hand_made_hit_test() -> None:
+    """Every pixel of a 20 x 20 grid against each box, so every edge, corner, one-past-the-edge and
+    tolerance boundary is visited, for the margin rule and the tolerance rule."""
+    grid = np.array([(r, c) for r in range(20) for c in range(20)])
+    for box in HAND_BOXES:
+        boxes = np.tile(box, (len(grid), 1))
+        game = PointingGame(methods=("m",), peaks=grid[None], boxes=boxes)
+        for margin in (0, 1, 3):
+            expected = np.array([hand_hit(r, c, box, margin=margin) for r, c in grid])
+            assert np.array_equal(game.hits("m", margin), expected), (box, margin)
+            assert np.array_equal(synthetic.points_in_boxes(grid, boxes, margin=margin), expected), (box, margin)
+            assert game.fraction("m", margin) == pytest.approx(expected.mean())
+        for tolerance in (0, 1, 1.5, 2, 2.9, 15):
+            expected = np.array([hand_hit(r, c, box, tolerance=tolerance) for r, c in grid])
+            assert np.array_equal(game.hits("m", tolerance=tolerance), expected), (box, tolerance)
+            if tolerance == 2:  # some pixels hit, some miss; the empty box is hit by nothing
+                assert 0 < expected.sum() < len(grid) or (box[0] == box[2] and not expected.any())
+
+
+def test_hits_on_and_past_the_edges() -> None:
+    """The half-open convention spelled out on box (5, 4, 11, 9): columns 5..10, rows 4..8."""
+    box = (5, 4, 11, 9)
+    cases = {  # (row, col): (margin 0, margin 1, tolerance 0, tolerance 1, tolerance 2)
+        (4, 5): (True, True, True, True, True),  # top-left pixel (y0, x0)
+        (8, 10): (True, True, True, True, True),  # bottom-right pixel (y1 - 1, x1 - 1)
+        (6, 11): (False, True, False, True, True),  # column x1: one past the right edge
+        (9, 7): (False, True, False, True, True),  # row y1: one past the bottom edge
+        (6, 4): (False, True, False, True, True),  # column x0 - 1
+        (3, 7): (False, True, False, True, True),  # row y0 - 1
+        (9, 11): (False, True, False, False, True),  # one past the corner diagonally: distance sqrt(2)
+        (6, 12): (False, False, False, False, True),  # column x1 + 1: distance 2
+        (6, 13): (False, False, False, False, False),  # column x1 + 2: distance 3
+        (10, 7): (False, False, False, False, True),  # row y1 + 1: distance 2 from row y1 - 1
+        (11, 7): (False, False, False, False, False),  # row y1 + 2: distance 3
+        (11, 12): (False, False, False, False, False),  # distance sqrt(8) from the corner pixel (8, 10)
+    }
+    peaks = np.array(list(cases))[None]
+    game = PointingGame(methods=("m",), peaks=peaks, boxes=np.tile(box, (len(cases), 1)))
+    columns = [game.hits("m", 0), game.hits("m", 1), game.hits("m", tolerance=0), game.hits("m", tolerance=1),
+               game.hits("m", tolerance=2)]
+    assert [tuple(bool(c[i]) for c in columns) for i in range(len(cases))] == list(cases.values())
+    assert [hand_hit(r, c, box, tolerance=2) for r, c in cases] == [v[4] for v in cases.values()]
 
 
 def test_markdown_table(game: PointingGame) -> None:
