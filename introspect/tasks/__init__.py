@@ -17,6 +17,9 @@ __all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_m
 ALL_SECTIONS = frozenset({"structure", "graph", "kernels", "features", "cam", "histograms", "saliency", "filters",
                           "embeddings", "quality"})
 _CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
+# not_applicable["audit"]: why the dataset audit (audit(), --dataset) refuses the task's models; a task whose
+# skip_reason("audit") is None (classifiers, quantized classifiers) can be audited.
+_AUDIT_CLASSIFIER_ONLY = "the dataset audit scores one class per image (accuracy, pointing game)"
 
 TASKS: dict[str, Task] = {}
 
@@ -41,7 +44,7 @@ register_task(Task(
     summary="int8 quantized classifiers: kernels dequantized, activation-only CAMs (eigencam, fem)",
     module="torchvision.models.quantization",
     input_kind="image",
-    sections=frozenset({"structure", "graph", "kernels", "features", "cam", "histograms"}),
+    sections=frozenset({"structure", "graph", "kernels", "features", "cam", "histograms", "audit"}),
     not_applicable={
         "saliency": "needs input gradients, and quantized int8 kernels have no autograd",
         "filters": "gradient ascent on the input needs autograd, which quantized int8 kernels lack",
@@ -66,6 +69,7 @@ register_task(Task(
                  "cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
+        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a detector gives boxes per object",
     },
     build_kwargs={"weights_backbone": None},
 ))
@@ -80,6 +84,7 @@ register_task(Task(
         "graph": "segmentation models return a dict, which the graph tracer cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
+        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a segmentation model gives a class per pixel",
     },
     build_kwargs={"weights_backbone": None, "aux_loss": False},
 ))
@@ -93,6 +98,7 @@ register_task(Task(
         "graph": "not traced for video models (large 5-d graphs); structure lists every layer",
         "saliency": "written for single images, not clips", "filters": "written for single images, not clips",
         "embeddings": "written for single images, not clips", "quality": "written for single images, not clips",
+        "audit": "the dataset audit reads single images, not clips",
     },
 ))
 register_task(Task(
@@ -107,6 +113,7 @@ register_task(Task(
         "saliency": "RAFT outputs a flow field, not class scores", "filters": "RAFT outputs a flow field, "
         "not class scores", "embeddings": "RAFT outputs a flow field, not class scores",
         "quality": "RAFT outputs a flow field, not class scores: there are no CAMs to score",
+        "audit": "RAFT outputs a flow field, not class scores: there is no accuracy or CAM to audit",
     },
 ))
 
