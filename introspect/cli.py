@@ -171,58 +171,77 @@ def _in_flags(exc: IntrospectError) -> str:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    """``--dataset DIR``: the dataset audit, on this process or as one rank under torchrun."""
+    """``--dataset DIR``: the dataset audit, on this process or as one rank under torchrun.
+
+    Once the run folder exists, the audit goes through :func:`~introspect.run_scope.recorded_run`: ``run/info``
+    says whether it completed, failed (and why) or was interrupted. Only rank 0 writes TensorBoard.
+    """
     import time
+    from contextlib import nullcontext
     from pathlib import Path
 
     from .audit.distributed import broadcast, init_world
-    from .audit.run import audit, options_from
+    from .audit.run import audit, check_auditable, options_from
     from .errors import ArgumentError
     from .models import load_model
     from .options import LoadOptions
+    from .reporter import Reporter, new_run_dir
+    from .run_scope import recorded_run
+    from .tasks import task_of
 
     if not args.dataset:
         raise ArgumentError("resume= needs the dataset: give --dataset DIR with --resume RUN_DIR", parameter="dataset")
     if args.image:
         raise ArgumentError("give either --image (a per-photo report) or --dataset (an audit), not both",
                             parameter="dataset")
+    try:
+        task = task_of(args.model)
+    except KeyError:  # timm:, hf: (classifiers) or an unknown name, which load_model names below
+        task = None
+    refusal = task.skip_reason("audit") if task is not None else None
+    if refusal:  # before any weights are loaded or anything is written
+        raise ArgumentError(f"--dataset cannot audit {args.model} ({task.name} model): {refusal}; give it --image "
+                            "for its per-photo report", parameter="dataset")
     started = time.perf_counter()
     world = init_world(args.device)
     try:
         load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size)
-        options = _options("audit", options_from, methods=args.cam, layer=args.cam_layer,
-                           batch_size=args.batch_size, num_workers=args.workers, boxes=args.boxes,
-                           sanity=args.sanity or None)
+        options = _options("audit", options_from, methods=args.cam or (task and task.default_cam),
+                           layer=args.cam_layer, batch_size=args.batch_size, num_workers=args.workers,
+                           boxes=args.boxes, sanity=args.sanity or None)
         loaded = load_model(args.model, load.weights, world.device, load.input_size)
+        _options("audit", check_auditable, loaded=loaded, options=options)  # --cam its task cannot run: refused now
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "audit").is_dir():
                 raise ArgumentError(f"resume={run_dir} holds no audit to continue: give the run folder an audit "
                                     "wrote", parameter="resume")
         else:
-            from .reporter import new_run_dir
-
             run_dir = broadcast(new_run_dir(args.logdir, args.run_name, loaded.name) if world.is_main else None,
                                 world)
-        if world.is_main:
-            print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
-                  f"table and state in {run_dir}", file=sys.stderr)
-        result = audit(loaded, args.dataset, options=options, out_dir=run_dir, resume=bool(args.resume),
-                       world=world)
-        if result is None:  # not rank 0: rank 0 writes
-            return 0
-        from .reporter import Reporter
-
-        with Reporter(run_dir) as reporter:
+        reporter = Reporter(run_dir) if world.is_main else None
+        info: dict[str, object] = {"model": loaded.name, "weights": loaded.weights,
+                                   "weights from": loaded.weights_source, "dataset": str(args.dataset),
+                                   "device": str(world.device), "processes": world.size}
+        if args.resume:
+            info["resumed"] = "yes: this run continues an earlier one in the same folder"
+        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started) if reporter is not None \
+            else nullcontext()
+        with scope as end:
+            if world.is_main:
+                print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
+                      f"table and state in {run_dir}", file=sys.stderr)
+            result = audit(loaded, args.dataset, options=options, out_dir=run_dir, resume=bool(args.resume),
+                           world=world)
+            if result is None:  # not rank 0: rank 0 writes
+                return 0
             reporter.audit(result)
-            reporter.run_info({**result.settings, "images": result.images, "skipped": result.skipped,
-                               "table": result.table,
-                               "status": f"completed in {time.perf_counter() - started:.1f} s"},
-                              list(loaded.warnings))
+            info.update({**result.settings, "images": result.images, "skipped": result.skipped,
+                         "table": result.table})
         for line in result.summary_lines():
             print(line)
-        counts = ", ".join(f"{section} {count}" for section, count in sorted(reporter.tags.items()))
-        print(f"wrote {sum(reporter.tags.values())} summaries ({counts}) and the table {result.table}")
+        counts = ", ".join(f"{section} {count}" for section, count in sorted(end.tags.items()))
+        print(f"wrote {sum(end.tags.values())} summaries ({counts}) and the table {result.table}")
         print(f"open it with: tensorboard --logdir {run_dir.parent}")
         return 0
     finally:

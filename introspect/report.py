@@ -9,16 +9,12 @@ batch is one forward pass that every ``batch`` section shares.
 
 from __future__ import annotations
 
-import platform
-import sys
 import time
 import warnings
-from contextlib import contextmanager
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .context import RunContext
@@ -27,6 +23,7 @@ from .models import LoadedModel, load_model
 from .options import BATCH_SIZE, DEFAULT_LOGDIR, CamOptions, DetectionOptions, FeatureOptions, FilterOptions, \
     LoadOptions, SaliencyOptions
 from .sections import SECTIONS, Section, parse_sections
+from .run_scope import recorded_run as _recorded
 from .tasks import TASKS
 from .tasks.base import Task
 
@@ -45,10 +42,6 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def _versions() -> str:
-    import torchvision
-
-    return f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
 
 
 def _check_images(chosen: Sequence[Section], image_list: list, explicit: bool) -> None:
@@ -173,35 +166,6 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
         "sections": ", ".join(chosen),
         **_task_info(task, skipped),
     }
-
-
-@contextmanager
-def _recorded(reporter, info: dict[str, object], summary: RunSummary, caught: list, started: float):
-    """Run the body; however it ends, write ``run/info`` with the status, warnings and time, then close.
-
-    What was written before a failure or Ctrl-C stays readable, and ``run/info`` says how the run ended.
-    """
-    info["versions"] = _versions()
-    info["command"] = " ".join(sys.argv)
-    status = "failed"
-    try:
-        yield
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted (Ctrl-C)"
-        raise
-    except Exception as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        summary.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-        summary.seconds = time.perf_counter() - started
-        info["status"] = f"{status} in {summary.seconds:.1f} s"
-        try:
-            reporter.run_info(info, summary.warnings)
-        finally:
-            reporter.close()
-        summary.tags = dict(reporter.tags)
 
 
 def _task_info(task: Task, skipped: dict[str, str]) -> dict[str, object]:

@@ -24,19 +24,20 @@ import torch
 from torch import nn
 
 from ..analyzers.cam import cam_maps, needs_layer_gradient, parse_cam_methods
-from ..errors import ArgumentError, IntrospectWarning, OutputError, UsageError
+from ..errors import ArgumentError, IntrospectWarning, OutputError, UnknownMethodError, UsageError
 from ..forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
 from ..models import LoadedModel, load_model, unwrap
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
+from ..tasks import TASKS
 from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
 from .dataset import AuditImages, DatasetIndex, make_loader, scan_dataset
 from .distributed import World, all_reduce_sum, barrier, gather_to_zero, init_world, shard
 from .table import merge_parts, table_rows, table_schema, write_part
 
-__all__ = ["AuditOptions", "audit", "PROTOCOL"]
+__all__ = ["AuditOptions", "audit", "check_auditable", "PROTOCOL"]
 
 STATE_VERSION = 1
 
@@ -169,10 +170,16 @@ def audit(
         on_batch: called after each batch as ``on_batch(batches_done, images_done)`` (this rank's).
     Returns:
         The :class:`AuditResult` on rank 0 (None on the other ranks). The model comes back untouched.
+
+    Raises:
+        UsageError: before anything is read or written, a model whose task has no audit (detection,
+            segmentation, video, optical flow) or a method its task cannot run (see :func:`check_auditable`);
+            a bad dataset, boxes file or out_dir.
     """
     module, loaded = unwrap(model)
     if loaded is None:
         loaded = load_model(module)
+    check_auditable(loaded, options)
     own_world = world is None
     world = world or init_world(loaded.device)
     try:
@@ -180,6 +187,29 @@ def audit(
     finally:
         if own_world:
             world.close()
+
+
+def check_auditable(loaded: LoadedModel, options: AuditOptions = AuditOptions()) -> None:
+    """Refuse a model the audit cannot take, before anything is read or written.
+
+    What a task can audit is on its registry entry (:data:`introspect.tasks.TASKS`): ``skip_reason("audit")``
+    says why a task has no audit (detection, segmentation, video, optical flow), and ``cam_methods`` which CAM
+    methods its models can run (int8 quantized classifiers: the activation-only ones).
+
+    Raises:
+        UsageError: the model's task has no audit (``parameter="model"``).
+        UnknownMethodError: a method its task cannot run (``parameter="methods"``).
+    """
+    task = TASKS[loaded.task]
+    refusal = task.skip_reason("audit")
+    if refusal:
+        raise UsageError(f"model={loaded.name!r} cannot be audited ({task.name} model): {refusal}",
+                         parameter="model")
+    refused = [m for m in options.methods if task.cam_methods is not None and m not in task.cam_methods]
+    if refused:
+        raise UnknownMethodError(f"methods={','.join(options.methods)}: {refused[0]} cannot run on {loaded.name} "
+                                 f"({task.name} model): use {' or '.join(sorted(task.cam_methods))}",
+                                 parameter="methods")
 
 
 def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options: AuditOptions,
@@ -318,16 +348,22 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
     return _result(aggregates, names, settings, options, table_path, time.perf_counter() - started, sanity)
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached float tensor (an int8 quantized model's activations dequantized)."""
+    tensor = tensor.detach()
+    return tensor.dequantize() if tensor.is_quantized else tensor
+
+
 def _hook_penultimate(module: nn.Module, scope, store: dict[str, torch.Tensor]) -> None:
     from ..analyzers.embeddings import penultimate_source
 
     for name, layer, where in penultimate_source(module):
         if where == "input":
             scope.forward_pre_hook(layer, lambda m, args, name=name: store.update(
-                features=args[0].detach() if args and isinstance(args[0], torch.Tensor) else None, layer=name))
+                features=_plain(args[0]) if args and isinstance(args[0], torch.Tensor) else None, layer=name))
         else:
             scope.forward_hook(layer, lambda m, args, out, name=name: store.update(
-                features=first_tensor(out).detach(), layer=name))
+                features=_plain(first_tensor(out)), layer=name))
 
 
 def _one_batch(module, batch, files, index, names, choice, methods, needs_grad, table, geometry, options,

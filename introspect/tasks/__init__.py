@@ -21,7 +21,9 @@ from .video import VideoTask
 __all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names"]
 
 _CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
-_NO_AUDIT = "the dataset audit is written for classifiers (accuracy, pointing game against boxes): not yet for {}"
+# not_applicable["audit"]: why the dataset audit (audit(), --dataset) refuses the task's models; a task whose
+# skip_reason("audit") is None (classifiers, quantized classifiers) can be audited.
+_AUDIT_CLASSIFIER_ONLY = "the dataset audit scores one class per image (accuracy, pointing game)"
 
 TASKS: dict[str, Task] = {}
 
@@ -52,7 +54,6 @@ register_task(QuantizedTask(
         "filters": "gradient ascent on the input needs autograd, which quantized int8 kernels lack",
         "embeddings": "not wired for quantized models yet",
         "quality": "not wired for quantized models yet",
-        "audit": "the audit's CAMs need gradients, and quantized int8 kernels have no autograd",
     },
     cam_methods=frozenset({"eigencam", "fem"}),
     default_cam="eigencam",
@@ -71,7 +72,8 @@ register_task(DetectionTask(
         "graph": "detection models take a list of images and return a list of dicts, which the graph tracer "
                  "cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
-        "quality": _CLASSIFIER_ONLY, "audit": _NO_AUDIT.format("detectors (mAP)"),
+        "quality": _CLASSIFIER_ONLY,
+        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a detector gives boxes per object",
     },
     build_kwargs={"weights_backbone": None},
     runs_on_meta=False,
@@ -86,7 +88,8 @@ register_task(SegmentationTask(
     not_applicable={
         "graph": "segmentation models return a dict, which the graph tracer cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
-        "quality": _CLASSIFIER_ONLY, "audit": _NO_AUDIT.format("segmenters (mIoU)"),
+        "quality": _CLASSIFIER_ONLY,
+        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a segmentation model gives a class per pixel",
     },
     build_kwargs={"weights_backbone": None, "aux_loss": False},
 ))
@@ -100,7 +103,7 @@ register_task(VideoTask(
         "graph": "not traced for video models (large 5-d graphs); structure lists every layer",
         "saliency": "written for single images, not clips", "filters": "written for single images, not clips",
         "embeddings": "written for single images, not clips", "quality": "written for single images, not clips",
-        "audit": _NO_AUDIT.format("video models"),
+        "audit": "the dataset audit reads single images, not clips",
     },
 ))
 register_task(FlowTask(
@@ -115,7 +118,7 @@ register_task(FlowTask(
         "saliency": "RAFT outputs a flow field, not class scores", "filters": "RAFT outputs a flow field, "
         "not class scores", "embeddings": "RAFT outputs a flow field, not class scores",
         "quality": "RAFT outputs a flow field, not class scores: there are no CAMs to score",
-        "audit": "RAFT outputs a flow field, not class scores: there is nothing to audit against labels",
+        "audit": "RAFT outputs a flow field, not class scores: there is no accuracy or CAM to audit",
     },
 ))
 

@@ -1,0 +1,109 @@
+"""The one scope every run goes through: however the run ends, ``run/info`` says how, and the writer is closed.
+
+:func:`recorded_run` wraps the body of a run whose folder and :class:`~introspect.reporter.Reporter`
+exist: the per-photo report (:func:`introspect.report`), a task's own pipeline, and the dataset audit
+(``--dataset``). On success, on any exception and on Ctrl-C it writes ``run/info`` (the caller's lines,
+then the versions, the command line and the status: ``completed``, ``failed: <error>`` or ``interrupted
+(Ctrl-C)``, with the seconds taken), lists the run's warnings once each, and closes the event file, so
+what was written before a failure stays readable. The exception itself goes on to the caller.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .reporter import Reporter
+
+__all__ = ["RunEnd", "recorded_run", "versions"]
+
+
+def versions() -> str:
+    """The Python, torch and torchvision versions, as ``run/info`` writes them."""
+    import torch
+    import torchvision
+
+    return f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+
+
+@dataclass
+class RunEnd:
+    """How a run ended; :func:`recorded_run` yields it and fills it in as the run ends.
+
+    Attributes:
+        status: ``"running"`` inside the scope; then ``"completed in 1.2 s"``, ``"failed: Error: why in 1.2 s"``
+            or ``"interrupted (Ctrl-C) in 1.2 s"`` (the status line of ``run/info``).
+        warnings: the run's warning messages, each once, in the order they came.
+        seconds: the time from ``started`` to the end.
+        tags: summaries written per section (``Reporter.tags``).
+    """
+
+    status: str = "running"
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    tags: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        """Whether the run ended without an exception."""
+        return self.status.startswith("completed")
+
+
+def _message(warning: Any) -> str:
+    """A recorded warning (``warnings.catch_warnings(record=True)``) or a plain string, as text."""
+    return str(getattr(warning, "message", warning))
+
+
+@contextmanager
+def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
+                 caught: Iterable[Any] = (), started: float | None = None) -> Iterator[RunEnd]:
+    """Run the body; however it ends, write ``run/info`` with the status, warnings and time, then close.
+
+    Args:
+        reporter: the run's open reporter; closed when the scope ends.
+        info: the lines of ``run/info`` (key -> value). Read when the run ends, so the body may add to it
+            (the audit adds its figures); the scope adds ``versions``, ``command`` and ``status``.
+        into: an object whose ``warnings``, ``seconds`` and ``tags`` are set as well when the run ends
+            (a :class:`~introspect.report.RunSummary`), or None.
+        caught: the run's warnings: the list ``warnings.catch_warnings(record=True)`` fills (read at the end)
+            or message strings.
+        started: ``time.perf_counter()`` when the run started (default: now).
+
+    Yields:
+        A :class:`RunEnd`, filled in when the body is done (also on failure and Ctrl-C).
+
+    What was written before a failure or Ctrl-C stays readable, and ``run/info`` says how the run ended;
+    the exception (KeyboardInterrupt included) is raised again.
+    """
+    started = time.perf_counter() if started is None else started
+    end = RunEnd()
+    status = "failed"
+    try:
+        yield end
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted (Ctrl-C)"
+        raise
+    except BaseException as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        end.warnings = list(dict.fromkeys(_message(w) for w in caught))
+        end.seconds = time.perf_counter() - started
+        end.status = f"{status} in {end.seconds:.1f} s"
+        info["versions"] = versions()
+        info["command"] = " ".join(sys.argv)
+        info["status"] = end.status
+        try:
+            reporter.run_info(info, end.warnings)
+        finally:
+            end.tags = dict(reporter.tags)
+            if into is not None:
+                into.warnings, into.seconds, into.tags = end.warnings, end.seconds, dict(end.tags)
+            reporter.close()
