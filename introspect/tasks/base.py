@@ -47,6 +47,27 @@ NEEDS: dict[str, frozenset[str]] = {
     "embeddings": frozenset({"images", "class_scores"}),
 }
 
+#: Where a task's trunk lives, by input kind, first match wins: a detector's or segmenter's backbone body,
+#: RAFT's feature encoder, a video model's blocks.
+ROOTS: dict[str, tuple[str, ...]] = {
+    "image": ("backbone.body", "backbone.features", "backbone"),
+    "frame pair": ("feature_encoder",),
+    "clip": ("features", "blocks"),
+}
+
+
+def trunk_root(model: Any, candidates: Sequence[str]) -> str:
+    """The first of ``candidates`` that is a module of ``model`` ("" for the model itself)."""
+    names = {name for name, _ in model.named_modules()}
+    return next((name for name in candidates if name in names), "")
+
+
+def stage_children(model: Any, root: str) -> list[str]:
+    """The children of ``root`` that may end a stage (pooling layers are left out)."""
+    container = model.get_submodule(root) if root else model
+    return [f"{root}.{name}" if root else name for name, child in container.named_children()
+            if "pool" not in type(child).__name__.lower()]
+
 
 @dataclass(frozen=True)
 class Task:
@@ -146,8 +167,15 @@ class Task:
         raise self.cannot("cam", "methods")
 
     def prepare_features(self, ctx: Any) -> None:
-        """Check the feature layers and declare them to the shared pass."""
-        raise self.cannot("features", "layers")
+        """Check the feature layers (default: the children of the task's trunk, ``ROOTS``) and declare them to the
+        shared pass; the stage ends among them are picked from the shapes the pass gives."""
+        from ..layers import resolve_layer
+
+        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS[self.input_kind])))
+        for name in layers:
+            resolve_layer(ctx.model, name)
+        ctx.keep(*layers)
+        ctx.state["feature_capture"] = layers
 
     def forward(self, ctx: Any) -> Any:
         """The one forward pass over ``ctx.batch`` that every section of the batch shares."""

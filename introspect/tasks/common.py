@@ -11,31 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Task
+from .base import ROOTS, Task, stage_children, trunk_root
 
 __all__ = ["trunk_root", "stage_children", "stage_ends", "feature_records", "ROOTS", "HeadsTask"]
-
-#: Where a task's trunk lives, first match wins: a detector's or segmenter's backbone body, RAFT's
-#: feature encoder, a video model's blocks.
-ROOTS: dict[str, tuple[str, ...]] = {
-    "image": ("backbone.body", "backbone.features", "backbone"),
-    "frame pair": ("feature_encoder",),
-    "clip": ("features", "blocks"),
-}
-
-
-def trunk_root(model: nn.Module, candidates: Sequence[str]) -> str:
-    """The first of ``candidates`` that is a module of ``model`` ("" for the model itself)."""
-    names = {name for name, _ in model.named_modules()}
-    return next((name for name in candidates if name in names), "")
-
-
-def stage_children(model: nn.Module, root: str) -> list[str]:
-    """The children of ``root`` that may end a stage (pooling layers are left out)."""
-    container = model.get_submodule(root) if root else model
-    return [f"{root}.{name}" if root else name for name, child in container.named_children()
-            if "pool" not in type(child).__name__.lower()]
-
 
 def stage_ends(shapes: Mapping[str, tuple[int, ...]], limit: int = 6) -> list[str]:
     """The layers (in run order) after which the spatial size changes: the last ``limit`` stage ends."""
@@ -97,15 +75,6 @@ class HeadsTask(Task):
         ctx.state["cam_methods"] = methods
         ctx.explain = True
         ctx.info["cam methods"] = ", ".join(methods)
-
-    def prepare_features(self, ctx: Any) -> None:
-        from ..layers import resolve_layer
-
-        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["image"])))
-        for name in layers:
-            resolve_layer(ctx.model, name)
-        ctx.keep(*layers)
-        ctx.state["feature_capture"] = layers
 
     def forward(self, ctx: Any) -> Any:
         from .featurepass import task_images

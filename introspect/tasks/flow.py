@@ -124,15 +124,6 @@ class FlowTask(Task):
             raise TargetError(f"targets={str(ctx.cam.targets[0])!r} does not apply: {ctx.loaded.name} estimates "
                               "optical flow and has no classes, drop it", parameter="targets")
 
-    def prepare_features(self, ctx: Any) -> None:
-        from ..layers import resolve_layer
-
-        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["frame pair"])))
-        for name in layers:
-            resolve_layer(ctx.model, name)
-        ctx.keep(*layers)
-        ctx.state["feature_capture"] = layers
-
     def forward(self, ctx: Any):
         from ..forward import run_forward
 

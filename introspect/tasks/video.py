@@ -357,13 +357,6 @@ class VideoTask(Task):
         ctx.info["cam methods"] = ", ".join(methods)
         ctx.info["cam layer"] = f"{layer.name} ({layer.layout})"
 
-    def prepare_features(self, ctx) -> None:
-        layers = list(ctx.features.layers or stage_children(ctx.model, trunk_root(ctx.model, ROOTS["clip"])))
-        for name in layers:
-            resolve_layer(ctx.model, name)
-        ctx.keep(*layers)
-        ctx.state["feature_capture"] = layers
-
     def forward(self, ctx):
         from ..forward import run_forward
 
