@@ -1,175 +1,299 @@
-"""One forward pass that serves every analyzer that can share it.
+"""The one forward pass: every task's model runs through :func:`run_forward`.
 
-``run_forward`` runs the model once, in eval mode, inside :func:`introspect.hooks.inspecting`.
-It keeps the logits, the outputs of the layers asked for, and, when a gradient
-layer is named, makes that layer's output a leaf of a fresh autograd graph: the
-trunk before it runs without recording anything, and only the head after it is
-recorded. ``ForwardPass.gradients`` then takes the gradients of any class scores
-with respect to that leaf with ``torch.autograd.grad``: no parameter gradients,
-nothing written to ``.grad``, no backward through the trunk, every class of every
-image in one batched call.
+``run_forward`` runs the model once, in eval mode, inside :func:`introspect.hooks.inspecting`
+(the model comes back untouched). It takes what the model takes: an (N, 3, H, W) batch, an
+(N, 3, T, H, W) clip, a list of (3, H, W) images (a detector), or a tuple of tensors (RAFT's two
+frames). It keeps:
+
+- ``capture``: the outputs of any layers (the first tensor of their first call, detached, int8
+  dequantized);
+- ``grad_layer``: the layer whose output becomes the *leaves* of a fresh autograd graph (the
+  leaf step, :func:`introspect.hooks.make_leaves`): its tensor, its tuple's first tensor, or
+  every map of the dict of maps it returns (an FPN's levels); :data:`FEATURE_MAPS` names the
+  last direct child of the model that returns a dict of (N, C, H, W) maps (the features a
+  detector's or segmenter's heads read). With ``record`` the trunk before it runs without
+  recording anything and only what follows is recorded; without, the leaves are its values;
+- ``raw``: the raw outputs of modules (a detector's proposals), ``canvas``: the padded size and
+  resized image sizes of a detector's ``ImageList``; ``settings`` are attributes set for this
+  pass only (a detector's ``score_thresh``).
+
+:func:`gradients` then takes the gradients of (N, k) target scores with respect to every leaf
+with one batched ``torch.autograd.grad``: no parameter gradients, nothing written to ``.grad``,
+no backward through the trunk, every target of every image in one call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import LayerError, StateError, UnknownLayerError, UsageError
-from .hooks import first_tensor, inspecting
+from .hooks import device_and_dtype, first_tensor, inspecting, is_map_dict, make_leaves
 from .layers import resolve_layer
-from .models import device_and_dtype
 
-__all__ = ["ForwardPass", "run_forward"]
+__all__ = ["FEATURE_MAPS", "ForwardPass", "run_forward", "gradients"]
+
+FEATURE_MAPS = "<feature maps>"
+"""``grad_layer=FEATURE_MAPS``: the last direct child of the model whose output is a dict of (N, C, H, W) maps."""
+
+Canvas = tuple[tuple[int, int], tuple[tuple[int, int], ...]]
 
 
 @dataclass
 class ForwardPass:
     """What one forward pass produced."""
 
-    logits: torch.Tensor  # (N, classes), detached: the first tensor of the output
-    activations: dict[str, torch.Tensor]  # layer name -> its output (first tensor, first call), detached
-    grad_layer: str | None = None
-    output: object = None  # the model's own output (RAFT: its list of flow estimates), detached
-    _leaf: torch.Tensor | None = field(default=None, repr=False)
-    _scores: torch.Tensor | None = field(default=None, repr=False)
-    _cached: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (classes, gradients)
+    output: Any  # the model's output; recorded from the leaves on when ``recorded``
+    activations: dict[str, torch.Tensor]  # captured layer -> first tensor of its first call, detached
+    leaves: dict[str, torch.Tensor] = field(default_factory=dict)  # level ("" for a tensor) -> leaf
+    layer: str | None = None  # the layer whose output the leaves are
+    recorded: bool = False  # the leaves require grad and what follows them was recorded
+    canvas: Canvas | None = None  # a detector's (padded size, resized image sizes)
+    raw: dict[str, Any] = field(default_factory=dict)  # module name -> its raw output (``raw=``)
+    _cached: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """Names of the leaves (an FPN's levels; ``("",)`` for a single tensor)."""
+        return tuple(self.leaves)
+
+    def maps(self) -> dict[str, torch.Tensor]:
+        """The leaves' values, detached: level -> (N, C, ...)."""
+        return {name: leaf.detach() for name, leaf in self.leaves.items()}
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The first tensor of the output, detached: a classifier's (N, classes) scores."""
+        return first_tensor(self.output).detach()
 
     @property
     def probabilities(self) -> torch.Tensor:
         """Softmax of the logits, (N, classes)."""
         return torch.softmax(self.logits.float(), dim=-1)
 
-    def gradients(self, classes: torch.Tensor) -> torch.Tensor:
-        """Gradients of class scores at the gradient layer, every class of every image in one call.
-
-        Args:
-            classes: ``(N, k)`` class indices per image.
-
-        Returns:
-            ``d score[n, classes[n, j]] / d activation`` stacked as ``(k, N, *activation.shape[1:])``
-            (cached: the same classes again cost nothing).
+    def gradients(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """d scores[n, j] / d leaf for every target j at once (see :func:`gradients`); the same
+        ``scores`` again cost nothing.
 
         Raises:
-            StateError: the pass recorded no gradient layer, or was released.
+            StateError: the pass recorded no graph, or was released.
         """
-        if self._leaf is None or self._scores is None:
-            raise StateError("this forward pass recorded no gradient layer (or was released): run "
-                             "run_forward(..., grad_layer=NAME) and take the gradients before release()")
-        classes = classes.to(self._scores.device)
-        if self._cached is not None and torch.equal(self._cached[0], classes):  # several methods, one backward
+        if not self.recorded or not self.leaves:
+            raise StateError("this forward pass recorded no graph (or was released): run run_forward(..., "
+                             "grad_layer=NAME) and take the gradients before release()")
+        if self._cached is not None and self._cached[0] is scores:  # several methods, one backward
             return self._cached[1]
-        k = classes.shape[1]
-        one_hot = torch.zeros((k, *self._scores.shape), dtype=self._scores.dtype, device=self._scores.device)
-        one_hot.scatter_(2, classes.T.unsqueeze(-1), 1.0)
-        try:
-            (grads,) = torch.autograd.grad(self._scores, self._leaf, one_hot, retain_graph=True,
-                                           is_grads_batched=True)
-        except RuntimeError:  # an op without a batching rule: one vector-Jacobian product per class
-            grads = torch.stack([
-                torch.autograd.grad(self._scores, self._leaf, one_hot[j], retain_graph=True)[0] for j in range(k)
-            ])
-        self._cached = (classes.clone(), grads)
+        grads = gradients(scores, self.leaves)
+        self._cached = (scores, grads)
         return grads
 
     def release(self) -> None:
-        """Drop the recorded graph (the gradients cannot be taken after this)."""
-        self._leaf = None
-        self._scores = None
+        """Drop the recorded graph, the leaves and the raw outputs (the gradients cannot be taken after this)."""
+        self.leaves = {}
+        self.raw = {}
         self._cached = None
+        self.output = _detached(self.output)
+
+
+def gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """d scores[n, j] / d leaf, for every target j at once: name -> (k, N, *leaf.shape[1:]).
+
+    ``scores`` is (N, k): target j of image n (0 where an image has fewer targets). One
+    ``torch.autograd.grad`` with ``is_grads_batched=True`` over the k targets; where an op has no
+    batching rule, one vector-Jacobian product per target on the same graph. A leaf the scores do not
+    reach gets zeros.
+    """
+    names = list(leaves)
+    tensors = [leaves[n] for n in names]
+    n, k = scores.shape
+    if k == 0 or not scores.requires_grad:
+        return {name: torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
+                for name, leaf in zip(names, tensors)}
+    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+    one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
+    try:
+        grads = torch.autograd.grad(scores, tensors, one_hot, retain_graph=True, is_grads_batched=True,
+                                    allow_unused=True, materialize_grads=True)
+    except (RuntimeError, NotImplementedError):  # an op without a batching rule: one product per target
+        per_target = [torch.autograd.grad(scores, tensors, one_hot[j], retain_graph=True, allow_unused=True,
+                                          materialize_grads=True) for j in range(k)]
+        grads = tuple(torch.stack([g[i] for g in per_target]) for i in range(len(tensors)))
+    return dict(zip(names, grads))
+
+
+def _canvas(value: Any) -> Canvas | None:
+    """(padded size, resized image sizes) from an ``ImageList`` (a detector's transform output)."""
+    item = value[0] if isinstance(value, tuple) and value else value
+    tensors, sizes = getattr(item, "tensors", None), getattr(item, "image_sizes", None)
+    if isinstance(tensors, torch.Tensor) and sizes is not None:
+        return (int(tensors.shape[-2]), int(tensors.shape[-1])), tuple((int(h), int(w)) for h, w in sizes)
+    return None
+
+
+def _moved(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device=device, dtype=dtype)
+    return type(inputs)(_moved(item, device, dtype) for item in inputs)
 
 
 def run_forward(
     model: nn.Module,
-    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     capture: Sequence[str] = (),
     grad_layer: str | None = None,
+    *,
+    record: bool = True,
+    raw: Sequence[str] = (),
+    canvas: bool = False,
+    settings: Sequence[tuple[object, str, object]] = (),
+    names: Mapping[str, str] | None = None,
 ) -> ForwardPass:
-    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and prepare gradients.
+    """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and make the leaves.
 
     Args:
         model: the module (comes back untouched).
-        inputs: ``(N, 3, H, W)`` normalised images or ``(N, 3, T, H, W)`` clips, or a tuple of such
-            tensors for a model that takes several (RAFT's two frames); moved to the model's device and dtype.
-        capture: names of the layers whose outputs to keep.
-        grad_layer: the layer whose gradients :meth:`ForwardPass.gradients` will take (only
-            the part of the model after it is recorded), or None.
+        inputs: ``(N, 3, H, W)`` images or ``(N, 3, T, H, W)`` clips (``model(inputs)``), a list of
+            ``(3, H, W)`` images (``model(list)``: a detector), or a tuple of tensors (``model(*inputs)``:
+            RAFT's two frames); moved to the model's device and dtype.
+        capture: names of the layers whose outputs to keep (:attr:`ForwardPass.activations`).
+        grad_layer: the layer whose output becomes the leaves (a tensor, a tuple's first tensor, or a
+            dict of maps), :data:`FEATURE_MAPS`, or None.
+        record: make the leaves require grad and record what follows them (:meth:`ForwardPass.gradients`);
+            False: the leaves are plain values and nothing is recorded.
+        raw: names of modules whose raw outputs to keep (:attr:`ForwardPass.raw`).
+        canvas: keep the padded size and resized image sizes of an ``ImageList`` a direct child returns.
+        settings: ``(object, attribute, value)`` set for this pass only (e.g. a detector's ``score_thresh``).
+        names: what the caller calls ``capture`` and ``grad_layer`` (for the errors), e.g. ``{"grad_layer": "layer"}``.
 
     Returns:
         The :class:`ForwardPass`; call :meth:`~ForwardPass.release` when done with its gradients.
 
     Raises:
-        UnknownLayerError: a name that is not a layer of the model, or does not run.
+        UnknownLayerError: a name that is not a layer of the model, that does not run, or (``grad_layer``)
+            whose output holds no tensor to explain; no direct child returns a dict of maps (``FEATURE_MAPS``).
         LayerError: the output does not depend on ``grad_layer``.
-        UsageError: ``grad_layer`` inside ``torch.inference_mode()``.
+        UsageError: a recorded pass inside ``torch.inference_mode()``.
     """
+    said = {"capture": "capture", "grad_layer": "grad_layer", **(names or {})}
     modules = {name: resolve_layer(model, name) for name in capture}
-    grad_module = resolve_layer(model, grad_layer) if grad_layer else None
-    if grad_module is not None and torch.is_inference_mode_enabled():
+    raw_modules = {name: resolve_layer(model, name) for name in raw}
+    auto = grad_layer == FEATURE_MAPS
+    target = resolve_layer(model, grad_layer) if grad_layer is not None and not auto else None
+    recording = record and grad_layer is not None
+    if recording and torch.is_inference_mode_enabled():
         raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call them outside it "
-                         "(introspect records only the head's graph), or use eigencam/fem")
+                         "(introspect records only what follows the explained layer), or use eigencam/fem")
     activations: dict[str, torch.Tensor] = {}
-    leaf: dict[str, torch.Tensor] = {}
+    found: dict[str, Any] = {}
+    raw_outputs: dict[str, Any] = {}
     device, dtype = device_and_dtype(model)
-    args = tuple(t.to(device=device, dtype=dtype) for t in (inputs if isinstance(inputs, tuple) else (inputs,)))
+    args = _moved(inputs, device, dtype)
 
     def capturing(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            if name in activations:  # the first call (RAFT's encoder runs once on both frames)
-                return
-            tensor = first_tensor(output).detach()
-            activations[name] = tensor.dequantize() if tensor.is_quantized else tensor  # int8 layers
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if name not in activations:  # the first call (RAFT's encoder runs once on both frames)
+                tensor = first_tensor(output).detach()
+                activations[name] = tensor.dequantize() if tensor.is_quantized else tensor  # int8 layers
         return hook
 
-    def make_leaf(module: nn.Module, args: tuple, output: object):
-        tensor = first_tensor(output)
-        start = tensor.detach().requires_grad_(True)
-        leaf["tensor"] = start
-        torch.set_grad_enabled(True)  # record from here on: the head only
-        passed = start.clone()  # the head may work on it in place (DenseNet's relu_), which a leaf forbids
-        if isinstance(output, torch.Tensor):
-            return passed
-        if isinstance(output, tuple) and output and output[0] is tensor:
-            return (passed, *output[1:])
-        return output
+    def keeping(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            raw_outputs.setdefault(name, output)
+        return hook
+
+    def leaf_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            made = make_leaves(output, recording)
+            if made is None:
+                raise UnknownLayerError(f"{said['grad_layer']}={name!r} gives {type(output).__name__}, not a tensor "
+                                        "or a dict of (N, C, H, W) maps: pick another", parameter=said["grad_layer"])
+            found["layer"], found["leaves"] = name, made[0]
+            return made[1]
+        return hook
+
+    def child_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if canvas and "canvas" not in found:
+                value = _canvas(output)
+                if value is not None:
+                    found["canvas"] = value
+            if auto and is_map_dict(output):  # the last such child wins
+                made = make_leaves(output, recording)
+                found["layer"], found["leaves"] = name, made[0]
+                return made[1]
+            return None
+        return hook
 
     with inspecting(model) as scope:
+        for obj, attribute, value in settings:
+            scope.set_attribute(obj, attribute, value)
+        if auto or canvas:
+            for name, child in model.named_children():
+                scope.forward_hook(child, child_hook(name))
         for name, module in modules.items():
             scope.forward_hook(module, capturing(name))
-        if grad_module is not None:
-            scope.forward_hook(grad_module, make_leaf)
+        for name, module in raw_modules.items():
+            scope.forward_hook(module, keeping(name))
+        if target is not None:
+            scope.forward_hook(target, leaf_hook(grad_layer))
+        if grad_layer is not None:
             with torch.no_grad():
-                output = model(*args)
+                output = _call(model, args)
         else:
             with torch.inference_mode():
-                output = model(*args)
-    scores = first_tensor(output)
-    ran = set(activations) | ({grad_layer} if "tensor" in leaf else set())
-    silent = [name for name in [*modules, grad_layer] if name and name not in ran]
+                output = _call(model, args)
+    silent = [name for name in modules if name not in activations] + \
+        [name for name in raw_modules if name not in raw_outputs]
     if silent:
-        which = "grad_layer" if silent[0] == grad_layer and silent[0] not in modules else "capture"
-        raise UnknownLayerError(f"layer {silent[0]!r} (in {which}=) does not run in the model's forward pass "
-                                "(in eval mode): pick another", parameter=which)
-    if grad_layer is not None and grad_layer in modules:
-        activations[grad_layer] = leaf["tensor"].detach()
-    result = ForwardPass(logits=scores.detach(), activations=activations, grad_layer=grad_layer,
-                         output=output if grad_module is None else _detached(output))
-    if grad_module is not None:
-        if not scores.requires_grad:
-            raise LayerError(f"grad_layer={grad_layer!r}: the model's output does not depend on this layer, pick "
-                             "another", parameter="grad_layer")
-        result._leaf = leaf["tensor"]
-        result._scores = scores
-    return result
+        raise UnknownLayerError(f"layer {silent[0]!r} (in {said['capture']}=) does not run in the model's forward "
+                                "pass (in eval mode): pick another", parameter=said["capture"])
+    if grad_layer is not None and "leaves" not in found:
+        if auto:
+            raise UsageError(f"{type(model).__name__} has no direct child that outputs a dict of (N, C, H, W) feature "
+                             f"maps: name the layer to explain with {said['grad_layer']}=", parameter=said["grad_layer"])
+        raise UnknownLayerError(f"{said['grad_layer']}={grad_layer!r} does not run in the model's forward pass (in eval "
+                                "mode): pick another", parameter=said["grad_layer"])
+    leaves = found.get("leaves", {})
+    if target is not None and grad_layer in modules and "" in leaves:
+        activations[grad_layer] = leaves[""].detach()
+    if recording and not auto and not any(t.requires_grad for t in _tensors(output)):
+        raise LayerError(f"{said['grad_layer']}={grad_layer!r}: the model's output does not depend on this layer, "
+                         "pick another", parameter=said["grad_layer"])
+    return ForwardPass(output=output, activations=activations, leaves=leaves, layer=found.get("layer"),
+                       recorded=recording, canvas=found.get("canvas"), raw=raw_outputs)
 
 
-def _detached(output: object) -> object:
-    """``output`` with its tensors detached (a tensor, or a list / tuple of them)."""
+def _call(model: nn.Module, args: Any) -> Any:
+    return model(*args) if isinstance(args, tuple) else model(args)
+
+
+def _tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor in ``output`` (a tensor, or lists, tuples and dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    return []
+
+
+def _detached(output: Any) -> Any:
+    """``output`` with its tensors detached (a tensor, or lists, tuples and dicts of them)."""
     if isinstance(output, torch.Tensor):
         return output.detach()
+    if isinstance(output, Mapping):
+        try:
+            return type(output)((key, _detached(value)) for key, value in output.items())
+        except TypeError:
+            return {key: _detached(value) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
-        return type(output)(_detached(o) for o in output)
+        try:
+            return type(output)(_detached(o) for o in output)
+        except TypeError:  # a namedtuple
+            return type(output)(*(_detached(o) for o in output))
     return output

@@ -7,11 +7,16 @@ puts back each module's ``training`` flag, each parameter's ``requires_grad`` an
 Modules compiled in place (``module.compile()``) run eagerly inside the scope, so
 the hooks and eval mode of an analysis never send the caller's compiled code into
 recompiling.
+
+It also holds the two steps every forward pass of introspect shares: where a module's
+weights live (:func:`device_and_dtype`), and the *leaf step* (:func:`make_leaves`) that
+turns a module's output into autograd leaves so that only what runs after it is recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +25,7 @@ from torch import nn
 
 from .errors import ArgumentTypeError
 
-__all__ = ["ModelScope", "inspecting", "first_tensor"]
+__all__ = ["ModelScope", "inspecting", "first_tensor", "device_and_dtype", "is_map", "is_map_dict", "make_leaves"]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -45,6 +50,87 @@ def first_tensor(output: Any) -> torch.Tensor:
                 return item
     raise ArgumentTypeError(f"module produced {type(output).__name__}, not a tensor: introspect needs a module "
                             "whose output is (or starts with) a tensor", parameter="output")
+
+
+def device_and_dtype(module: nn.Module, default_device: str | torch.device = "cpu") -> tuple[torch.device, torch.dtype]:
+    """Where a module's weights live and the floating dtype its inputs should have.
+
+    Args:
+        module: any module.
+        default_device: the device of a module that holds no parameters or buffers.
+
+    Returns:
+        ``(device, dtype)``: the device of the first parameter (or, without parameters,
+        the first buffer), and the dtype of the first floating-point parameter (or
+        buffer); ``torch.float32`` where there is none.
+    """
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    floating = next((t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()),
+                    None)
+    device = first.device if first is not None else torch.device(default_device)
+    return device, floating.dtype if floating is not None else torch.float32
+
+
+def is_map(value: Any) -> bool:
+    """Whether ``value`` is an (N, C, H, W) floating map with H, W > 1."""
+    return isinstance(value, torch.Tensor) and value.ndim == 4 and value.is_floating_point() and \
+        value.shape[-1] > 1 and value.shape[-2] > 1
+
+
+def is_map_dict(value: Any) -> bool:
+    """Whether ``value`` is a dict of (N, C, H, W) maps (the smallest of a pyramid may be 1x1, as SSD's last ones):
+    the multi-scale features a detector's or segmenter's heads read."""
+    return isinstance(value, Mapping) and len(value) > 0 and any(is_map(v) for v in value.values()) and all(
+        isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point() for v in value.values())
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach()
+    return tensor.dequantize() if tensor.is_quantized else tensor  # int8 layers
+
+
+def make_leaves(output: Any, record: bool = True) -> tuple[dict[str, torch.Tensor], Any] | None:
+    """The leaf step: a module's output made the start of a fresh autograd graph.
+
+    Called from a forward hook. The tensor of ``output`` (a tensor, or a tuple's first tensor),
+    or every map of a dict of (N, C, H, W) maps, is detached (int8 dequantized) and, when
+    ``record``, made a leaf that requires grad; recording is then switched on, so that the
+    trunk before the module ran without a graph and only what runs after it is recorded.
+
+    Args:
+        output: the module's output.
+        record: make leaves that require grad and record from here on (False: the detached values only).
+
+    Returns:
+        ``(leaves, passed)``: level name (``""`` for a single tensor, the dict's keys for a dict)
+        -> leaf, and what the hook returns in place of ``output``: when recording, clones of the
+        leaves in ``output``'s own structure (the next module may work in place, which a leaf
+        forbids), else None (the output goes on unchanged). None when ``output`` holds no such tensor.
+    """
+    if is_map_dict(output):
+        leaves = {key: _plain(value) for key, value in output.items()}
+    elif isinstance(output, torch.Tensor) or (isinstance(output, tuple) and output and
+                                              isinstance(output[0], torch.Tensor)):
+        tensor = output if isinstance(output, torch.Tensor) else output[0]
+        if not (tensor.is_floating_point() or tensor.is_quantized):
+            return None
+        leaves = {"": _plain(tensor)}
+    else:
+        return None
+    if not record:
+        return leaves, None
+    for leaf in leaves.values():
+        leaf.requires_grad_(True)
+    torch.set_grad_enabled(True)  # record from here on (the clones below included): what follows the module only
+    clones = {key: leaf.clone() for key, leaf in leaves.items()}
+    if isinstance(output, torch.Tensor):
+        return leaves, clones[""]
+    if isinstance(output, tuple):
+        return leaves, (clones[""], *output[1:])
+    try:
+        return leaves, type(output)(clones.items())
+    except TypeError:  # a Mapping whose constructor takes no pairs
+        return leaves, dict(clones)
 
 
 class ModelScope:

@@ -15,7 +15,6 @@ are assigned in place, so no time is spent on a random initialisation.
 from __future__ import annotations
 
 import difflib
-import itertools
 import os
 import pickle
 import socket
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hooks import device_and_dtype
 from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
 
 __all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform",
@@ -71,25 +71,6 @@ def unwrap(model: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | Non
     if isinstance(model, LoadedModel):
         return model.model, model
     return model, None
-
-
-def device_and_dtype(module: nn.Module, default_device: str | torch.device = "cpu") -> tuple[torch.device, torch.dtype]:
-    """Where a module's weights live and the floating dtype its inputs should have.
-
-    Args:
-        module: any module.
-        default_device: the device of a module that holds no parameters or buffers.
-
-    Returns:
-        ``(device, dtype)``: the device of the first parameter (or, without parameters,
-        the first buffer), and the dtype of the first floating-point parameter (or
-        buffer); ``torch.float32`` where there is none.
-    """
-    first = next(itertools.chain(module.parameters(), module.buffers()), None)
-    floating = next((t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()),
-                    None)
-    device = first.device if first is not None else torch.device(default_device)
-    return device, floating.dtype if floating is not None else torch.float32
 
 
 def list_models() -> list[str]:

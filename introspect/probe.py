@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentTypeError
-from .hooks import first_tensor, inspecting
+from .hooks import first_tensor, inspecting, make_leaves
 
 __all__ = ["LayerOutput", "Probe", "probe", "patch_gradients", "model_input_size", "describe", "LAYOUTS"]
 
@@ -388,18 +388,13 @@ def patch_gradients(model: nn.Module, names: Sequence[str], input_size: int | Se
 
         def make_leaf(module: nn.Module, args: tuple, output: object):
             """Record from here on: the trunk before the earliest layer asked about runs without a graph."""
-            tensor = _first(output)
-            if tensor is None or not tensor.is_floating_point():
+            if not isinstance(output, (torch.Tensor, tuple)):  # a layer with a token layout gives a tensor
                 return None
-            start = tensor.detach().requires_grad_(True)
-            captured[first] = start
-            torch.set_grad_enabled(True)
-            passed = start.clone()  # what runs next may work in place, which a leaf forbids
-            if isinstance(output, torch.Tensor):
-                return passed
-            if isinstance(output, tuple) and output and output[0] is tensor:
-                return (passed, *output[1:])
-            return None
+            made = make_leaves(output)
+            if made is None:
+                return None
+            captured[first] = made[0][""]
+            return made[1]
 
         example = _example(model, size)
         generator = torch.Generator().manual_seed(0)

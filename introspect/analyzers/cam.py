@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, UnknownMethodError
-from ..forward import ForwardPass, run_forward
-from ..hooks import inspecting
+from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, StateError, UnknownMethodError
+from ..forward import ForwardPass
+from ..hooks import first_tensor, inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, unwrap
@@ -36,7 +36,8 @@ from .predictions import class_name, top_classes
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
-           "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_cam", "activation_maps"]
+           "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_cam", "activation_maps",
+           "class_gradients", "single_pass_methods", "scaled_maps"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -307,6 +308,59 @@ def activation_maps(method: str, activation: torch.Tensor, gradients: torch.Tens
     return _normalize_nd(raw, tuple(size) if size is not None else spatial)
 
 
+def single_pass_methods(methods: str | Sequence[str], task: str) -> list[str]:
+    """Known CAM method names that one forward pass serves; the others are refused in one line."""
+    names = parse_cam_methods(methods)
+    offered = [name for name, m in CAM_METHODS.items() if not m.delegated]
+    for name in names:
+        if CAM_METHODS[name].delegated:
+            raise UnknownMethodError(f"CAM method {name!r} needs many forward passes and is not offered for "
+                                     f"{task}: choose from {', '.join(offered)}")
+    return names
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    maps = maps - maps.amin(dim=(-2, -1), keepdim=True)
+    return maps / (1e-7 + maps.amax(dim=(-2, -1), keepdim=True))
+
+
+def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor] | None, k: int,
+                sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """The CAMs of one method over a pass's leaves: per image n, (k, H_n, W_n) float in [0, 1] over the input
+    image's pixels.
+
+    Per level: the method's formula (``CAM_METHODS[method].compute``), ReLU, min-max, bilinear resize;
+    then the mean over levels, ReLU and min-max (pytorch-grad-cam's scaling and its multi-layer mean).
+    Detectors resize and pad their inputs: each map is resized to the padded canvas at the input image's
+    scale and the padding cropped away, so every heatmap lies over the input image's own pixels.
+    """
+    entry = CAM_METHODS[method]
+    activations = forward.maps()
+    per_image: list[torch.Tensor | None] = [None] * len(sizes)
+    for level, activation in activations.items():
+        dtype = torch.float64 if activation.dtype == torch.float64 else torch.float32  # half -> float
+        a = activation.to(dtype)
+        g = None
+        if entry.uses_gradients:
+            if grads is None:
+                raise StateError(f"{method} needs gradients: run the forward pass with record=True")
+            g = grads[level].to(dtype)
+        raw = torch.nan_to_num(entry.compute(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
+        raw = _minmax(torch.relu(raw)).expand(k, -1, -1, -1)
+        for n, (height, width) in enumerate(sizes):
+            maps = raw[:, n]
+            if forward.canvas is not None:  # resize to the padded canvas at the image's scale, crop the padding
+                (ph, pw), resized = forward.canvas
+                rh, rw = resized[n]
+                full = (max(height, round(ph * height / rh)), max(width, round(pw * width / rw)))
+            else:
+                full = (height, width)
+            maps = F.interpolate(maps[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
+            maps = maps[:, :height, :width]
+            per_image[n] = maps if per_image[n] is None else per_image[n] + maps
+    return [_minmax(torch.relu(m / len(activations))).float().cpu() for m in per_image]
+
+
 def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
     if torch.isfinite(tensor).all():
         return tensor
@@ -314,12 +368,19 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
     return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def class_gradients(forward: ForwardPass, classes: torch.Tensor) -> torch.Tensor:
+    """Gradients of class scores at the pass's single leaf: ``(k, N, *leaf.shape[1:])`` for ``classes`` (N, k)."""
+    logits = first_tensor(forward.output)
+    with torch.enable_grad():  # the caller may be under torch.no_grad(): the scores extend the recorded graph
+        scores = logits.gather(1, classes.to(logits.device))
+    return forward.gradients(scores)[""]
+
+
 def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
-               size: tuple[int, int], notes: list[str]) -> torch.Tensor:
+               size: tuple[int, int], notes: list[str], raw_grads: torch.Tensor | None) -> torch.Tensor:
     activation = _finite(to_nchw(forward.activations[layer.name], layer).float(), "activations", notes)
     grads = None
     if method.uses_gradients:
-        raw_grads = forward.gradients(classes)
         grads = torch.stack([to_nchw(g, layer) for g in raw_grads]).float()
         grads = _finite(grads, "gradients", notes)
         if not grads.abs().amax().item() > 0:
@@ -401,7 +462,9 @@ def cam_maps(
         One float32 tensor (k, N, H, W) per method, on the forward pass's device.
     """
     maps: dict[str, torch.Tensor] = {}
-    for name in parse_cam_methods(methods):
+    names = parse_cam_methods(methods)
+    grads = class_gradients(forward, classes) if needs_layer_gradient(names) else None  # one backward for all
+    for name in names:
         method = CAM_METHODS[name]
         method_notes = notes.setdefault(name, []) if notes is not None else []
         if method.delegated:
@@ -409,7 +472,7 @@ def cam_maps(
                 raise ArgumentError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=", parameter="model")
             maps[name] = _delegated_maps(method, model, inputs, layer, classes, forward.logits)
         else:
-            maps[name] = _maps_here(method, forward, layer, classes, size, method_notes)
+            maps[name] = _maps_here(method, forward, layer, classes, size, method_notes, grads)
     return maps
 
 

@@ -1,19 +1,94 @@
-"""Pieces the detection, segmentation, video and optical-flow tasks share: the feature stages of a
-trunk found from its structure and the shapes one pass gives, and feature-map records from any layout.
+"""Pieces the detection, segmentation, video and optical-flow tasks share: images as detectors and segmenters
+take them, the feature stages of a trunk found from its structure and the shapes one pass gives, feature-map
+records from any layout, and the task of models whose heads read a dict of feature maps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
+from ..errors import ImageError, UsageError
 from .base import ROOTS, Task, stage_children, trunk_root
 
-__all__ = ["trunk_root", "stage_children", "stage_ends", "feature_records", "ROOTS", "HeadsTask"]
+__all__ = ["TaskImages", "task_images", "trunk_root", "stage_children", "stage_ends", "feature_records", "ROOTS",
+           "HeadsTask"]
+
+
+@dataclass(frozen=True)
+class TaskImages:
+    """Images as detectors and segmenters take them: float (3, H, W) in [0, 1], each its own size."""
+
+    tensors: tuple[torch.Tensor, ...]
+    photos: tuple[np.ndarray, ...]  # uint8 (H, W, 3): the same pixels
+    names: tuple[str, ...]
+    normalized: bool = False  # True: the tensors are already what the model eats (from an InputBatch)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def _to_tensor(item: Any) -> torch.Tensor:
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        item = np.asarray(item.convert("RGB"))
+    if isinstance(item, np.ndarray):
+        array = item
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise ImageError(f"an image array must be (H, W, 3) uint8 or float in [0, 1], got shape {array.shape}")
+        array = array[..., :3] if array.shape[2] != 1 else np.repeat(array, 3, axis=2)
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        return tensor.float() / 255.0 if array.dtype == np.uint8 else tensor.float()
+    if isinstance(item, torch.Tensor):
+        if item.ndim != 3 or item.shape[0] != 3:
+            raise ImageError(f"an image tensor must be (3, H, W) with values in [0, 1], got {tuple(item.shape)}")
+        return item.float() / 255.0 if item.dtype == torch.uint8 else item.float()
+    raise ImageError(f"cannot read an image from {type(item).__name__}: pass a path, a PIL image, an (H, W, 3) "
+                     "array, or a (3, H, W) / (N, 3, H, W) tensor in [0, 1]")
+
+
+def task_images(images: Any, names: Sequence[str] | None = None) -> TaskImages:
+    """Images from a (N, 3, H, W) or (3, H, W) tensor in [0, 1], a path, a PIL image, an array, or a list of those.
+
+    An ``introspect.inputs.InputBatch`` is taken as it is: its tensor is what the model eats
+    (for a detector: pixels in [0, 1]; the detector normalises them itself).
+    """
+    from ..images import load_images
+
+    if hasattr(images, "tensor") and hasattr(images, "names") and hasattr(images, "photos"):  # an InputBatch
+        return TaskImages(tuple(images.tensor.unbind(0)), tuple(np.asarray(p) for p in images.photos),
+                          tuple(images.names), normalized=True)
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        items: list[Any] = list(images.unbind(0))
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
+    if not items:
+        raise ImageError("no image given: pass at least one path, PIL image, array or tensor")
+    pairs: list[tuple[str, torch.Tensor]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            for name, image in load_images([item]):
+                pairs.append((name, _to_tensor(image)))
+        else:
+            pairs.append((f"image{i}", _to_tensor(item)))
+    labels = tuple(names) if names else tuple(name for name, _ in pairs)
+    if len(labels) != len(pairs):
+        raise UsageError(f"names= has {len(labels)} entries for {len(pairs)} images: give one name per image")
+    tensors = tuple(t.detach() for _, t in pairs)
+    photos = tuple((t.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                   for t in tensors)
+    return TaskImages(tensors, photos, labels)
+
 
 def stage_ends(shapes: Mapping[str, tuple[int, ...]], limit: int = 6) -> list[str]:
     """The layers (in run order) after which the spatial size changes: the last ``limit`` stage ends."""
@@ -44,7 +119,7 @@ class HeadsTask(Task):
     gradient leaves, the trunk's stages the feature maps, and one pass of the model serves all of them.
 
     A subclass gives :meth:`run_pass` (one forward pass over images of one size, returning a record with
-    ``fp`` (:class:`~introspect.tasks.featurepass.FeaturePass`) and ``release()``), :meth:`explain`
+    ``forward`` (:class:`~introspect.forward.ForwardPass`) and ``release()``), :meth:`explain`
     (CAM results from that pass) and :meth:`check_cam_options`.
     """
 
@@ -65,8 +140,8 @@ class HeadsTask(Task):
         """Refuse CAM options that do not fit the task (before anything is written)."""
 
     def prepare_cams(self, ctx: Any) -> None:
+        from ..analyzers.cam import single_pass_methods
         from ..layers import resolve_layer
-        from .featurepass import single_pass_methods
 
         self.check_cam_options(ctx)
         methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
@@ -77,16 +152,13 @@ class HeadsTask(Task):
         ctx.info["cam methods"] = ", ".join(methods)
 
     def forward(self, ctx: Any) -> Any:
-        from .featurepass import task_images
-
         methods = ctx.state.get("cam_methods", ()) if ctx.explain else ()
         return self.run_pass(ctx, task_images(ctx.batch), methods, ctx.capture)
 
     def feature_maps(self, ctx: Any) -> list:
-        fp = ctx.forward.fp
-        found = {name: fp.layer_output(name) for name in ctx.state.get("feature_capture", ())}
-        return feature_records({k: v for k, v in found.items() if v is not None}, ctx.batch.names,
-                               ctx.features.layers, ctx.features.max_channels)
+        activations = ctx.forward.forward.activations
+        found = {name: activations[name] for name in ctx.state.get("feature_capture", ()) if name in activations}
+        return feature_records(found, ctx.batch.names, ctx.features.layers, ctx.features.max_channels)
 
     def cam_results(self, ctx: Any) -> list:
         results = self.explain(ctx, ctx.state["cam_methods"])
@@ -98,7 +170,6 @@ class HeadsTask(Task):
     def _probe(self, loaded: Any) -> Any:
         """One pass of a blank image of the model's size, capturing the trunk's stages (``--list-layers``)."""
         from ..context import RunContext
-        from .featurepass import task_images
 
         size = loaded.input_size
         capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["image"]))
@@ -107,9 +178,8 @@ class HeadsTask(Task):
         return found
 
     def cam_layer_name(self, loaded: Any, layer: str | None = None) -> str | None:
-        return layer or self._probe(loaded).fp.layer or None
+        return layer or self._probe(loaded).forward.layer or None
 
     def feature_layer_names(self, loaded: Any) -> list[str]:
-        fp = self._probe(loaded).fp
-        outputs = {name: fp.layer_output(name) for name in fp.captured if not name.startswith("__")}
-        return stage_ends({name: tuple(t.shape[2:]) for name, t in outputs.items() if t is not None and t.ndim == 4})
+        outputs = self._probe(loaded).forward.activations
+        return stage_ends({name: tuple(t.shape[2:]) for name, t in outputs.items() if t.ndim == 4})

@@ -11,7 +11,7 @@ boxes, the one of largest IoU with the reference; if that IoU exceeds ``iou_thre
 label is the reference's, the target is IoU + its score, else 0. Gradients of the targets are
 taken with respect to the feature maps the detector hands its heads (``backbone``: every FPN
 level, or SSD's feature maps), and the CAM is the mean of the per-level maps (see
-:mod:`introspect.tasks.featurepass`). Only the heads are recorded and differentiated; nothing is
+:func:`introspect.analyzers.cam.scaled_maps`). Only the heads are recorded and differentiated; nothing is
 written to ``.grad``. The records also carry the detections, so one call serves both.
 """
 
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS
-from ..errors import IntrospectWarning, TargetError, UsageError
-from .common import HeadsTask
+from ..analyzers.cam import CAM_METHODS, scaled_maps, single_pass_methods
+from ..errors import IntrospectError, IntrospectWarning, TargetError, UsageError
+from ..forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..hooks import inspecting
-from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
+from .common import HeadsTask, TaskImages, task_images
 from .records import DetectionCamMap, DetectionCamResult, Detections
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
@@ -51,7 +51,7 @@ COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
     (11, 13), (13, 15), (12, 14), (14, 16))
 """Pairs of COCO's 17 person keypoints joined when they are drawn."""
 
-_PROPOSALS, _PREDICTIONS = "__proposals__", "__box_predictions__"  # capture keys of the RoI fast path
+_PROPOSALS, _PREDICTIONS = "rpn", "roi_heads.box_predictor"  # raw outputs the RoI fast path reads
 
 _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
@@ -164,24 +164,25 @@ def _lowered_thresholds(module: nn.Module, score_threshold: float) -> list[tuple
             if isinstance(getattr(m, "score_thresh", None), float) and m.score_thresh > score_threshold]
 
 
-def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, gradients: bool,
-         score_threshold: float, capture: dict[str, nn.Module] | None = None,
-         require_features: bool = True) -> FeaturePass:
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+def _run(module: nn.Module, tensors: Sequence[torch.Tensor], layer: str | None, leaves: bool, record: bool,
+         score_threshold: float, capture: Sequence[str] = (), raw: Sequence[str] = ()) -> ForwardPass:
+    """One pass of the detector over a list of images; ``leaves``: the features its heads read (or ``layer``'s)."""
     try:
-        fp = feature_pass(module, [t.to(device=device, dtype=dtype) for t in tensors], layer=layer,
-                          gradients=gradients, settings=_lowered_thresholds(module, score_threshold), capture=capture,
-                          require_features=require_features)
+        forward = run_forward(module, list(tensors), capture=capture,
+                              grad_layer=(layer or FEATURE_MAPS) if leaves else None, record=record, raw=raw,
+                              canvas=True, settings=_lowered_thresholds(module, score_threshold),
+                              names={"capture": "layers", "grad_layer": "layer"})
+    except IntrospectError:
+        raise
     except TypeError as error:  # a model that takes one batched tensor, not a list of images
         first = str(error).splitlines()[0][:80] if str(error) else ""
         raise UsageError(f"{type(module).__name__} does not take a list of images as torchvision detectors do "
                          f"({error.__class__.__name__}: {first}): is it a detector?") from error
-    if not (isinstance(fp.output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in fp.output)):
+    output = forward.output
+    if not (isinstance(output, (list, tuple)) and all(isinstance(o, dict) and "boxes" in o for o in output)):
         raise UsageError(f"{type(module).__name__} does not return detections (a list of dicts with 'boxes', "
                          "'labels', 'scores' per image): use it with the classification or segmentation analyzers")
-    return fp
+    return forward
 
 
 def detect(
@@ -257,7 +258,7 @@ def _feeds(module: nn.Module, roi: nn.Module) -> str:
     return ""
 
 
-def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, references: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
                        original_sizes: Sequence[tuple[int, int]], k: int,
                        iou_threshold: float) -> dict[str, torch.Tensor]:
     """Gradients of ``box_score_targets`` of an R-CNN, through its box head on the explained RoIs only.
@@ -272,9 +273,9 @@ def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tup
     from torchvision.models.detection.transform import resize_boxes
     from torchvision.ops import box_iou, clip_boxes_to_image
 
-    proposals = list(fp.captured[_PROPOSALS][0])
-    class_logits, box_regression = fp.captured[_PREDICTIONS]
-    _, resized = fp.canvas
+    proposals = list(forward.raw[_PROPOSALS][0])
+    class_logits, box_regression = forward.raw[_PREDICTIONS]
+    _, resized = forward.canvas
     counts = [len(p) for p in proposals]
     logits_list, regression_list = class_logits.split(counts), box_regression.split(counts)
     n_images = len(references)
@@ -289,7 +290,7 @@ def _roi_box_gradients(roi: nn.Module, fp: FeaturePass, references: Sequence[tup
             error = (candidates - reference).abs().sum(1) + (probs[:, int(label)] - float(score)).abs()
             row = int(error.argmin())
             selected[j * n_images + n] = proposals[n][row:row + 1]
-    activations = fp.activations()
+    activations = forward.maps()
     copies = {name: a[None].expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]).clone().requires_grad_()
               for name, a in activations.items()}
     slots = [slot for slot, rois in enumerate(selected) if len(rois)]
@@ -321,7 +322,7 @@ class DetectionPass:
     """One detector forward pass: its feature maps (made gradient leaves when a CAM needs them), the
     detections of every image, and what the RoI fast path needs."""
 
-    fp: FeaturePass
+    forward: ForwardPass
     batch: TaskImages
     detections: list[Detections]
     categories: Sequence[str]
@@ -332,7 +333,7 @@ class DetectionPass:
 
     def release(self) -> None:
         """Drop the recorded graph and the feature maps."""
-        self.fp.release()
+        self.forward.release()
 
 
 def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[str] = (), layer: str | None = None,
@@ -344,29 +345,18 @@ def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[st
     R-CNN models with a gradient method keep the forward unrecorded (the box head is re-run on the explained
     RoIs only, see :func:`detection_cam_results`); other detectors record their heads.
     """
-    from ..layers import resolve_layer
-
     _check_threshold(score_threshold)
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
     if needs_grad and torch.is_inference_mode_enabled():
         raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call detection_cams outside "
                          "it, or use methods='eigencam'")
     roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
-    hooks = {name: resolve_layer(module, name) for name in capture}
-    if roi is not None:
-        hooks.update({_PROPOSALS: module.rpn, _PREDICTIONS: roi.box_predictor})
-    fp = _run(module, batch.tensors, layer, needs_grad and roi is None, score_threshold, hooks or None,
-              require_features=bool(methods))
-    missing = [name for name in capture if name not in fp.captured]
-    if missing:
-        from ..errors import UnknownLayerError
-
-        raise UnknownLayerError(f"layer {missing[0]!r} does not run in the detector's forward pass (in eval mode): "
-                                "pick another", parameter="layers")
-    cats = categories if categories is not None else coco_categories(person_only="keypoints" in fp.output[0])
+    forward = _run(module, batch.tensors, layer, bool(methods), needs_grad and roi is None, score_threshold,
+                   capture=capture, raw=(_PROPOSALS, _PREDICTIONS) if roi is not None else ())
+    cats = categories if categories is not None else coco_categories(person_only="keypoints" in forward.output[0])
     detections = [_detections(out, name, photo, score_threshold, cats)
-                  for out, name, photo in zip(fp.output, batch.names, batch.photos)]
-    return DetectionPass(fp=fp, batch=batch, detections=detections, categories=cats,
+                  for out, name, photo in zip(forward.output, batch.names, batch.photos)]
+    return DetectionPass(forward=forward, batch=batch, detections=detections, categories=cats,
                          score_threshold=score_threshold, gradients=needs_grad, roi=roi, layer=layer)
 
 
@@ -379,7 +369,7 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
 
     if topk < 1:
         raise UsageError(f"topk={topk} must be at least 1", parameter="topk")
-    fp, batch, detections, roi = found.fp, found.batch, found.detections, found.roi
+    forward, batch, detections, roi = found.forward, found.batch, found.detections, found.roi
     wanted = _resolve_targets(targets, found.categories)
     chosen = [[i for i in range(len(d)) if wanted is None or int(d.labels[i]) in wanted][:topk] for d in detections]
     k = max((len(c) for c in chosen), default=0)
@@ -390,23 +380,23 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
     sizes = [tuple(p.shape[:2]) for p in batch.photos]
     grads = None
     if found.gradients and k:
-        if roi is not None and fp.canvas is not None and fp.layer == _feeds(module, roi):
+        if roi is not None and forward.canvas is not None and forward.layer == _feeds(module, roi):
             references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
             if any(m.training for m in roi.modules()):
                 with inspecting(roi):  # eval mode for the box path, put back after
-                    grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+                    grads = _roi_box_gradients(roi, forward, references, sizes, k, iou_threshold)
             else:  # no hook, no mode change, nothing written to .grad: nothing to put back
-                grads = _roi_box_gradients(roi, fp, references, sizes, k, iou_threshold)
+                grads = _roi_box_gradients(roi, forward, references, sizes, k, iou_threshold)
         else:
             if roi is not None:  # the features found are not what the box head reads: the whole graph
-                fp = _run(module, batch.tensors, found.layer, True, found.score_threshold)
+                forward = _run(module, batch.tensors, found.layer, True, True, found.score_threshold)
             references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
-            grads = fp.gradients(box_score_targets(fp.output, references2, k, iou_threshold))
+            grads = forward.gradients(box_score_targets(forward.output, references2, k, iou_threshold))
     results = []
     for method in methods:
-        maps = scaled_maps(method, fp, grads, k, sizes) if k else [None] * len(sizes)
+        maps = scaled_maps(method, forward, grads, k, sizes) if k else [None] * len(sizes)
         if k and not any(bool(m.any()) for m in maps):
-            notes.append(f"{method}: every map is zero at {fp.layer} (no gradient reaches it?): blank maps")
+            notes.append(f"{method}: every map is zero at {forward.layer} (no gradient reaches it?): blank maps")
         for n, (boxes, picks) in enumerate(zip(detections, chosen)):
             entries = []
             for j, index in enumerate(picks):
@@ -420,7 +410,7 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
                                                box=box, heatmap=heatmap, image=drawn))
             panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
                 if entries else boxes.image
-            results.append(DetectionCamResult(method=method, layer=fp.layer, levels=fp.levels,
+            results.append(DetectionCamResult(method=method, layer=forward.layer, levels=forward.levels,
                                               image_name=boxes.image_name, detections=boxes, maps=tuple(entries),
                                               image=panel, warnings=tuple(notes)))
     for note in notes:

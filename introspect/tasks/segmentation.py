@@ -11,7 +11,7 @@ output dict) summed over the pixels predicted as c. Gradients are taken with res
 feature maps the model hands its heads (torchvision: ``backbone``, whose dict holds ``'out'`` and
 ``'aux'``, or ``'low'`` and ``'high'``); each map is one input of the heads (the trunk between two
 maps is not differentiated) and the CAM is the mean of the per-map CAMs (see
-:mod:`introspect.tasks.featurepass`). ``'aux'`` feeds only the auxiliary head, so for the
+:func:`introspect.analyzers.cam.scaled_maps`). ``'aux'`` feeds only the auxiliary head, so for the
 gradient methods its map is blank and the CAM is that of ``'out'``, as with pytorch-grad-cam's
 ``backbone.layer4``.
 """
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS
+from ..analyzers.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
-from .common import HeadsTask
-from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
+from ..forward import FEATURE_MAPS, ForwardPass, run_forward
+from ..hooks import device_and_dtype
+from .common import HeadsTask, TaskImages, task_images
 from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
@@ -109,18 +110,15 @@ def _groups(batch: TaskImages) -> list[list[int]]:
     return list(groups.values())
 
 
-def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Sequence[float], std: Sequence[float],
-             layer: str | None, gradients: bool, require_features: bool = True,
-             capture: dict[str, nn.Module] | None = None) -> FeaturePass:
-    first = next(module.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = torch.stack([batch.tensors[i] for i in indices]).to(device=device, dtype=dtype)
+def _forward(module: nn.Module, batch: TaskImages, mean: Sequence[float], std: Sequence[float], layer: str | None,
+             leaves: bool, record: bool, capture: Sequence[str] = ()) -> ForwardPass:
+    device, dtype = device_and_dtype(module)
+    x = torch.stack(list(batch.tensors)).to(device=device, dtype=dtype)
     if not batch.normalized:
         x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
-    return feature_pass(module, x, layer=layer, gradients=gradients, require_features=require_features,
-                        capture=capture)
+    return run_forward(module, x, capture=capture, grad_layer=(layer or FEATURE_MAPS) if leaves else None,
+                       record=record, names={"capture": "layers", "grad_layer": "layer"})
 
 
 def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
@@ -152,7 +150,7 @@ class SegmentationPass:
     """One segmenter forward pass over images of one size: the masks, the captured layers, and (for a CAM)
     the feature maps the heads read as gradient leaves."""
 
-    fp: FeaturePass
+    forward: ForwardPass
     batch: TaskImages
     logits: torch.Tensor  # (N, classes, H, W), recorded from the leaves when gradients were asked for
     segmentations: list[Segmentation]
@@ -160,7 +158,7 @@ class SegmentationPass:
 
     def release(self) -> None:
         """Drop the recorded graph and the feature maps."""
-        self.fp.release()
+        self.forward.release()
         self.logits = self.logits.detach()
 
 
@@ -174,23 +172,13 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
                       std: Sequence[float] = IMAGENET_STD, capture: Sequence[str] = ()) -> SegmentationPass:
     """Run a segmenter once over ``batch`` (images of one size): the masks, the layers in ``capture``, and (for
     ``methods``) the feature maps its heads read as gradient leaves."""
-    from ..layers import resolve_layer
-
     if len(_groups(batch)) > 1:
         raise UsageError("segmentation_pass takes images of one size: group them first", parameter="images")
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
-    hooks = {name: resolve_layer(module, name) for name in capture}
-    fp = _forward(module, batch, list(range(len(batch))), mean, std, layer, needs_grad,
-                  require_features=bool(methods), capture=hooks or None)
-    missing = [name for name in capture if name not in fp.captured]
-    if missing:
-        from ..errors import UnknownLayerError
-
-        raise UnknownLayerError(f"layer {missing[0]!r} does not run in the segmenter's forward pass (in eval mode): "
-                                "pick another", parameter="layers")
-    logits = _logits(fp.output)
+    forward = _forward(module, batch, mean, std, layer, bool(methods), needs_grad, capture)
+    logits = _logits(forward.output)
     segs = [_segmentation(logits[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
-    return SegmentationPass(fp=fp, batch=batch, logits=logits, segmentations=segs, gradients=needs_grad)
+    return SegmentationPass(forward=forward, batch=batch, logits=logits, segmentations=segs, gradients=needs_grad)
 
 
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
@@ -202,7 +190,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
 
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
-    fp, batch, logits, segs = found.fp, found.batch, found.logits, found.segmentations
+    forward, batch, logits, segs = found.forward, found.batch, found.logits, found.segmentations
     chosen = []
     for seg in segs:
         classes = list(seg.classes)
@@ -219,10 +207,10 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
             values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum() for c in classes]
             values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
             rows.append(torch.stack(values))
-        grads = fp.gradients(torch.stack(rows))
+        grads = forward.gradients(torch.stack(rows))
     sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
-    maps = {m: [t.numpy() for t in scaled_maps(m, fp, grads, k, sizes)] for m in methods}
-    notes += [f"{m}: every map is zero at {fp.layer} (no gradient reaches it?): the maps are blank"
+    maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
+    notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"
               for m in methods if k and not any(t.any() for t in maps[m])]
     results = []
     for method in methods:
@@ -233,7 +221,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                 entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
                                                   heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
             panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
-            results.append(SegmentationCamResult(method=method, layer=fp.layer, levels=fp.levels,
+            results.append(SegmentationCamResult(method=method, layer=forward.layer, levels=forward.levels,
                                                  image_name=seg.image_name, segmentation=seg, maps=tuple(entries),
                                                  image=panel, warnings=tuple(notes)))
     for note in notes:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
+from ..analyzers.cam import CAM_METHODS, activation_maps, class_gradients, parse_cam_methods
 from ..analyzers.predictions import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
@@ -268,14 +268,16 @@ def clip_cams(
     activation = to_ncthw(forward.activations[layer.name], layer.layout, clips.tensor.shape).float()
     probs = forward.probabilities.cpu()
     results = []
-    for name in parse_cam_methods(methods):
+    names = parse_cam_methods(methods)
+    raw = class_gradients(forward, classes) if any(CAM_METHODS[m].uses_gradients and not CAM_METHODS[m].delegated
+                                                   for m in names) else None  # one backward for every method
+    for name in names:
         method = CAM_METHODS[name]
         if method.delegated:
             raise UnknownMethodError(f"{name} is not offered for video models (it needs many forward passes): "
                                      f"pick one of {', '.join(n for n, m in CAM_METHODS.items() if not m.delegated)}")
         grads = None
         if method.uses_gradients:
-            raw = forward.gradients(classes)
             grads = torch.stack([to_ncthw(g, layer.layout, clips.tensor.shape) for g in raw]).float()
         maps = activation_maps(name, activation, grads, size).expand(classes.shape[1], -1, -1, -1, -1).cpu().numpy()
         shown = _sample(size[0], min(MAX_STRIP_FRAMES, size[0]))
@@ -341,8 +343,8 @@ class VideoTask(Task):
         return video_cam_layer(loaded.model, self.example_input(loaded), layer).name
 
     def prepare_cams(self, ctx) -> None:
+        from ..analyzers.cam import single_pass_methods
         from ..analyzers.predictions import resolve_target
-        from .featurepass import single_pass_methods
 
         methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
         layer = self.cam_layer(ctx)
