@@ -224,7 +224,7 @@ def test_error_after_the_forward_pass(small_model, monkeypatch):
     def failing(*args, **kwargs):
         raise ValueError("normalisation failed")
 
-    monkeypatch.setattr(cam_module, "normalize_cam", failing)
+    monkeypatch.setattr(cam_module, "normalize_maps", failing)
     with untouched(small_model):
         with pytest.raises(ValueError, match="normalisation failed"):
             introspect.cam(small_model, torch.randn(1, 3, 64, 64), "layercam")

@@ -36,7 +36,7 @@ from .predictions import class_name, top_classes
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
-           "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_cam", "activation_maps",
+           "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_maps", "activation_maps",
            "class_gradients", "single_pass_methods", "scaled_maps"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
@@ -237,41 +237,43 @@ def needs_layer_gradient(methods: Sequence[str]) -> bool:
     return any(not CAM_METHODS[m].delegated and CAM_METHODS[m].uses_gradients for m in methods)
 
 
-def normalize_cam(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """pytorch-grad-cam's scaling of raw maps: ReLU, min-max, bilinear resize to the input, min-max again.
+def _minmax(maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    maps = maps - maps.amin(dim=dims, keepdim=True)
+    return maps / (1e-7 + maps.amax(dim=dims, keepdim=True))
+
+
+def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[int], *,
+                   canvas: Sequence[int] | None = None) -> torch.Tensor:
+    """pytorch-grad-cam's scaling of raw maps, and its mean over several target layers: the one normaliser.
+
+    Over the last ``len(size)`` axes (2: (H, W), resized bilinearly; 3: a clip's (T, H, W), trilinearly).
+    Each level (``raw``, or each tensor of a sequence of them: an FPN's levels, each at its own
+    resolution) is ReLU'd, min-maxed and resized to ``size``; then the mean over the levels is ReLU'd
+    and min-maxed. One level: ReLU, min-max, resize, min-max, pytorch-grad-cam's one target layer.
 
     Args:
-        raw: ``(..., h, w)`` raw maps.
-        size: ``(H, W)`` of the input images.
+        raw: ``(..., *s)`` raw maps, or a sequence of them (the same leading shape, any ``s``).
+        size: the size of the maps, normally the input's.
+        canvas: resize to this size and keep its top-left ``size`` (a detector's padded canvas at the
+            input image's scale: the padding is cropped away); default: ``size``.
 
     Returns:
-        float32 ``(..., H, W)`` maps in [0, 1].
+        float32 ``(..., *size)`` maps in [0, 1].
     """
-    maps = torch.relu(raw.float())
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, *maps.shape[-2:])
-    flat = flat - flat.amin(dim=(-2, -1), keepdim=True)
-    flat = flat / (1e-7 + flat.amax(dim=(-2, -1), keepdim=True))
-    flat = F.interpolate(flat[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    flat = flat - flat.amin(dim=(-2, -1), keepdim=True)
-    flat = flat / (1e-7 + flat.amax(dim=(-2, -1), keepdim=True))
-    return flat.reshape(*lead, *size)
-
-
-def _normalize_nd(raw: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """:func:`normalize_cam` over the last ``len(size)`` axes: 2 (bilinear) or 3 (trilinear, a clip's T, H, W)."""
-    if len(size) == 2:
-        return normalize_cam(raw, size)
+    levels = [raw] if isinstance(raw, torch.Tensor) else list(raw)
+    size = tuple(int(s) for s in size)
     dims = tuple(range(-len(size), 0))
-    maps = torch.relu(raw.float())
-    lead = maps.shape[:-len(size)]
-    flat = maps.reshape(-1, *maps.shape[-len(size):])
-    flat = flat - flat.amin(dim=dims, keepdim=True)
-    flat = flat / (1e-7 + flat.amax(dim=dims, keepdim=True))
-    flat = F.interpolate(flat[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
-    flat = flat - flat.amin(dim=dims, keepdim=True)
-    flat = flat / (1e-7 + flat.amax(dim=dims, keepdim=True))
-    return flat.reshape(*lead, *size)
+    full = tuple(int(s) for s in canvas) if canvas is not None else size
+    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
+    total = None
+    for level in levels:
+        maps = torch.relu(level if level.dtype == torch.float64 else level.float())  # half -> float
+        lead = maps.shape[:-len(size)]
+        maps = _minmax(maps.reshape(-1, *maps.shape[-len(size):]), dims)
+        maps = F.interpolate(maps[:, None], size=full, mode=mode, align_corners=False)[:, 0]
+        maps = maps[(slice(None), *(slice(0, s) for s in size))].reshape(*lead, *size)
+        total = maps if total is None else total + maps
+    return _minmax(torch.relu(total / len(levels)), dims).float()
 
 
 def activation_maps(method: str, activation: torch.Tensor, gradients: torch.Tensor | None,
@@ -305,7 +307,7 @@ def activation_maps(method: str, activation: torch.Tensor, gradients: torch.Tens
         flat_g = gradients.float().reshape(*gradients.shape[:3], -1, 1)
     raw = spec.compute(flat_a, flat_g)
     raw = raw.reshape(*raw.shape[:2], *spatial)
-    return _normalize_nd(raw, tuple(size) if size is not None else spatial)
+    return normalize_maps(raw, tuple(size) if size is not None else spatial)
 
 
 def single_pass_methods(methods: str | Sequence[str], task: str) -> list[str]:
@@ -319,25 +321,19 @@ def single_pass_methods(methods: str | Sequence[str], task: str) -> list[str]:
     return names
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    maps = maps - maps.amin(dim=(-2, -1), keepdim=True)
-    return maps / (1e-7 + maps.amax(dim=(-2, -1), keepdim=True))
-
-
 def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor] | None, k: int,
                 sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """The CAMs of one method over a pass's leaves: per image n, (k, H_n, W_n) float in [0, 1] over the input
     image's pixels.
 
-    Per level: the method's formula (``CAM_METHODS[method].compute``), ReLU, min-max, bilinear resize;
-    then the mean over levels, ReLU and min-max (pytorch-grad-cam's scaling and its multi-layer mean).
-    Detectors resize and pad their inputs: each map is resized to the padded canvas at the input image's
-    scale and the padding cropped away, so every heatmap lies over the input image's own pixels.
+    Per level (leaf), the method's formula (``CAM_METHODS[method].compute``); the levels of each image then
+    go through :func:`normalize_maps` (pytorch-grad-cam's scaling and its multi-layer mean). Detectors resize
+    and pad their inputs: each map is resized to the padded canvas at the input image's scale and the
+    padding cropped away, so every heatmap lies over the input image's own pixels.
     """
     entry = CAM_METHODS[method]
-    activations = forward.maps()
-    per_image: list[torch.Tensor | None] = [None] * len(sizes)
-    for level, activation in activations.items():
+    raws = []
+    for level, activation in forward.maps().items():
         dtype = torch.float64 if activation.dtype == torch.float64 else torch.float32  # half -> float
         a = activation.to(dtype)
         g = None
@@ -346,19 +342,16 @@ def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor
                 raise StateError(f"{method} needs gradients: run the forward pass with record=True")
             g = grads[level].to(dtype)
         raw = torch.nan_to_num(entry.compute(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
-        raw = _minmax(torch.relu(raw)).expand(k, -1, -1, -1)
-        for n, (height, width) in enumerate(sizes):
-            maps = raw[:, n]
-            if forward.canvas is not None:  # resize to the padded canvas at the image's scale, crop the padding
-                (ph, pw), resized = forward.canvas
-                rh, rw = resized[n]
-                full = (max(height, round(ph * height / rh)), max(width, round(pw * width / rw)))
-            else:
-                full = (height, width)
-            maps = F.interpolate(maps[:, None], size=full, mode="bilinear", align_corners=False)[:, 0]
-            maps = maps[:, :height, :width]
-            per_image[n] = maps if per_image[n] is None else per_image[n] + maps
-    return [_minmax(torch.relu(m / len(activations))).float().cpu() for m in per_image]
+        raws.append(raw.expand(k, -1, -1, -1))
+    per_image = []
+    for n, (height, width) in enumerate(sizes):
+        canvas = None
+        if forward.canvas is not None:  # the padded canvas at the image's scale
+            (ph, pw), resized = forward.canvas
+            rh, rw = resized[n]
+            canvas = (max(height, round(ph * height / rh)), max(width, round(pw * width / rw)))
+        per_image.append(normalize_maps([raw[:, n] for raw in raws], (height, width), canvas=canvas).cpu())
+    return per_image
 
 
 def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
@@ -387,7 +380,7 @@ def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, clas
             notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
     raw = method.compute(activation, grads)
     raw = _finite(raw, f"{method.name} maps", notes)
-    return normalize_cam(raw, size).expand(classes.shape[1], -1, -1, -1)
+    return normalize_maps(raw, size).expand(classes.shape[1], -1, -1, -1)
 
 
 def _finer_targets(logits: torch.Tensor, classes: torch.Tensor) -> list:

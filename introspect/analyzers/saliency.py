@@ -29,7 +29,7 @@ from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
-from .cam import CAM_METHODS, normalize_cam
+from .cam import CAM_METHODS, normalize_maps
 from .predictions import class_name, resolve_target
 from ..options import CamOptions, SaliencyOptions
 
@@ -203,7 +203,7 @@ def saliency_from_pass(
                                     parameter="layer")
             a = to_nchw(activation, layer).float()
             g = torch.stack([to_nchw(t, layer) for t in layer_grads]).float()
-            cams = normalize_cam(CAM_METHODS["gradcam"].compute(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
+            cams = normalize_maps(CAM_METHODS["gradcam"].compute(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
             gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
     if probabilities is None:
         with inspecting(model), torch.inference_mode():
