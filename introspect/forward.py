@@ -20,6 +20,7 @@ frames). It keeps:
 :func:`gradients` then takes the gradients of (N, k) target scores with respect to every leaf
 with one batched ``torch.autograd.grad``: no parameter gradients, nothing written to ``.grad``,
 no backward through the trunk, every target of every image in one call.
+:meth:`ForwardPass.gradients` scores the targets (:mod:`introspect.targets`) on the output first.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from .errors import LayerError, StateError, UnknownLayerError, UsageError
 from .hooks import device_and_dtype, first_tensor, inspecting, is_map_dict, make_leaves
 from .layers import resolve_layer
+from .targets import as_targets, target_scores
 
 __all__ = ["FEATURE_MAPS", "ForwardPass", "run_forward", "gradients"]
 
@@ -54,7 +56,7 @@ class ForwardPass:
     recorded: bool = False  # the leaves require grad and what follows them was recorded
     canvas: Canvas | None = None  # a detector's (padded size, resized image sizes)
     raw: dict[str, Any] = field(default_factory=dict)  # module name -> its raw output (``raw=``)
-    _cached: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+    _cached: tuple[tuple, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -75,9 +77,18 @@ class ForwardPass:
         """Softmax of the logits, (N, classes)."""
         return torch.softmax(self.logits.float(), dim=-1)
 
-    def gradients(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        """d scores[n, j] / d leaf for every target j at once (see :func:`gradients`); the same
-        ``scores`` again cost nothing.
+    def gradients(self, targets: Sequence[Sequence[Any]] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gradients of every target of every image at every leaf, in one batched backward.
+
+        Args:
+            targets: per image, the targets to explain (:mod:`introspect.targets`: ``ClassScore``,
+                ``BoxScore``, ``PixelClass``, ...), each called on that image's output; or an (N, k)
+                tensor of class indices (``ClassScore`` targets).
+
+        Returns:
+            level -> ``(k, N, *leaf.shape[1:])``: d target j of image n / d leaf (zeros where image n has
+            fewer than k targets); :func:`gradients` of :func:`~introspect.targets.target_scores`. The same
+            targets again cost nothing.
 
         Raises:
             StateError: the pass recorded no graph, or was released.
@@ -85,10 +96,12 @@ class ForwardPass:
         if not self.recorded or not self.leaves:
             raise StateError("this forward pass recorded no graph (or was released): run run_forward(..., "
                              "grad_layer=NAME) and take the gradients before release()")
-        if self._cached is not None and self._cached[0] is scores:  # several methods, one backward
+        rows = as_targets(targets)
+        key = tuple(tuple(row) for row in rows)
+        if self._cached is not None and self._cached[0] == key:  # several methods, one backward
             return self._cached[1]
-        grads = gradients(scores, self.leaves)
-        self._cached = (scores, grads)
+        grads = gradients(target_scores(rows, self.output), self.leaves)
+        self._cached = (key, grads)
         return grads
 
     def release(self) -> None:
@@ -115,14 +128,17 @@ def gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) -> dict[
                 for name, leaf in zip(names, tensors)}
     eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
     one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
+    # allow_unused without materialize_grads: an unused leaf's materialized zeros would lack the k axis
     try:
         grads = torch.autograd.grad(scores, tensors, one_hot, retain_graph=True, is_grads_batched=True,
-                                    allow_unused=True, materialize_grads=True)
+                                    allow_unused=True)
     except (RuntimeError, NotImplementedError):  # an op without a batching rule: one product per target
-        per_target = [torch.autograd.grad(scores, tensors, one_hot[j], retain_graph=True, allow_unused=True,
-                                          materialize_grads=True) for j in range(k)]
-        grads = tuple(torch.stack([g[i] for g in per_target]) for i in range(len(tensors)))
-    return dict(zip(names, grads))
+        per_target = [torch.autograd.grad(scores, tensors, one_hot[j], retain_graph=True, allow_unused=True)
+                      for j in range(k)]
+        grads = tuple(None if per_target[0][i] is None else torch.stack([g[i] for g in per_target])
+                      for i in range(len(tensors)))
+    return {name: grad if grad is not None else torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
+            for name, leaf, grad in zip(names, tensors, grads)}
 
 
 def _canvas(value: Any) -> Canvas | None:

@@ -508,8 +508,9 @@ class Watch:
     def _write_probe(self, step: int) -> None:
         from .analyzers.cam import cams_from_pass
         from .analyzers.predictions import resolve_target, top_classes
-        from .forward import run_forward
         from .drawing import label_image
+        from .forward import run_forward
+        from .targets import ClassScore, TrueLabel
 
         batch, layer = self._batch, self._cam_layer
         with _eager(self.model):
@@ -517,6 +518,7 @@ class Watch:
         try:
             if self._labels is None:
                 classes = top_classes(forward, 1)
+                targets = ClassScore.per_image(classes)
             else:
                 if self._resolved_labels is None:
                     num_classes = forward.logits.shape[-1]
@@ -524,11 +526,12 @@ class Watch:
                         [resolve_target(t, self.categories, num_classes) for t in self._labels], dtype=torch.long
                     )
                 classes = self._resolved_labels[:, None]
+                targets = TrueLabel.per_image(self._resolved_labels)
             import warnings
 
             with warnings.catch_warnings():  # an untrained model's blank map is expected, not news
                 warnings.simplefilter("ignore")
-                results = cams_from_pass(self.model, forward, batch, [self._cam_method], layer, classes,
+                results = cams_from_pass(self.model, forward, batch, [self._cam_method], layer, targets,
                                          self.categories)
             probs = forward.probabilities.cpu().gather(1, classes.cpu()).squeeze(1)
         finally:

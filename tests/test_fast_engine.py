@@ -28,6 +28,7 @@ from introspect.analyzers.cam import _eigencam, _eigengradcam
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
 from introspect.forward import run_forward
+from introspect.targets import ClassScore
 from introspect.reporter import Reporter, _traced_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,14 +201,15 @@ def test_gradients_of_one_pass_are_shared_between_methods(tiny_cnn) -> None:
     model = tiny_cnn()
     forward = run_forward(model, torch.randn(2, 3, 64, 64), capture=["layer4"], grad_layer="layer4")
     classes = forward.logits.topk(3, dim=-1).indices
-    scores = forward.output.gather(1, classes)
-    first = forward.gradients(scores)
-    assert forward.gradients(scores) is first  # the same scores: no second backward
-    other = forward.gradients(forward.output.gather(1, classes.flip(1)))
+    targets = ClassScore.per_image(classes)
+    first = forward.gradients(targets)
+    assert forward.gradients(ClassScore.per_image(classes.clone())) is first  # the same targets: no second backward
+    assert forward.gradients(classes) is first  # class indices are ClassScore targets
+    other = forward.gradients(ClassScore.per_image(classes.flip(1)))
     torch.testing.assert_close(other[""], first[""].flip(0))
     forward.release()
     with pytest.raises(RuntimeError):
-        forward.gradients(scores)
+        forward.gradients(targets)
 
 
 # -- the default CLI run ------------------------------------------------------------------

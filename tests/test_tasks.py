@@ -121,7 +121,7 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from introspect.analyzers.cam import activation_maps, class_gradients
+    from introspect.analyzers.cam import activation_maps
     from introspect.forward import run_forward
 
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
     forward = run_forward(model, clip, capture=["layer"], grad_layer="layer")
     activation = forward.activations["layer"]
     assert activation.shape == (2, 8, 4, 4, 4)
-    ours = activation_maps(method, activation, class_gradients(forward, classes))  # (k, N, T', H', W'), layer resolution
+    ours = activation_maps(method, activation, forward.gradients(classes)[""])  # (k, N, T', H', W'), layer resolution
     forward.release()
     for j in range(2):
         explainer_cls = getattr(pytorch_grad_cam, reference)
@@ -141,14 +141,14 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
             theirs = explainer(input_tensor=clip, targets=[ClassifierOutputTarget(int(c)) for c in classes[:, j]])
         np.testing.assert_allclose(ours[j].numpy(), theirs, atol=1e-5)
     resized = activation_maps(method, activation, None if method == "eigencam" else
-                       class_gradients(run_forward(model, clip, capture=["layer"], grad_layer="layer"), classes),
+                       run_forward(model, clip, capture=["layer"], grad_layer="layer").gradients(classes)[""],
                        size=(8, 16, 16))
     assert resized.shape == (2, 2, 8, 16, 16) and float(resized.max()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_single_pass_methods_on_flattened_positions_equal_the_2d_maps(tiny_cnn):
     """activation_maps lays every position along one axis: on 4-d activations it must equal the image CAM path."""
-    from introspect.analyzers.cam import activation_maps, cam, class_gradients
+    from introspect.analyzers.cam import activation_maps, cam
     from introspect.forward import run_forward
 
     model = tiny_cnn()
@@ -156,7 +156,7 @@ def test_single_pass_methods_on_flattened_positions_equal_the_2d_maps(tiny_cnn):
     for method in ("gradcam", "gradcam++", "xgradcam", "eigencam", "fem", "eigengradcam"):
         expected = cam(model, x, methods=method, targets=[2, 5], topk=2)[0]
         forward = run_forward(model, x, capture=["layer4"], grad_layer="layer4")
-        maps = activation_maps(method, forward.activations["layer4"], class_gradients(forward, torch.tensor([[2, 5]])),
+        maps = activation_maps(method, forward.activations["layer4"], forward.gradients(torch.tensor([[2, 5]]))[""],
                         size=(64, 64))
         for j, entry in enumerate(expected.maps):
             np.testing.assert_allclose(maps[min(j, maps.shape[0] - 1), 0].numpy(), entry.heatmap, atol=1e-5,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,17 +28,18 @@ from torch import nn
 
 from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, StateError, UnknownMethodError
 from ..forward import ForwardPass
-from ..hooks import first_tensor, inspecting
+from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, unwrap
 from ..records import CamMap, CamResult
-from .predictions import class_name, top_classes
+from ..targets import FinerContrast, Target, as_targets
+from .predictions import class_name
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
            "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_maps", "activation_maps",
-           "class_gradients", "single_pass_methods", "scaled_maps"]
+           "single_pass_methods", "scaled_maps"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -55,6 +57,10 @@ class CamMethod:
         uses_gradients: whether the maps need the class score's gradient at the layer.
         compute: the formula computed here from the shared forward pass, or None
             when the method is delegated to pytorch-grad-cam.
+        retarget: the target factory of a method that explains something else than the target asked
+            for: ``retarget(target, output)`` -> the target it explains, given that image's output
+            (FinerCAM: the class against its nearest classes, :meth:`FinerContrast.nearest`); None: the
+            target as asked.
     """
 
     name: str
@@ -62,6 +68,7 @@ class CamMethod:
     delegate: str
     uses_gradients: bool
     compute: CamFormula | None = None
+    retarget: Callable[[Any, torch.Tensor], Any] | None = None
 
     @property
     def delegated(self) -> bool:
@@ -179,7 +186,8 @@ CAM_METHODS: dict[str, CamMethod] = _register(
     CamMethod("fullgrad", "full-gradient: input and every bias gradient (whole-model backward)", "FullGrad", True),
     CamMethod("kpcacam", "kernel-PCA of the activations (class-agnostic)", "KPCA_CAM", False),
     CamMethod("shapleycam", "gradient and Hessian-vector product weights (Shapley view)", "ShapleyCAM", True),
-    CamMethod("finercam", "Grad-CAM of the score against its most similar classes", "FinerCAM", True),
+    CamMethod("finercam", "Grad-CAM of the score against its most similar classes", "FinerCAM", True,
+              retarget=FinerContrast.nearest),
     CamMethod("randomcam", "random channel weights: a baseline that explains nothing", "RandomCAM", True),
 )
 
@@ -361,16 +369,8 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
     return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def class_gradients(forward: ForwardPass, classes: torch.Tensor) -> torch.Tensor:
-    """Gradients of class scores at the pass's single leaf: ``(k, N, *leaf.shape[1:])`` for ``classes`` (N, k)."""
-    logits = first_tensor(forward.output)
-    with torch.enable_grad():  # the caller may be under torch.no_grad(): the scores extend the recorded graph
-        scores = logits.gather(1, classes.to(logits.device))
-    return forward.gradients(scores)[""]
-
-
-def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, classes: torch.Tensor,
-               size: tuple[int, int], notes: list[str], raw_grads: torch.Tensor | None) -> torch.Tensor:
+def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, k: int, size: tuple[int, int],
+               notes: list[str], raw_grads: torch.Tensor | None) -> torch.Tensor:
     activation = _finite(to_nchw(forward.activations[layer.name], layer).float(), "activations", notes)
     grads = None
     if method.uses_gradients:
@@ -380,36 +380,22 @@ def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, clas
             notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
     raw = method.compute(activation, grads)
     raw = _finite(raw, f"{method.name} maps", notes)
-    return normalize_maps(raw, size).expand(classes.shape[1], -1, -1, -1)
-
-
-def _finer_targets(logits: torch.Tensor, classes: torch.Tensor) -> list:
-    """FinerCAM's targets for given classes: each class against the 3 classes whose scores are closest."""
-    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
-
-    k, n = classes.shape[1], classes.shape[0]
-    targets = []
-    for i in range(k * n):
-        row, cls = logits[i % n], int(classes[i % n, i // n])
-        nearest = torch.argsort((row - row[cls]).abs())
-        comparisons = [int(c) for c in nearest if int(c) != cls][:3]
-        targets.append(FinerWeightedTarget(cls, comparisons, alpha=1.0))
-    return targets
+    return normalize_maps(raw, size).expand(k, -1, -1, -1)
 
 
 def _delegated_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, layer: LayerChoice,
-                    classes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Maps from pytorch-grad-cam for the methods it alone offers, all classes in one batch."""
+                    targets: list[list[Target]], logits: torch.Tensor) -> torch.Tensor:
+    """Maps from pytorch-grad-cam for the methods it alone offers, every target of every image in one batch
+    (the targets are pytorch-grad-cam targets: they score one image's output)."""
     import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    k = classes.shape[1]
+    k = len(targets[0])
     n = batch.shape[0]
-    repeated = batch.repeat(k, 1, 1, 1)
-    if method.name == "finercam":
-        targets = _finer_targets(logits.cpu(), classes.cpu())
-    else:
-        targets = [ClassifierOutputTarget(int(classes[i % n, i // n])) for i in range(k * n)]
+    repeated = batch.repeat(k, 1, 1, 1)  # item i is image i % n, explaining its target i // n
+    flat = [targets[i % n][i // n] for i in range(k * n)]
+    if method.retarget is not None:
+        rows = logits.detach().cpu()
+        flat = [method.retarget(target, rows[i % n]) for i, target in enumerate(flat)]
     target_layer = resolve_layer(model, layer.name)
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
@@ -421,7 +407,7 @@ def _delegated_maps(method: CamMethod, model: nn.Module, batch: torch.Tensor, la
                                                          reshape_transform=reshape) as explainer:
             if hasattr(explainer, "batch_size"):
                 explainer.batch_size = 64
-            maps = explainer(input_tensor=repeated, targets=targets)
+            maps = explainer(input_tensor=repeated, targets=flat)
     if maps is None:  # pytorch-grad-cam's context manager swallows an IndexError raised inside it
         raise MethodFailedError(f"pytorch-grad-cam's {method.delegate} failed with an IndexError on this model: "
                                 "pick another method")
@@ -433,7 +419,7 @@ def cam_maps(
     forward: ForwardPass,
     layer: LayerChoice,
     methods: Sequence[str],
-    classes: torch.Tensor,
+    targets: Sequence[Sequence[Target]] | torch.Tensor,
     size: tuple[int, int],
     *,
     model: nn.Module | None = None,
@@ -449,23 +435,26 @@ def cam_maps(
         forward: a pass that captured ``layer`` (and recorded its gradient for the gradient family).
         layer: the CAM target layer.
         methods: method names (see :data:`CAM_METHODS`).
-        classes: (N, k) class indices to explain.
+        targets: per image, its k targets (:class:`~introspect.targets.ClassScore`, ``TrueLabel``, ...),
+            or an (N, k) tensor of class indices (``ClassScore`` targets).
         size: (H, W) of the maps, normally the input's.
     Returns:
         One float32 tensor (k, N, H, W) per method, on the forward pass's device.
     """
     maps: dict[str, torch.Tensor] = {}
     names = parse_cam_methods(methods)
-    grads = class_gradients(forward, classes) if needs_layer_gradient(names) else None  # one backward for all
+    targets = as_targets(targets)
+    k = len(targets[0]) if targets else 0
+    grads = forward.gradients(targets)[""] if needs_layer_gradient(names) else None  # one backward for all
     for name in names:
         method = CAM_METHODS[name]
         method_notes = notes.setdefault(name, []) if notes is not None else []
         if method.delegated:
             if model is None or inputs is None:
                 raise ArgumentError(f"{name} is delegated to pytorch-grad-cam: it needs model= and inputs=", parameter="model")
-            maps[name] = _delegated_maps(method, model, inputs, layer, classes, forward.logits)
+            maps[name] = _delegated_maps(method, model, inputs, layer, targets, forward.logits)
         else:
-            maps[name] = _maps_here(method, forward, layer, classes, size, method_notes, grads)
+            maps[name] = _maps_here(method, forward, layer, k, size, method_notes, grads)
     return maps
 
 
@@ -475,7 +464,7 @@ def cams_from_pass(
     batch: InputBatch,
     methods: Sequence[str],
     layer: LayerChoice,
-    classes: torch.Tensor,
+    targets: Sequence[Sequence[Target]] | torch.Tensor,
     categories: Sequence[str],
     colormap: str = CamOptions.colormap,
 ) -> list[CamResult]:
@@ -488,7 +477,8 @@ def cams_from_pass(
         batch: the images.
         methods: CAM method names.
         layer: the target layer.
-        classes: ``(N, k)`` class indices to explain, per image.
+        targets: per image, its k class targets (each with an ``index``), or an ``(N, k)`` tensor of class
+            indices (``ClassScore`` targets).
         categories: class names (``class N`` where missing).
         colormap: matplotlib colormap of the overlays.
 
@@ -505,13 +495,14 @@ def cams_from_pass(
     probs = forward.probabilities.cpu()
     results = []
     notes: dict[str, list[str]] = {}
-    all_maps = cam_maps(forward, layer, methods, classes, size, model=model, inputs=batch.tensor, notes=notes)
+    targets = as_targets(targets)
+    all_maps = cam_maps(forward, layer, methods, targets, size, model=model, inputs=batch.tensor, notes=notes)
     for name, maps in all_maps.items():
         maps = maps.cpu().numpy()
         for n, image_name in enumerate(batch.names):
             entries = []
-            for j in range(classes.shape[1]):
-                index = int(classes[n, j])
+            for j, target in enumerate(targets[n]):
+                index = int(target.index)
                 heatmap = maps[j, n].astype(np.float32)
                 label = class_name(categories, index)
                 prob = float(probs[n, index])

@@ -18,6 +18,7 @@ from ..errors import ArgumentError
 from ..forward import run_forward
 from ..inputs import prepare_inputs
 from ..records import PointingGame
+from ..targets import TrueLabel
 from ..layers import pick_cam_layer
 from .cam import CAM_METHODS, cams_from_pass, needs_layer_gradient, parse_cam_methods
 
@@ -78,7 +79,8 @@ def pointing_game(
         try:
             num_classes = forward.logits.shape[-1]
             categories = [f"class {i}" for i in range(num_classes)]
-            results = cams_from_pass(model, forward, batch, names, choice, classes[start:stop, None], categories)
+            results = cams_from_pass(model, forward, batch, names, choice, TrueLabel.per_image(classes[start:stop], forward.logits),
+                                     categories)
         finally:
             forward.release()
         for k, name in enumerate(names):

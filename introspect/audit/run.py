@@ -30,6 +30,7 @@ from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
 from ..models import LoadedModel, load_model, unwrap
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
+from ..targets import TrueLabel
 from ..tasks import TASKS
 from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
@@ -374,9 +375,9 @@ def _one_batch(module, batch, files, index, names, choice, methods, needs_grad, 
     try:
         probs = forward.probabilities
         labels = torch.tensor([index.labels[i] for i in batch.indices], dtype=torch.int64)
-        top1 = probs.argmax(dim=-1).cpu()
-        cam_class = torch.where(labels >= 0, labels, top1)
-        maps = cam_maps(forward, choice, methods, cam_class[:, None], tuple(x.shape[-2:]), model=module,
+        targets = TrueLabel.per_image(labels, forward.logits)  # the labelled class, else the top-1
+        cam_class = torch.tensor([row[0].index for row in targets], dtype=torch.int64)
+        maps = cam_maps(forward, choice, methods, targets, tuple(x.shape[-2:]), model=module,
                         inputs=x.to(forward.logits.device))
         maps = {m: v[0] for m, v in maps.items()}
     finally:
@@ -445,10 +446,8 @@ def _sanity(module, images: AuditImages, index: DatasetIndex, choice, methods, o
     first = next(module.parameters(), None)
     if first is not None:
         inputs = inputs.to(first.device)
-    labels = torch.tensor(classes)
-    if (labels < 0).any():
-        forward = run_forward(module, inputs)
-        labels = torch.where(labels >= 0, labels, forward.logits.argmax(dim=-1).cpu())
+    logits = run_forward(module, inputs).logits if any(c < 0 for c in classes) else None
+    labels = torch.tensor([row[0].index for row in TrueLabel.per_image(classes, logits)])  # unlabelled: top-1
     return sanity_check(module, inputs, labels, choice, methods, steps=options.sanity_steps)
 
 

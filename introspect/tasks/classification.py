@@ -123,11 +123,17 @@ class ClassificationTask(Task):
 
         return top_classes(ctx.forward, topk, self.target_indices(ctx))
 
+    def targets(self, ctx: Any, topk: int) -> list:
+        """What the CAMs explain in each image: :meth:`classes` as ``ClassScore`` targets."""
+        from ..targets import ClassScore
+
+        return ClassScore.per_image(self.classes(ctx, topk))
+
     def cam_results(self, ctx: Any) -> list:
         from ..analyzers.cam import cams_from_pass
 
         return cams_from_pass(ctx.model, ctx.forward, ctx.batch, self.methods(ctx), self.cam_layer(ctx),
-                              self.classes(ctx, ctx.cam.topk), ctx.loaded.categories, ctx.cam.colormap)
+                              self.targets(ctx, ctx.cam.topk), ctx.loaded.categories, ctx.cam.colormap)
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from ..errors import IntrospectError, IntrospectWarning, TargetError, UsageError
 from ..forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..hooks import inspecting
 from .common import HeadsTask, TaskImages, task_images
+from ..targets import BoxScore
 from .records import DetectionCamMap, DetectionCamResult, Detections
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
-           "detect", "detection_cams", "draw_detections", "box_score_targets", "DetectionPass", "detection_pass",
+           "detect", "detection_cams", "draw_detections", "box_targets", "DetectionPass", "detection_pass",
            "detection_cam_results", "DetectionTask"]
 
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -212,32 +213,12 @@ def detect(
     return found.detections
 
 
-def box_score_targets(outputs: Sequence[dict[str, torch.Tensor]], references: Sequence[tuple[np.ndarray, np.ndarray]],
-                      k: int, iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> torch.Tensor:
-    """pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` for each reference detection, as an (N, k) tensor.
-
-    ``references[n]`` = (boxes (j, 4), labels (j,)) of image n, j <= k; target (n, j): the output box of
-    largest IoU with reference j; if that IoU > ``iou_threshold`` and the labels agree, IoU + its score, else 0.
-    """
-    from torchvision.ops import box_iou
-
-    rows = []
-    for output, (ref_boxes, ref_labels) in zip(outputs, references):
-        boxes, labels, scores = output["boxes"], output["labels"], output["scores"]
-        row: list[torch.Tensor] = []
-        for box, label in zip(ref_boxes, ref_labels):
-            value = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
-            if len(boxes):
-                reference = torch.as_tensor(box[None, :], device=boxes.device, dtype=boxes.dtype)
-                ious = box_iou(reference, boxes)
-                index = ious.argmax()
-                if ious[0, index] > iou_threshold and labels[index] == int(label):
-                    value = ious[0, index] + scores[index]
-            row.append(value)
-        while len(row) < k:  # an image with fewer detections: no target
-            row.append(torch.zeros((), dtype=boxes.dtype, device=boxes.device))
-        rows.append(torch.stack(row))
-    return torch.stack(rows)
+def box_targets(detections: Sequence[Detections], chosen: Sequence[Sequence[int]],
+                iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> list[list[BoxScore]]:
+    """The targets of the chosen detections of each image: a :class:`~introspect.targets.BoxScore` each
+    (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` with that detection as the reference box)."""
+    return [[BoxScore(tuple(float(v) for v in d.boxes[i]), int(d.labels[i]), float(d.scores[i]), iou_threshold)
+             for i in picks] for d, picks in zip(detections, chosen)]
 
 
 def _box_path(module: nn.Module) -> nn.Module | None:
@@ -258,10 +239,10 @@ def _feeds(module: nn.Module, roi: nn.Module) -> str:
     return ""
 
 
-def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, references: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                       original_sizes: Sequence[tuple[int, int]], k: int,
-                       iou_threshold: float) -> dict[str, torch.Tensor]:
-    """Gradients of ``box_score_targets`` of an R-CNN, through its box head on the explained RoIs only.
+def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, targets: Sequence[Sequence[BoxScore]],
+                       original_sizes: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """Gradients of :class:`~introspect.targets.BoxScore` targets of an R-CNN (the fast path of
+    ``forward.gradients(targets)``), through its box head on the explained RoIs only.
 
     Each detection comes from one proposal (RoI) and one class; the box head treats RoIs independently, so
     its score and box, and hence the target (IoU with the reference + score), depend on that RoI's row alone:
@@ -278,16 +259,16 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, references: Sequenc
     _, resized = forward.canvas
     counts = [len(p) for p in proposals]
     logits_list, regression_list = class_logits.split(counts), box_regression.split(counts)
-    n_images = len(references)
+    n_images, k = len(targets), max(len(row) for row in targets)
     # the RoI row behind each explained detection: the row whose decoded box and score are the detection's
     selected = [proposals[0][:0]] * (k * n_images)  # slot j * N + n: target j of image n (or no RoI)
-    for n, (ref_boxes, ref_labels, ref_scores) in enumerate(references):
+    for n, row_targets in enumerate(targets):
         decoded = clip_boxes_to_image(roi.box_coder.decode(regression_list[n], [proposals[n]]), resized[n])
         probs = F.softmax(logits_list[n], -1)
-        for j, (box, label, score) in enumerate(zip(ref_boxes, ref_labels, ref_scores)):
-            candidates = resize_boxes(decoded[:, int(label)], resized[n], original_sizes[n])
-            reference = torch.as_tensor(box, dtype=candidates.dtype, device=candidates.device)
-            error = (candidates - reference).abs().sum(1) + (probs[:, int(label)] - float(score)).abs()
+        for j, target in enumerate(row_targets):
+            candidates = resize_boxes(decoded[:, target.label], resized[n], original_sizes[n])
+            reference = torch.tensor(target.box, dtype=candidates.dtype, device=candidates.device)
+            error = (candidates - reference).abs().sum(1) + (probs[:, target.label] - float(target.score)).abs()
             row = int(error.argmin())
             selected[j * n_images + n] = proposals[n][row:row + 1]
     activations = forward.maps()
@@ -295,9 +276,8 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, references: Sequenc
               for name, a in activations.items()}
     slots = [slot for slot, rois in enumerate(selected) if len(rois)]
     image_of = [slot % n_images for slot in slots]
-    labels = torch.tensor([int(references[n][1][slot // n_images]) for slot, n in zip(slots, image_of)],
-                          device=class_logits.device)
-    reference = torch.from_numpy(np.stack([references[n][0][slot // n_images] for slot, n in zip(slots, image_of)]))
+    chosen = [targets[n][slot // n_images] for slot, n in zip(slots, image_of)]
+    labels = torch.tensor([t.label for t in chosen], device=class_logits.device)
     with torch.enable_grad():
         pooled = roi.box_roi_pool(copies, selected, list(resized) * k)
         logits, regression = roi.box_predictor(roi.box_head(pooled))
@@ -306,9 +286,10 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, references: Sequenc
         boxes = roi.box_coder.decode(regression, selected)[rows, labels]  # (K, 4): each row's box of its class
         out = torch.stack([resize_boxes(clip_boxes_to_image(boxes[i:i + 1], resized[n]), resized[n],
                                         original_sizes[n])[0] for i, n in enumerate(image_of)])
-        reference = reference.to(dtype=out.dtype, device=out.device)
+        reference = torch.tensor([t.box for t in chosen], dtype=out.dtype, device=out.device)
+        thresholds = torch.tensor([t.iou_threshold for t in chosen], dtype=out.dtype, device=out.device)
         iou = box_iou(reference, out).diagonal()  # each reference against its own detection's recomputed box
-        total = ((iou + probs) * (iou > iou_threshold)).sum()
+        total = ((iou + probs) * (iou > thresholds)).sum()
         if not total.requires_grad:
             return {name: torch.zeros((k, *a.shape), dtype=a.dtype, device=a.device) for name, a in activations.items()}
         names = list(copies)
@@ -380,18 +361,17 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
     sizes = [tuple(p.shape[:2]) for p in batch.photos]
     grads = None
     if found.gradients and k:
+        box_scores = box_targets(detections, chosen, iou_threshold)
         if roi is not None and forward.canvas is not None and forward.layer == _feeds(module, roi):
-            references = [(d.boxes[c], d.labels[c], d.scores[c]) for d, c in zip(detections, chosen)]
             if any(m.training for m in roi.modules()):
                 with inspecting(roi):  # eval mode for the box path, put back after
-                    grads = _roi_box_gradients(roi, forward, references, sizes, k, iou_threshold)
+                    grads = _roi_box_gradients(roi, forward, box_scores, sizes)
             else:  # no hook, no mode change, nothing written to .grad: nothing to put back
-                grads = _roi_box_gradients(roi, forward, references, sizes, k, iou_threshold)
+                grads = _roi_box_gradients(roi, forward, box_scores, sizes)
         else:
             if roi is not None:  # the features found are not what the box head reads: the whole graph
                 forward = _run(module, batch.tensors, found.layer, True, True, found.score_threshold)
-            references2 = [(d.boxes[c], d.labels[c]) for d, c in zip(detections, chosen)]
-            grads = forward.gradients(box_score_targets(forward.output, references2, k, iou_threshold))
+            grads = forward.gradients(box_scores)
     results = []
     for method in methods:
         maps = scaled_maps(method, forward, grads, k, sizes) if k else [None] * len(sizes)

@@ -31,6 +31,7 @@ from ..analyzers.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
 from ..forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..hooks import device_and_dtype
+from ..targets import PixelClass
 from .common import HeadsTask, TaskImages, task_images
 from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
@@ -201,13 +202,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
     notes: list[str] = []
     grads = None
     if found.gradients:
-        class_map = logits.detach().argmax(1)
-        rows = []
-        for row, classes in enumerate(chosen):
-            values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum() for c in classes]
-            values += [torch.zeros((), dtype=logits.dtype, device=logits.device)] * (k - len(values))
-            rows.append(torch.stack(values))
-        grads = forward.gradients(torch.stack(rows))
+        grads = forward.gradients([[PixelClass(c.index) for c in classes] for classes in chosen])
     sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
     maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
     notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"

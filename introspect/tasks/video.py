@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, activation_maps, class_gradients, parse_cam_methods
+from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
 from ..analyzers.predictions import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
 from ..records import ClipCamResult, Predictions
+from ..targets import ClassScore, Target
 from .base import Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
@@ -244,7 +245,7 @@ def clip_cams(
     clips: ClipBatch,
     methods: Sequence[str],
     layer: VideoLayer,
-    classes: torch.Tensor,
+    targets: Sequence[Sequence[Target]],
     categories: Sequence[str],
     *,
     colormap: str = "jet",
@@ -257,7 +258,7 @@ def clip_cams(
         clips: the batch.
         methods: single-pass CAM method names.
         layer: from :func:`video_cam_layer`.
-        classes: (N, k) class indices to explain.
+        targets: per clip, its k class targets (``ClassScore``).
         categories: class names.
     Returns:
         one :class:`ClipCamResult` per method and clip.
@@ -269,8 +270,9 @@ def clip_cams(
     probs = forward.probabilities.cpu()
     results = []
     names = parse_cam_methods(methods)
-    raw = class_gradients(forward, classes) if any(CAM_METHODS[m].uses_gradients and not CAM_METHODS[m].delegated
-                                                   for m in names) else None  # one backward for every method
+    k = len(targets[0])
+    raw = forward.gradients(targets)[""] if any(CAM_METHODS[m].uses_gradients and not CAM_METHODS[m].delegated
+                                                for m in names) else None  # one backward for every method
     for name in names:
         method = CAM_METHODS[name]
         if method.delegated:
@@ -279,11 +281,11 @@ def clip_cams(
         grads = None
         if method.uses_gradients:
             grads = torch.stack([to_ncthw(g, layer.layout, clips.tensor.shape) for g in raw]).float()
-        maps = activation_maps(name, activation, grads, size).expand(classes.shape[1], -1, -1, -1, -1).cpu().numpy()
+        maps = activation_maps(name, activation, grads, size).expand(k, -1, -1, -1, -1).cpu().numpy()
         shown = _sample(size[0], min(MAX_STRIP_FRAMES, size[0]))
         shown = list(dict.fromkeys(shown))
         for n, clip_name in enumerate(clips.names):
-            indices = [int(c) for c in classes[n]]
+            indices = [int(t.index) for t in targets[n]]
             labels = [class_name(categories, i) for i in indices]
             heat = maps[:, n].astype(np.float32)  # (k, T, H, W)
             overlays = np.stack([np.stack([overlay(clips.frames[n, t], heat[j, t], colormap)
@@ -375,13 +377,11 @@ class VideoTask(Task):
                                lambda a: _middle_frames(a, shape, last))
 
     def cam_results(self, ctx) -> list:
-        logits, targets = ctx.forward.logits, ctx.state["targets"]
-        if targets:
-            classes = torch.tensor(targets, dtype=torch.long).expand(len(ctx.batch), -1).clone()
-        else:
-            classes = logits.topk(min(ctx.cam.topk, logits.shape[-1]), dim=-1).indices
-        return clip_cams(ctx.forward, ctx.batch, ctx.state["cam_methods"], self.cam_layer(ctx), classes,
-                         ctx.loaded.categories, colormap=ctx.cam.colormap)
+        from ..analyzers.predictions import top_classes
+
+        classes = top_classes(ctx.forward, ctx.cam.topk, ctx.state["targets"])  # the classes asked for, or the top-k
+        return clip_cams(ctx.forward, ctx.batch, ctx.state["cam_methods"], self.cam_layer(ctx),
+                         ClassScore.per_image(classes), ctx.loaded.categories, colormap=ctx.cam.colormap)
 
     def feature_layer_names(self, loaded) -> list[str]:
         from ..forward import run_forward
