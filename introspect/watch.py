@@ -55,7 +55,7 @@ without: right after its backward, before the update):
 - ``cam/probe/<i>``: the CAM (``cam_method``, Grad-CAM by default) of probe image ``i``
   for its true class (``labels``; the model's top class where ``labels`` is None),
   labelled with that class's probability, and ``train/probe_true_class_probability``
-  (mean over the probe). The probe runs through :func:`introspect.forward.run_forward`:
+  (mean over the probe). The probe runs through :func:`introspect.engine.forward.run_forward`:
   eval mode inside :func:`introspect.hooks.inspecting`, gradients only with respect to
   the CAM layer's activation, so parameters, ``.grad``, BatchNorm running statistics,
   modes and the RNG are left exactly as the training loop had them.
@@ -239,7 +239,7 @@ class Watch:
         options: WatchOptions = WatchOptions(),
         **settings: Unpack[WatchSettings],
     ) -> None:
-        from .analyzers.cam import parse_cam_methods
+        from .engine.cam import parse_cam_methods
 
         options = _merge_options(options, settings)
         module, loaded = unwrap(model)
@@ -509,8 +509,8 @@ class Watch:
         from .analyzers.cam import cams_from_pass
         from .analyzers.predictions import resolve_target, top_classes
         from .drawing import label_image
-        from .forward import run_forward
-        from .targets import ClassScore, TrueLabel
+        from .engine.forward import run_forward
+        from .engine.targets import ClassScore, TrueLabel
 
         batch, layer = self._batch, self._cam_layer
         with _eager(self.model):

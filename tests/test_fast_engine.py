@@ -24,11 +24,11 @@ from torch import nn
 
 from introspect.analyzers import parameters as params_module
 from introspect.analyzers import structure as structure_module
-from introspect.analyzers.cam import _eigencam, _eigengradcam
+from introspect.engine.cam import _eigencam, _eigengradcam
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
-from introspect.forward import run_forward
-from introspect.targets import ClassScore
+from introspect.engine.forward import run_forward
+from introspect.engine.targets import ClassScore
 from introspect.reporter import Reporter, _traced_graph
 
 REPO = Path(__file__).resolve().parents[1]

@@ -219,7 +219,7 @@ def test_ctrl_c_inside_the_model_during_feature_maps(small_model):
 
 
 def test_error_after_the_forward_pass(small_model, monkeypatch):
-    import introspect.analyzers.cam as cam_module
+    import introspect.engine.cam as cam_module
 
     def failing(*args, **kwargs):
         raise ValueError("normalisation failed")

@@ -21,7 +21,7 @@ from introspect.testing import synthetic
 from introspect.analyzers.cam import cams_from_pass
 from introspect.layers import pick_cam_layer
 from introspect.analyzers.quality import cam_quality, rank_map
-from introspect.forward import run_forward
+from introspect.engine.forward import run_forward
 from introspect.inputs import InputBatch, prepare_inputs
 from introspect.records import CamQuality, CamResult
 

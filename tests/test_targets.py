@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from introspect.errors import ArgumentError
-from introspect.forward import FEATURE_MAPS, gradients, run_forward
-from introspect.targets import BoxScore, ClassScore, FinerContrast, PixelClass, TrueLabel, target_scores
+from introspect.engine.forward import FEATURE_MAPS, gradients, run_forward
+from introspect.engine.targets import BoxScore, ClassScore, FinerContrast, PixelClass, TrueLabel, target_scores
 
 
 def test_targets_score_as_pytorch_grad_cams_do():
@@ -26,6 +26,7 @@ def test_targets_score_as_pytorch_grad_cams_do():
     masks = torch.randn(5, 8, 8)
     mask = (masks.argmax(0) == 2).numpy().astype(np.float32)
     torch.testing.assert_close(PixelClass(2)(masks), SemanticSegmentationTarget(2, mask)(masks))
+    torch.testing.assert_close(PixelClass(2, masks.argmax(0))(masks), SemanticSegmentationTarget(2, mask)(masks))
     detections = {"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "labels": torch.tensor([1, 2]),
                   "scores": torch.tensor([0.9, 0.6])}
     for box, label in [((0.0, 0.0, 10.0, 11.0), 1), ((5.0, 5.0, 20.0, 20.0), 2), ((5.0, 5.0, 20.0, 20.0), 1)]:

@@ -122,7 +122,7 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from introspect.analyzers.cam import activation_maps
-    from introspect.forward import run_forward
+    from introspect.engine.forward import run_forward
 
     torch.manual_seed(0)
     model = TinyVideoNet().eval()
@@ -149,7 +149,7 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
 def test_single_pass_methods_on_flattened_positions_equal_the_2d_maps(tiny_cnn):
     """activation_maps lays every position along one axis: on 4-d activations it must equal the image CAM path."""
     from introspect.analyzers.cam import activation_maps, cam
-    from introspect.forward import run_forward
+    from introspect.engine.forward import run_forward
 
     model = tiny_cnn()
     x = torch.randn(1, 3, 64, 64)

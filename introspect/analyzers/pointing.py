@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError
-from ..forward import run_forward
+from ..engine.forward import run_forward
 from ..inputs import prepare_inputs
 from ..records import PointingGame
-from ..targets import TrueLabel
+from ..engine.targets import TrueLabel
 from ..layers import pick_cam_layer
-from .cam import CAM_METHODS, cams_from_pass, needs_layer_gradient, parse_cam_methods
+from ..engine.cam import CAM_METHODS, needs_layer_gradient, parse_cam_methods
+from .cam import cams_from_pass
 
 __all__ = ["GRADIENT_METHODS", "COMPUTED_METHODS", "pointing_game"]
 

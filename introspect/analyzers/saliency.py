@@ -29,7 +29,7 @@ from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..models import LoadedModel, device_and_dtype, unwrap
 from ..records import SaliencyMap, SaliencyResult
-from .cam import CAM_METHODS, normalize_maps
+from ..engine.cam import CAM_METHODS, normalize_maps
 from .predictions import class_name, resolve_target
 from ..options import CamOptions, SaliencyOptions
 

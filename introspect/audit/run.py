@@ -1,7 +1,7 @@
 """The audit loop: a dataset streamed through the model once, every batch folded into fixed-size aggregates.
 
-Each batch is one forward pass and one batched backward (:func:`introspect.forward.run_forward`,
-:func:`introspect.analyzers.cam.cam_maps`) for every method; its per-image rows go to the Parquet
+Each batch is one forward pass and one batched backward (:func:`introspect.engine.forward.run_forward`,
+:func:`introspect.engine.cam.cam_maps`) for every method; its per-image rows go to the Parquet
 table, its figures into :class:`~introspect.audit.aggregate.Aggregates`, and nothing else of it is
 kept. With ``out_dir`` the run can be resumed: every ``checkpoint_every`` batches (and on Ctrl-C) the
 rows are written as a closed Parquet part and then a state file (finished batches + aggregates) is
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import cam_maps, needs_layer_gradient, parse_cam_methods
+from ..engine.cam import cam_maps, needs_layer_gradient, parse_cam_methods
 from ..errors import ArgumentError, IntrospectWarning, OutputError, UnknownMethodError, UsageError
-from ..forward import run_forward
+from ..engine.forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
 from ..models import LoadedModel, load_model, unwrap
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
-from ..targets import TrueLabel
+from ..engine.targets import TrueLabel
 from ..tasks import TASKS
 from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes

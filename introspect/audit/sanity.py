@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..analyzers.cam import cam_maps, needs_layer_gradient
-from ..forward import run_forward
+from ..engine.cam import cam_maps, needs_layer_gradient
+from ..engine.forward import run_forward
 from ..layers import LayerChoice
 from ..records import SanityCheck
 

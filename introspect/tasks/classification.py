@@ -1,9 +1,9 @@
 """Image classifiers (float and int8 quantized): the top-k classes, and a CAM per class.
 
-The one forward pass per batch is :func:`introspect.forward.run_forward`: it keeps the
+The one forward pass per batch is :func:`introspect.engine.forward.run_forward`: it keeps the
 logits, the feature layers and the CAM layer, and (for the gradient methods) makes the
 CAM layer's output the gradient leaf so that every class of every image takes one
-batched ``autograd.grad`` (:mod:`introspect.analyzers.cam`).
+batched ``autograd.grad`` (:mod:`introspect.engine.cam`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ClassificationTask(Task):
 
     def methods(self, ctx: Any) -> list[str]:
         """The CAM method names of ``cam.methods`` (default: the task's), checked."""
-        from ..analyzers.cam import parse_cam_methods
+        from ..engine.cam import parse_cam_methods
 
         def choose() -> list[str]:
             names = parse_cam_methods(ctx.cam.methods or self.default_cam or "gradcam")
@@ -75,7 +75,7 @@ class ClassificationTask(Task):
                                             for t in ctx.cam.targets] if ctx.cam.targets else None)
 
     def prepare_cams(self, ctx: Any) -> None:
-        from ..analyzers.cam import needs_layer_gradient
+        from ..engine.cam import needs_layer_gradient
 
         layer = self.cam_layer(ctx)
         self.target_indices(ctx)  # an unknown target fails now, before anything is written
@@ -102,7 +102,7 @@ class ClassificationTask(Task):
     # -- the pass and what comes out of it ----------------------------------------------------
 
     def forward(self, ctx: Any) -> Any:
-        from ..forward import run_forward
+        from ..engine.forward import run_forward
 
         return run_forward(ctx.model, ctx.batch.tensor, capture=ctx.capture, grad_layer=ctx.gradient_layer)
 
@@ -125,7 +125,7 @@ class ClassificationTask(Task):
 
     def targets(self, ctx: Any, topk: int) -> list:
         """What the CAMs explain in each image: :meth:`classes` as ``ClassScore`` targets."""
-        from ..targets import ClassScore
+        from ..engine.targets import ClassScore
 
         return ClassScore.per_image(self.classes(ctx, topk))
 

@@ -119,7 +119,7 @@ class HeadsTask(Task):
     gradient leaves, the trunk's stages the feature maps, and one pass of the model serves all of them.
 
     A subclass gives :meth:`run_pass` (one forward pass over images of one size, returning a record with
-    ``forward`` (:class:`~introspect.forward.ForwardPass`) and ``release()``), :meth:`explain`
+    ``forward`` (:class:`~introspect.engine.forward.ForwardPass`) and ``release()``), :meth:`explain`
     (CAM results from that pass) and :meth:`check_cam_options`.
     """
 
@@ -140,7 +140,7 @@ class HeadsTask(Task):
         """Refuse CAM options that do not fit the task (before anything is written)."""
 
     def prepare_cams(self, ctx: Any) -> None:
-        from ..analyzers.cam import single_pass_methods
+        from ..engine.cam import single_pass_methods
         from ..layers import resolve_layer
 
         self.check_cam_options(ctx)

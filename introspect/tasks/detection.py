@@ -11,7 +11,7 @@ boxes, the one of largest IoU with the reference; if that IoU exceeds ``iou_thre
 label is the reference's, the target is IoU + its score, else 0. Gradients of the targets are
 taken with respect to the feature maps the detector hands its heads (``backbone``: every FPN
 level, or SSD's feature maps), and the CAM is the mean of the per-level maps (see
-:func:`introspect.analyzers.cam.scaled_maps`). Only the heads are recorded and differentiated; nothing is
+:func:`introspect.engine.cam.scaled_maps`). Only the heads are recorded and differentiated; nothing is
 written to ``.grad``. The records also carry the detections, so one call serves both.
 """
 
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, scaled_maps, single_pass_methods
+from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectError, IntrospectWarning, TargetError, UsageError
-from ..forward import FEATURE_MAPS, ForwardPass, run_forward
+from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..hooks import inspecting
 from .common import HeadsTask, TaskImages, task_images
-from ..targets import BoxScore
+from ..engine.targets import BoxScore
 from .records import DetectionCamMap, DetectionCamResult, Detections
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
@@ -215,7 +215,7 @@ def detect(
 
 def box_targets(detections: Sequence[Detections], chosen: Sequence[Sequence[int]],
                 iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> list[list[BoxScore]]:
-    """The targets of the chosen detections of each image: a :class:`~introspect.targets.BoxScore` each
+    """The targets of the chosen detections of each image: a :class:`~introspect.engine.targets.BoxScore` each
     (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` with that detection as the reference box)."""
     return [[BoxScore(tuple(float(v) for v in d.boxes[i]), int(d.labels[i]), float(d.scores[i]), iou_threshold)
              for i in picks] for d, picks in zip(detections, chosen)]
@@ -241,7 +241,7 @@ def _feeds(module: nn.Module, roi: nn.Module) -> str:
 
 def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, targets: Sequence[Sequence[BoxScore]],
                        original_sizes: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
-    """Gradients of :class:`~introspect.targets.BoxScore` targets of an R-CNN (the fast path of
+    """Gradients of :class:`~introspect.engine.targets.BoxScore` targets of an R-CNN (the fast path of
     ``forward.gradients(targets)``), through its box head on the explained RoIs only.
 
     Each detection comes from one proposal (RoI) and one class; the box head treats RoIs independently, so

@@ -125,7 +125,7 @@ class FlowTask(Task):
                               "optical flow and has no classes, drop it", parameter="targets")
 
     def forward(self, ctx: Any):
-        from ..forward import run_forward
+        from ..engine.forward import run_forward
 
         return run_forward(ctx.model, (ctx.batch.first, ctx.batch.second), capture=ctx.capture)
 
@@ -140,7 +140,7 @@ class FlowTask(Task):
         return feature_records(found, ctx.batch.names, ctx.features.layers, ctx.features.max_channels)
 
     def feature_layer_names(self, loaded: Any) -> list[str]:
-        from ..forward import run_forward
+        from ..engine.forward import run_forward
 
         capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["frame pair"]))
         found = run_forward(loaded.model, self.example_input(loaded), capture=capture)

@@ -49,7 +49,7 @@ def quantized_weight(module: nn.Module) -> torch.Tensor | None:
 
 def check_cam_methods(methods: Sequence[str], model_name: str) -> None:
     """Refuse gradient CAM methods (and those pytorch-grad-cam runs with autograd) on a quantized model."""
-    from ..analyzers.cam import CAM_METHODS
+    from ..engine.cam import CAM_METHODS
 
     refused = [m for m in methods if m not in ACTIVATION_ONLY]
     if refused:

@@ -11,7 +11,7 @@ output dict) summed over the pixels predicted as c. Gradients are taken with res
 feature maps the model hands its heads (torchvision: ``backbone``, whose dict holds ``'out'`` and
 ``'aux'``, or ``'low'`` and ``'high'``); each map is one input of the heads (the trunk between two
 maps is not differentiated) and the CAM is the mean of the per-map CAMs (see
-:func:`introspect.analyzers.cam.scaled_maps`). ``'aux'`` feeds only the auxiliary head, so for the
+:func:`introspect.engine.cam.scaled_maps`). ``'aux'`` feeds only the auxiliary head, so for the
 gradient methods its map is blank and the CAM is that of ``'out'``, as with pytorch-grad-cam's
 ``backbone.layer4``.
 """
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, scaled_maps, single_pass_methods
+from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
-from ..forward import FEATURE_MAPS, ForwardPass, run_forward
+from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..hooks import device_and_dtype
-from ..targets import PixelClass
+from ..engine.targets import PixelClass
 from .common import HeadsTask, TaskImages, task_images
 from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
@@ -202,7 +202,9 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
     notes: list[str] = []
     grads = None
     if found.gradients:
-        grads = forward.gradients([[PixelClass(c.index) for c in classes] for classes in chosen])
+        class_maps = [torch.from_numpy(seg.class_map) for seg in segs]  # each image's predicted classes, once
+        grads = forward.gradients([[PixelClass(c.index, class_map) for c in classes]
+                                   for classes, class_map in zip(chosen, class_maps)])
     sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
     maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
     notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
+from ..engine.cam import CAM_METHODS, activation_maps, parse_cam_methods
 from ..analyzers.predictions import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
-from ..forward import ForwardPass
+from ..engine.forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
 from ..records import ClipCamResult, Predictions
-from ..targets import ClassScore, Target
+from ..engine.targets import ClassScore, Target
 from .base import Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
@@ -254,7 +254,7 @@ def clip_cams(
     the gradient leaf when a gradient method is asked for).
 
     Args:
-        forward: :func:`introspect.forward.run_forward` on ``clips.tensor``.
+        forward: :func:`introspect.engine.forward.run_forward` on ``clips.tensor``.
         clips: the batch.
         methods: single-pass CAM method names.
         layer: from :func:`video_cam_layer`.
@@ -345,7 +345,7 @@ class VideoTask(Task):
         return video_cam_layer(loaded.model, self.example_input(loaded), layer).name
 
     def prepare_cams(self, ctx) -> None:
-        from ..analyzers.cam import single_pass_methods
+        from ..engine.cam import single_pass_methods
         from ..analyzers.predictions import resolve_target
 
         methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
@@ -362,7 +362,7 @@ class VideoTask(Task):
         ctx.info["cam layer"] = f"{layer.name} ({layer.layout})"
 
     def forward(self, ctx):
-        from ..forward import run_forward
+        from ..engine.forward import run_forward
 
         return run_forward(ctx.model, ctx.batch.tensor, capture=ctx.capture, grad_layer=ctx.gradient_layer)
 
@@ -384,7 +384,7 @@ class VideoTask(Task):
                          ClassScore.per_image(classes), ctx.loaded.categories, colormap=ctx.cam.colormap)
 
     def feature_layer_names(self, loaded) -> list[str]:
-        from ..forward import run_forward
+        from ..engine.forward import run_forward
 
         example = self.example_input(loaded)
         capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["clip"]))

@@ -14,13 +14,13 @@ both). A new target is one class with a ``__call__``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from .errors import ArgumentError
-from .hooks import first_tensor
+from ..errors import ArgumentError
+from ..hooks import first_tensor
 
 __all__ = ["Target", "ClassScore", "TrueLabel", "FinerContrast", "BoxScore", "PixelClass", "per_image_outputs",
            "target_scores", "as_targets"]
@@ -130,10 +130,13 @@ class PixelClass:
     ``SemanticSegmentationTarget`` with the class's own mask)."""
 
     index: int
+    class_map: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """The image's (H, W) predicted classes (its targets share one); None: the argmax of the output."""
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        mask = output.detach().argmax(0) == self.index  # output: one image's (C, H, W) class scores
-        return (output[self.index] * mask.to(output.dtype)).sum()
+        class_map = output.detach().argmax(0) if self.class_map is None else self.class_map  # output: (C, H, W)
+        mask = (class_map.to(output.device) == self.index).to(output.dtype)
+        return (output[self.index] * mask).sum()
 
 
 def per_image_outputs(output: Any) -> list[Any]:

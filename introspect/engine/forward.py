@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LayerError, StateError, UnknownLayerError, UsageError
-from .hooks import device_and_dtype, first_tensor, inspecting, is_map_dict, make_leaves
-from .layers import resolve_layer
+from ..errors import LayerError, StateError, UnknownLayerError, UsageError
+from ..hooks import device_and_dtype, first_tensor, inspecting, is_map_dict, make_leaves
+from ..layers import resolve_layer
 from .targets import as_targets, target_scores
 
 __all__ = ["FEATURE_MAPS", "ForwardPass", "run_forward", "gradients"]
