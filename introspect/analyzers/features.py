@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.forward import ForwardPass, run_forward
+from ..engine.forward import ForwardPass
 from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, default_feature_layers, layer_choice, to_nchw
 from ..models import LoadedModel, unwrap

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import TargetError
-from ..engine.forward import ForwardPass, run_forward
+from ..engine.forward import ForwardPass
 from ..inputs import Inputs, prepare_inputs
 from ..models import LoadedModel, unwrap
 from ..records import Predictions

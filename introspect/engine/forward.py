@@ -20,7 +20,7 @@ frames). It keeps:
 :func:`gradients` then takes the gradients of (N, k) target scores with respect to every leaf
 with one batched ``torch.autograd.grad``: no parameter gradients, nothing written to ``.grad``,
 no backward through the trunk, every target of every image in one call.
-:meth:`ForwardPass.gradients` scores the targets (:mod:`introspect.targets`) on the output first.
+:meth:`ForwardPass.gradients` scores the targets (:mod:`introspect.engine.targets`) on the output first.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ class ForwardPass:
         """Gradients of every target of every image at every leaf, in one batched backward.
 
         Args:
-            targets: per image, the targets to explain (:mod:`introspect.targets`: ``ClassScore``,
+            targets: per image, the targets to explain (:mod:`introspect.engine.targets`: ``ClassScore``,
                 ``BoxScore``, ``PixelClass``, ...), each called on that image's output; or an (N, k)
                 tensor of class indices (``ClassScore`` targets).
 
         Returns:
             level -> ``(k, N, *leaf.shape[1:])``: d target j of image n / d leaf (zeros where image n has
-            fewer than k targets); :func:`gradients` of :func:`~introspect.targets.target_scores`. The same
+            fewer than k targets); :func:`gradients` of :func:`~introspect.engine.targets.target_scores`. The same
             targets again cost nothing.
 
         Raises:

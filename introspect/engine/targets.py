@@ -7,7 +7,7 @@ follows. The same objects go to pytorch-grad-cam for the methods it runs (Score-
 Ablation-CAM, ...), which call them the same way.
 
 :func:`target_scores` turns per-image lists of targets into the (N, k) score tensor that
-:func:`introspect.forward.gradients` takes (:meth:`introspect.forward.ForwardPass.gradients` does
+:func:`introspect.engine.forward.gradients` takes (:meth:`introspect.engine.forward.ForwardPass.gradients` does
 both). A new target is one class with a ``__call__``.
 """
 
@@ -158,7 +158,7 @@ def target_scores(targets: Sequence[Sequence[Target]], output: Any) -> torch.Ten
     """(N, k) scores: ``targets[n][j]`` called on image n's output, 0 where image n has fewer than k targets.
 
     Computed with autograd on (the caller may be under ``torch.no_grad()``): the scores extend the graph the
-    pass recorded, and :func:`introspect.forward.gradients` takes their gradients.
+    pass recorded, and :func:`introspect.engine.forward.gradients` takes their gradients.
 
     Raises:
         ArgumentError: not one list of targets per image.
