@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError, ArgumentTypeError, OutputError, StateError
-from .tasks.records import Detections, Segmentation
+from .records import Detections, Segmentation
 from .records import (
     AuditResult,
     CamComparison,

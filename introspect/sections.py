@@ -237,8 +237,7 @@ def write_cams(ctx: RunContext, results: Sequence) -> None:
 
 def write_record(reporter, record) -> None:
     """Write one prediction record (classes, detections, mask, flow) under its own tags."""
-    from .records import FlowResult, Predictions
-    from .tasks.records import Detections, Segmentation
+    from .records import Detections, FlowResult, Predictions, Segmentation
 
     writers = {Predictions: reporter.predictions, Detections: reporter.detections,
                Segmentation: reporter.segmentation, FlowResult: reporter.flow}

@@ -1,0 +1,91 @@
+"""Frozen dataclasses that analyzers, tasks and the audit return, and that the TensorBoard layouts write.
+
+One module per domain, every name re-exported here (``from introspect.records import CamResult``):
+
+- :mod:`~introspect.records.base`: the image mixin, PNG, the one Markdown / HTML table helper;
+- :mod:`~introspect.records.model`: layer table, kernels, feature maps, parameters and histograms;
+- :mod:`~introspect.records.explain`: CAM, saliency, filters, comparisons, quality, pointing, embeddings;
+- :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow, clip CAMs;
+- :mod:`~introspect.records.audit`: the dataset audit.
+
+Records import nothing above them (no analyzer, task or model code): numbers and arrays in, Markdown and
+pictures out.
+"""
+
+from __future__ import annotations
+
+from .audit import AuditResult, AuditSample, ClassAudit, Gallery, GalleryItem, MeanCam, SanityCheck
+from .base import ImageRecord, heatmap_peak, html_table, markdown_cell, markdown_table, png_bytes
+from .explain import (
+    CamComparison,
+    CamMap,
+    CamQuality,
+    CamResult,
+    EmbeddingSet,
+    FilterGrid,
+    MethodQuality,
+    PointingGame,
+    SaliencyMap,
+    SaliencyResult,
+)
+from .model import FeatureMap, Histogram, KernelGrid, LayerRow, ParameterSummary, ParameterTensor, StructureSummary
+from .tasks import (
+    ClipCamResult,
+    DetectionCamMap,
+    DetectionCamResult,
+    Detections,
+    FlowResult,
+    Predictions,
+    SegmentationCamMap,
+    SegmentationCamResult,
+    Segmentation,
+    SegmentClass,
+)
+
+__all__ = [
+    # base
+    "ImageRecord",
+    "heatmap_peak",
+    "html_table",
+    "markdown_cell",
+    "markdown_table",
+    "png_bytes",
+    # model
+    "LayerRow",
+    "StructureSummary",
+    "KernelGrid",
+    "FeatureMap",
+    "Histogram",
+    "ParameterTensor",
+    "ParameterSummary",
+    # explain
+    "CamMap",
+    "CamResult",
+    "SaliencyMap",
+    "SaliencyResult",
+    "FilterGrid",
+    "EmbeddingSet",
+    "CamComparison",
+    "MethodQuality",
+    "CamQuality",
+    "PointingGame",
+    # tasks
+    "Predictions",
+    "Detections",
+    "DetectionCamMap",
+    "DetectionCamResult",
+    "SegmentClass",
+    "Segmentation",
+    "SegmentationCamMap",
+    "SegmentationCamResult",
+    "FlowResult",
+    "ClipCamResult",
+    # audit
+    "ClassAudit",
+    "GalleryItem",
+    "Gallery",
+    "MeanCam",
+    "AuditSample",
+    "SanityCheck",
+    "AuditResult",
+]
