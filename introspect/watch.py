@@ -114,7 +114,7 @@ else:  # pragma: no cover - Python 3.10: the annotation is for type checkers, wh
         Unpack = Any
 
 if TYPE_CHECKING:
-    from .reporter import Reporter
+    from .tensorboard import Reporter
 
 __all__ = ["Watch", "WatchOptions", "WatchSettings", "watch"]
 
@@ -204,7 +204,7 @@ class Watch:
             ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile`` wrappers
             are unwrapped.
         logdir_or_writer: a log directory (a new run ``<model>-<time>``, or ``run_name``,
-            is made in it), an :class:`introspect.reporter.Reporter`, or a
+            is made in it), an :class:`introspect.tensorboard.Reporter`, or a
             ``torch.utils.tensorboard.SummaryWriter`` (left open at exit).
         optimizer: count ``optimizer.step()`` calls as steps and log ``train/lr``;
             ``None``: count the model's training backward passes.
@@ -316,7 +316,7 @@ class Watch:
 
     @property
     def reporter(self) -> Reporter | None:
-        """The :class:`introspect.reporter.Reporter` written to (None where this process does not write)."""
+        """The :class:`introspect.tensorboard.Reporter` written to (None where this process does not write)."""
         return self._reporter
 
     def start(self) -> Watch:
@@ -667,7 +667,7 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
 
 def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None, module: nn.Module):
     """(reporter, whether watch owns it and closes it at exit)."""
-    from .reporter import Reporter, new_run_dir
+    from .tensorboard import Reporter, new_run_dir
 
     if isinstance(target, Reporter):
         if target.closed:

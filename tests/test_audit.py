@@ -277,7 +277,7 @@ def test_sanity_check_randomises_a_copy(data) -> None:
 def test_reporter_writes_the_audit_tags(full, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from introspect.reporter import Reporter
+    from introspect.tensorboard import Reporter
 
     with Reporter(tmp_path) as reporter:
         reporter.audit(full)

@@ -3,6 +3,7 @@
 One module per domain, every name re-exported here (``from introspect.records import CamResult``):
 
 - :mod:`~introspect.records.base`: the image mixin, PNG, the one Markdown / HTML table helper;
+- :mod:`~introspect.records.run`: the run's info card and its inputs as the model saw them;
 - :mod:`~introspect.records.model`: layer table, kernels, feature maps, parameters and histograms;
 - :mod:`~introspect.records.explain`: CAM, saliency, filters, comparisons, quality, pointing, embeddings;
 - :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow, clip CAMs;
@@ -28,7 +29,17 @@ from .explain import (
     SaliencyMap,
     SaliencyResult,
 )
-from .model import FeatureMap, Histogram, KernelGrid, LayerRow, ParameterSummary, ParameterTensor, StructureSummary
+from .model import (
+    FeatureMap,
+    FeatureStats,
+    Histogram,
+    KernelGrid,
+    LayerRow,
+    ParameterSummary,
+    ParameterTensor,
+    StructureSummary,
+)
+from .run import InputImage, RunInfo
 from .tasks import (
     ClipCamResult,
     DetectionCamMap,
@@ -50,11 +61,15 @@ __all__ = [
     "markdown_cell",
     "markdown_table",
     "png_bytes",
+    # run
+    "RunInfo",
+    "InputImage",
     # model
     "LayerRow",
     "StructureSummary",
     "KernelGrid",
     "FeatureMap",
+    "FeatureStats",
     "Histogram",
     "ParameterTensor",
     "ParameterSummary",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, markdown_table
+from .base import ImageRecord, markdown_cell, markdown_table
 
 __all__ = [
     "ClassAudit",
@@ -178,6 +178,20 @@ class AuditResult:
             out["audit/pointing/centre_baseline"] = self.centre_baseline
             out.update({f"audit/energy_in_box/{m}": v for m, v in self.energy.items()})
         return out
+
+    def class_name(self, index: int) -> str:
+        """The name of class ``index`` (``class <index>`` where the dataset names none)."""
+        names = self.category_names
+        return names[index] if 0 <= index < len(names) else f"class {index}"
+
+    def skipped_markdown(self) -> str:
+        """How many files could not be decoded, and the first of them."""
+        shown = "\n".join(f"- {markdown_cell(f)}" for f in self.skipped_files)
+        return f"**{self.skipped} files could not be decoded and were skipped**; the first ones:\n\n{shown}"
+
+    def galleries_markdown(self) -> str:
+        """Every gallery's table, one after the other."""
+        return "\n\n".join(g.to_markdown() for g in self.galleries)
 
     def per_class_markdown(self) -> str:
         """Per-class accuracy and (with boxes) pointing, worst accuracy first."""

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, html_table, markdown_table
+from .base import ImageRecord, html_table, markdown_cell, markdown_table
 
 __all__ = [
     "LayerRow",
     "StructureSummary",
     "KernelGrid",
     "FeatureMap",
+    "FeatureStats",
     "Histogram",
     "ParameterTensor",
     "ParameterSummary",
@@ -153,3 +155,32 @@ class ParameterSummary:
     def _repr_html_(self) -> str:
         rows = [[t.name, "x".join(map(str, t.shape)), f"{t.mean:.4g}", f"{t.std:.4g}"] for t in self.tensors]
         return html_table(["parameter", "shape", "mean", "std"], rows)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """The activation statistics of every captured layer for one input (a table beside its feature maps)."""
+
+    image_name: str
+    maps: tuple[FeatureMap, ...]
+
+    _HEADER = ["layer", "shape", "mean", "std", "zero fraction"]
+
+    @classmethod
+    def per_image(cls, maps: Sequence[FeatureMap]) -> list[FeatureStats]:
+        """One record per input, in the order the inputs first appear."""
+        by_image: dict[str, list[FeatureMap]] = {}
+        for fmap in maps:
+            by_image.setdefault(fmap.image_name, []).append(fmap)
+        return [cls(image_name=name, maps=tuple(group)) for name, group in by_image.items()]
+
+    def _rows(self) -> list[list[object]]:
+        return [[markdown_cell(m.layer), "x".join(str(s) for s in m.shape) or "-", f"{m.mean:.4g}", f"{m.std:.4g}",
+                 f"{m.zero_fraction:.3f}"] for m in self.maps]
+
+    def to_markdown(self) -> str:
+        """Per layer: shape, mean, std, fraction of zeros."""
+        return markdown_table(self._HEADER, self._rows())
+
+    def _repr_html_(self) -> str:
+        return html_table(self._HEADER, self._rows())

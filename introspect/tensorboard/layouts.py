@@ -1,0 +1,365 @@
+"""Records -> tags: one layout per record type, in one registry that the report, the audit and watch share.
+
+A layout maps a ready record onto :class:`~introspect.tensorboard.writer.RunWriter`'s primitives;
+it draws and computes nothing (the records carry their pictures, tables and numbers). Each
+entry of :data:`LAYOUTS` says which tags it writes (``Layout.tags``, patterns such as
+``cam/<method>/<image>``), so the tag scheme can be read in one place::
+
+    for layout in LAYOUTS.values():
+        print(layout.record.__name__, layout.tags)
+
+:func:`write_record` writes any record through its layout and flushes, so an event file left
+by a killed run holds every record written before it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArgumentTypeError
+from ..records import (
+    AuditResult,
+    AuditSample,
+    CamComparison,
+    CamQuality,
+    CamResult,
+    ClipCamResult,
+    DetectionCamResult,
+    Detections,
+    EmbeddingSet,
+    FeatureMap,
+    FeatureStats,
+    FilterGrid,
+    FlowResult,
+    Gallery,
+    InputImage,
+    KernelGrid,
+    MeanCam,
+    ParameterSummary,
+    Predictions,
+    RunInfo,
+    SaliencyResult,
+    SanityCheck,
+    Segmentation,
+    SegmentationCamResult,
+    StructureSummary,
+)
+from .writer import RunWriter
+
+__all__ = ["Layout", "LAYOUTS", "layout_for", "write_record", "write_records", "tag_part"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How records of one type become TensorBoard tags.
+
+    Attributes:
+        record: the record type.
+        tags: the tag patterns written, ``<field>`` standing for a part taken from the record.
+        write: ``write(writer, record, step, **options)``; it does not flush (:func:`write_records` does).
+    """
+
+    record: type
+    tags: tuple[str, ...]
+    write: Callable[..., None]
+
+    @property
+    def summary(self) -> str:
+        """The first line of the layout's docstring."""
+        return (self.write.__doc__ or "").strip().split("\n", 1)[0]
+
+    def matches(self, tag: str) -> bool:
+        """Whether ``tag`` is one of this layout's patterns filled in."""
+        return any(re.fullmatch(_pattern(p), tag) for p in self.tags)
+
+
+def _pattern(tag_pattern: str) -> str:
+    """A tag pattern as a regular expression: each ``<field>`` is one or more characters, the rest literal."""
+    return "".join(".+" if part.startswith("<") else re.escape(part) for part in re.split(r"(<[^>]+>)", tag_pattern))
+
+
+LAYOUTS: dict[type, Layout] = {}
+"""Every record type that can be written, with its layout (see :class:`Layout`)."""
+
+
+def _layout(*records: type, tags: tuple[str, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def register(write: Callable[..., None]) -> Callable[..., None]:
+        for record in records:
+            LAYOUTS[record] = Layout(record=record, tags=tags, write=write)
+        return write
+
+    return register
+
+
+def layout_for(record: object) -> Layout:
+    """The layout of ``record``'s type (or of its nearest registered base class).
+
+    Raises:
+        ArgumentTypeError: nothing in :data:`LAYOUTS` writes this type.
+    """
+    for cls in type(record).__mro__:
+        if cls in LAYOUTS:
+            return LAYOUTS[cls]
+    known = ", ".join(sorted(t.__name__ for t in LAYOUTS))
+    raise ArgumentTypeError(f"record is a {type(record).__name__}, which has no TensorBoard layout: give one of "
+                            f"{known}", parameter="record")
+
+
+def write_records(writer: RunWriter, records: Iterable[object], step: int = 0, **options: Any) -> None:
+    """Write each record through its layout, then flush once. ``options`` go to each layout (e.g. ``fps``)."""
+    for record in records:
+        layout_for(record).write(writer, record, step, **options)
+    writer.flush()
+
+
+def write_record(writer: RunWriter, record: object, step: int = 0, **options: Any) -> None:
+    """Write one record through its layout and flush."""
+    write_records(writer, (record,), step, **options)
+
+
+def tag_part(name: str) -> str:
+    """A name made safe for one tag segment (no slash, no spaces)."""
+    return "_".join(str(name).replace("/", " ").split()) or "-"
+
+
+# -- the run and the model ------------------------------------------------------------------
+
+
+@_layout(RunInfo, tags=("run/info",))
+def _run_info(writer: RunWriter, info: RunInfo, step: int = 0) -> None:
+    """The run's key/value card, warnings first in bold (TEXT)."""
+    writer.text("run/info", info.to_markdown(), step)
+
+
+@_layout(InputImage, tags=("input/<image>",))
+def _input_image(writer: RunWriter, record: InputImage, step: int = 0) -> None:
+    """The input as the model saw it (IMAGES)."""
+    writer.image(f"input/{record.name}", record.image, step)
+
+
+@_layout(StructureSummary, tags=("structure/summary",))
+def _structure(writer: RunWriter, summary: StructureSummary, step: int = 0) -> None:
+    """The layer table (TEXT)."""
+    writer.text("structure/summary", summary.to_markdown(), step)
+
+
+@_layout(KernelGrid, tags=("kernels/<layer>",))
+def _kernels(writer: RunWriter, grid: KernelGrid, step: int = 0) -> None:
+    """One conv layer's weights as tiles (IMAGES)."""
+    writer.image(f"kernels/{grid.layer}", grid.image, step)
+
+
+@_layout(FeatureMap, tags=("features/<layer>/<image>",))
+def _feature_map(writer: RunWriter, fmap: FeatureMap, step: int = 0) -> None:
+    """The top channels of one layer for one input (IMAGES)."""
+    writer.image(f"features/{fmap.layer}/{fmap.image_name}", fmap.image, step)
+
+
+@_layout(FeatureStats, tags=("features/stats/<image>",))
+def _feature_stats(writer: RunWriter, stats: FeatureStats, step: int = 0) -> None:
+    """Per layer: shape, mean, std, fraction of zeros, for one input (TEXT)."""
+    writer.text(f"features/stats/{stats.image_name}", stats.to_markdown(), step)
+
+
+@_layout(ParameterSummary, tags=("parameters/<name>", "gradients/<name>"))
+def _parameters(writer: RunWriter, summary: ParameterSummary, step: int = 0) -> None:
+    """One histogram per parameter tensor, and per gradient where one exists (HISTOGRAMS)."""
+    for tensor in summary.tensors:
+        writer.histogram(f"parameters/{tensor.name}", tensor.histogram, step)
+        if tensor.grad is not None:
+            writer.histogram(f"gradients/{tensor.name}", tensor.grad, step)
+
+
+# -- predictions and explanations ----------------------------------------------------------------
+
+
+@_layout(Predictions, tags=("predictions/<image>",))
+def _predictions(writer: RunWriter, preds: Predictions, step: int = 0) -> None:
+    """The top-k table (TEXT)."""
+    writer.text(f"predictions/{preds.image_name}", preds.to_markdown(), step)
+
+
+@_layout(CamResult, DetectionCamResult, SegmentationCamResult, tags=("cam/<method>/<image>",))
+def _cam(writer: RunWriter, result: CamResult | DetectionCamResult | SegmentationCamResult, step: int = 0) -> None:
+    """The labelled panel of every explained class, box or mask class (IMAGES)."""
+    writer.image(f"cam/{result.method}/{result.image_name}", result.image, step)
+
+
+@_layout(CamComparison, tags=("cam/compare/<image>",))
+def _cam_comparison(writer: RunWriter, comparison: CamComparison, step: int = 0) -> None:
+    """The photo and every method's overlay, side by side (IMAGES)."""
+    writer.image(f"cam/compare/{comparison.image_name}", comparison.image, step)
+
+
+@_layout(SaliencyResult, tags=("saliency/<method>/<image>",))
+def _saliency(writer: RunWriter, result: SaliencyResult, step: int = 0) -> None:
+    """The labelled panel of every class (IMAGES)."""
+    writer.image(f"saliency/{result.method}/{result.image_name}", result.image, step)
+
+
+@_layout(FilterGrid, tags=("filters/<layer>",))
+def _filters(writer: RunWriter, grid: FilterGrid, step: int = 0) -> None:
+    """The synthesised inputs of one layer, labelled with their filter index (IMAGES)."""
+    writer.image(f"filters/{grid.layer}", grid.image, step)
+
+
+@_layout(EmbeddingSet, tags=("embeddings/<layer>",))
+def _embedding(writer: RunWriter, embedding: EmbeddingSet, step: int = 0, tag: str | None = None) -> None:
+    """The features with thumbnails and metadata (PROJECTOR); ``tag`` replaces the default."""
+    writer.projector(tag or f"embeddings/{embedding.layer.split()[0]}", embedding.features, embedding.metadata(),
+                     embedding.METADATA_HEADER, embedding.thumbnails)
+
+
+@_layout(CamQuality, tags=("quality/<method>/keep<percent>", "quality/<method>/remove<percent>",
+                           "quality/<method>/score", "quality/summary"))
+def _quality(writer: RunWriter, quality: CamQuality, step: int = 0) -> None:
+    """Per CAM method, averaged over images and classes: keep / remove / score (SCALARS), and the table (TEXT)."""
+    percent = f"{quality.percent:g}"
+    for row in quality.by_method():
+        writer.scalar(f"quality/{row.method}/keep{percent}", row.keep, step)
+        writer.scalar(f"quality/{row.method}/remove{percent}", row.remove, step)
+        writer.scalar(f"quality/{row.method}/score", row.score, step)
+    writer.text("quality/summary", quality.to_markdown(), step)
+
+
+# -- the other tasks -------------------------------------------------------------------------
+
+
+@_layout(Detections, tags=("detections/<image>", "detections/<image>/table"))
+def _detections(writer: RunWriter, detections: Detections, step: int = 0) -> None:
+    """The boxes drawn (IMAGES), and the table (TEXT)."""
+    writer.image(f"detections/{detections.image_name}", detections.image, step)
+    writer.text(f"detections/{detections.image_name}/table", detections.to_markdown(), step)
+
+
+@_layout(Segmentation, tags=("segmentation/<image>", "segmentation/<image>/table"))
+def _segmentation(writer: RunWriter, result: Segmentation, step: int = 0) -> None:
+    """The mask over the photo with its legend (IMAGES), and the class shares (TEXT)."""
+    writer.image(f"segmentation/{result.image_name}", result.image, step)
+    writer.text(f"segmentation/{result.image_name}/table", result.to_markdown(), step)
+
+
+@_layout(FlowResult, tags=("flow/<pair>", "flow/<pair>/table"))
+def _flow(writer: RunWriter, result: FlowResult, step: int = 0) -> None:
+    """Both frames and the flow image (IMAGES), and the magnitudes (TEXT)."""
+    writer.image(f"flow/{result.pair_name}", result.image, step)
+    writer.text(f"flow/{result.pair_name}/table", result.to_markdown(), step)
+
+
+@_layout(ClipCamResult, tags=("cam/<method>/<clip>", "cam/<method>/<clip>/video"))
+def _clip_cam(writer: RunWriter, result: ClipCamResult, step: int = 0, fps: int = 4) -> None:
+    """The strip of frames with their heatmaps (IMAGES), and the top class's overlay as an animated GIF where
+    the writer can encode video."""
+    writer.image(f"cam/{result.method}/{result.clip_name}", result.image, step)
+    writer.video(f"cam/{result.method}/{result.clip_name}/video", result.overlays[0], fps, step)
+
+
+# -- the dataset audit --------------------------------------------------------------------------
+
+
+@_layout(MeanCam, tags=("audit/mean_cam/<class>",))
+def _mean_cam(writer: RunWriter, mean_cam: MeanCam, step: int = 0) -> None:
+    """A class's mean image and each method's mean map (IMAGES)."""
+    writer.image(f"audit/mean_cam/{tag_part(mean_cam.class_name)}", mean_cam.image, step)
+
+
+@_layout(Gallery, tags=("audit/<gallery>",))
+def _gallery(writer: RunWriter, gallery: Gallery, step: int = 0) -> None:
+    """A gallery's grid (IMAGES), e.g. ``audit/worst_confident_wrong``."""
+    writer.image(f"audit/{gallery.name}", gallery.image, step)
+
+
+@_layout(SanityCheck, tags=("audit/sanity", "audit/sanity/<method>"))
+def _sanity(writer: RunWriter, sanity: SanityCheck, step: int = 0) -> None:
+    """The randomisation check's table (TEXT), and each method's correlation after the last step (SCALARS)."""
+    writer.text("audit/sanity", sanity.to_markdown(), step)
+    for method, row in zip(sanity.methods, sanity.correlations):
+        writer.scalar(f"audit/sanity/{method}", float(row[-1]), step)
+
+
+@_layout(AuditSample, tags=("audit/projector",))
+def _audit_sample(writer: RunWriter, sample: AuditSample, step: int = 0) -> None:
+    """The sample's features, thumbnails and label / predicted / correct (PROJECTOR)."""
+    writer.projector("audit/projector", sample.features, sample.metadata(), sample.METADATA_HEADER,
+                     sample.thumbnails)
+
+
+@_layout(AuditResult, tags=("audit/accuracy/top1", "audit/accuracy/top5", "audit/pointing/<method>",
+                            "audit/pointing/centre_baseline", "audit/energy_in_box/<method>", "audit/protocol",
+                            "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/pr/<class>",
+                            "audit/galleries", "hparams") + tuple(
+                               p for t in (MeanCam, Gallery, SanityCheck, AuditSample) for p in LAYOUTS[t].tags))
+def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
+    """Everything an audit found, under ``audit/`` (see the README's tag table), and its settings with the
+    headline figures in HPARAMS."""
+    headline = {tag: value for tag, value in result.headline().items() if np.isfinite(value)}
+    for tag, value in headline.items():
+        writer.scalar(tag, value, step)
+    writer.text("audit/protocol", result.protocol, step)
+    if result.classes:
+        writer.text("audit/per_class", result.per_class_markdown(), step)
+    if result.skipped:
+        writer.text("audit/skipped", result.skipped_markdown(), step)
+    if len(result.confusion_classes) > 0 and result.labelled:
+        writer.image("audit/confusion_matrix", _confusion_figure(result), step)
+    for row, c in enumerate(result.pr_classes):
+        writer.pr_curve(f"audit/pr/{tag_part(result.class_name(c))}",
+                        *_pr_counts(result.pr_positive[row], result.pr_negative[row]), step=step)
+    for part in (*result.mean_cams, *result.galleries):
+        layout_for(part).write(writer, part, step)
+    if result.galleries:
+        writer.text("audit/galleries", result.galleries_markdown(), step)
+    if result.sanity is not None:
+        layout_for(result.sanity).write(writer, result.sanity, step)
+    if result.sample is not None and len(result.sample):
+        layout_for(result.sample).write(writer, result.sample, step)
+    writer.hparams(result.settings, headline)
+
+
+def _pr_counts(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tp, fp, tn, fn, precision, recall) from score histograms: threshold i is ``i / bins``."""
+    tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)  # images of the class scoring >= threshold
+    fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
+    fn = positive.sum() - tp
+    tn = negative.sum() - fp
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / np.maximum(tp + fn, 1)
+    return tp, fp, tn, fn, precision, recall
+
+
+def _confusion_figure(result: AuditResult) -> np.ndarray:
+    """The confusion matrix (rows: true class, columns: predicted; row-normalised colours) as an RGB image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = result.confusion
+    names = [result.class_name(c) for c in result.confusion_classes]
+    k = len(names)
+    rows = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, np.maximum(rows, 1))
+    side = min(14.0, max(4.0, 0.35 * k + 2))
+    figure = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 40:
+        axes.set_xticks(range(k), names, rotation=90, fontsize=8)
+        axes.set_yticks(range(k), names, fontsize=8)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if counts[i, j]:
+                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                                  color="white" if shares[i, j] > 0.5 else "black")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {result.top1:.1%}", fontsize=10)
+    figure.tight_layout()
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
