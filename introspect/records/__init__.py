@@ -4,7 +4,7 @@ One module per domain, every name re-exported here (``from introspect.records im
 
 - :mod:`~introspect.records.base`: the image mixin, PNG, the one Markdown / HTML table helper;
 - :mod:`~introspect.records.run`: the run's info card and its inputs as the model saw them;
-- :mod:`~introspect.records.model`: layer table, kernels, feature maps, parameters and histograms;
+- :mod:`~introspect.records.model`: layer table, kernels, feature maps, parameters and histograms, training stats;
 - :mod:`~introspect.records.explain`: CAM, saliency, filters, comparisons, quality, pointing, embeddings;
 - :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow, clip CAMs;
 - :mod:`~introspect.records.audit`: the dataset audit.
@@ -15,7 +15,7 @@ pictures out.
 
 from __future__ import annotations
 
-from .audit import AuditResult, AuditSample, ClassAudit, Gallery, GalleryItem, MeanCam, SanityCheck
+from .audit import AuditResult, AuditSample, ClassAudit, Gallery, GalleryItem, MeanCam, PrCurve, SanityCheck
 from .base import ImageRecord, heatmap_peak, html_table, markdown_cell, markdown_table, png_bytes
 from .explain import (
     CamComparison,
@@ -34,10 +34,12 @@ from .model import (
     FeatureStats,
     Histogram,
     KernelGrid,
+    LayerActivity,
     LayerRow,
     ParameterSummary,
     ParameterTensor,
     StructureSummary,
+    TrainingStats,
 )
 from .run import InputImage, RunInfo
 from .tasks import (
@@ -73,6 +75,8 @@ __all__ = [
     "Histogram",
     "ParameterTensor",
     "ParameterSummary",
+    "LayerActivity",
+    "TrainingStats",
     # explain
     "CamMap",
     "CamResult",
@@ -102,5 +106,6 @@ __all__ = [
     "MeanCam",
     "AuditSample",
     "SanityCheck",
+    "PrCurve",
     "AuditResult",
 ]

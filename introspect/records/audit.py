@@ -18,6 +18,7 @@ __all__ = [
     "MeanCam",
     "AuditSample",
     "SanityCheck",
+    "PrCurve",
     "AuditResult",
 ]
 
@@ -139,6 +140,20 @@ class SanityCheck:
 
 
 @dataclass(frozen=True)
+class PrCurve:
+    """One class's precision-recall curve: the counts at each score threshold ``i / bins``, ``i = 0 .. bins-1``."""
+
+    class_index: int
+    class_name: str
+    tp: np.ndarray  # float64 (bins,): images of the class scoring at least the threshold
+    fp: np.ndarray  # ... other labelled images scoring at least the threshold
+    tn: np.ndarray
+    fn: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+@dataclass(frozen=True)
 class AuditResult:
     """What a dataset audit found: accuracy, pointing, per-class figures, and bounded pictures."""
 
@@ -161,6 +176,8 @@ class AuditResult:
     pr_classes: tuple[int, ...]
     pr_positive: np.ndarray  # int64 (P, bins): histogram of p(class) over that class's images
     pr_negative: np.ndarray  # int64 (P, bins): ... over the other labelled images
+    pr_curves: tuple[PrCurve, ...]  # one per pr_classes entry
+    confusion_image: np.ndarray | None  # uint8: the confusion matrix drawn (None without labelled images)
     mean_cams: tuple[MeanCam, ...]
     galleries: tuple[Gallery, ...]
     sample: AuditSample | None
@@ -178,11 +195,6 @@ class AuditResult:
             out["audit/pointing/centre_baseline"] = self.centre_baseline
             out.update({f"audit/energy_in_box/{m}": v for m, v in self.energy.items()})
         return out
-
-    def class_name(self, index: int) -> str:
-        """The name of class ``index`` (``class <index>`` where the dataset names none)."""
-        names = self.category_names
-        return names[index] if 0 <= index < len(names) else f"class {index}"
 
     def skipped_markdown(self) -> str:
         """How many files could not be decoded, and the first of them."""

@@ -1,4 +1,5 @@
-"""Records of the model itself: its layer table, its kernels, its activations, its parameters and their histograms."""
+"""Records of the model itself: its layer table, its kernels, its activations, its parameters and their histograms,
+and what watching it train measured at one step."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ __all__ = [
     "Histogram",
     "ParameterTensor",
     "ParameterSummary",
+    "LayerActivity",
+    "TrainingStats",
 ]
 
 
@@ -184,3 +187,33 @@ class FeatureStats:
 
     def _repr_html_(self) -> str:
         return html_table(self._HEADER, self._rows())
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    """Statistics of one layer's output on one training forward (:func:`introspect.watch`)."""
+
+    layer: str
+    mean: float
+    std: float
+    zero_fraction: float
+
+
+@dataclass(frozen=True)
+class TrainingStats:
+    """What :func:`introspect.watch` measured at one logging step; a part not measured is empty or None.
+
+    Norms and ratios are L2: ``grad_norm`` over every gradient, ``update_ratio`` is
+    ``||w_s - w_{s-1}|| / ||w_s||`` over every weight; ``*_norms`` / ``*_ratios`` hold the same per parameter.
+    """
+
+    weights: tuple[tuple[str, Histogram], ...] = ()
+    gradients: tuple[tuple[str, Histogram], ...] = ()
+    grad_norm: float | None = None
+    grad_norms: tuple[tuple[str, float], ...] = ()
+    update_ratio: float | None = None
+    update_ratios: tuple[tuple[str, float], ...] = ()
+    lr: float | None = None
+    activations: tuple[LayerActivity, ...] = ()
+    probe_images: tuple[np.ndarray, ...] = ()  # uint8 (H, W, 3): the CAM of each probe image, labelled
+    probe_probability: float | None = None  # mean probability of the probe images' true classes

@@ -42,12 +42,14 @@ from ..records import (
     MeanCam,
     ParameterSummary,
     Predictions,
+    PrCurve,
     RunInfo,
     SaliencyResult,
     SanityCheck,
     Segmentation,
     SegmentationCamResult,
     StructureSummary,
+    TrainingStats,
 )
 from .writer import RunWriter
 
@@ -175,6 +177,36 @@ def _parameters(writer: RunWriter, summary: ParameterSummary, step: int = 0) -> 
             writer.histogram(f"gradients/{tensor.name}", tensor.grad, step)
 
 
+@_layout(TrainingStats, tags=("weights/<param>", "gradients/<param>", "train/grad_norm", "train/grad_norm/<param>",
+                             "train/update_ratio", "train/update_ratio/<param>", "train/lr",
+                             "activations/<layer>/mean", "activations/<layer>/std", "activations/<layer>/zero_fraction",
+                             "cam/probe/<i>", "train/probe_true_class_probability"))
+def _training(writer: RunWriter, stats: TrainingStats, step: int = 0) -> None:
+    """One logging step of a training run: histograms, norms, ratios, learning rate, activations, probe CAMs."""
+    for name, histogram in stats.weights:
+        writer.histogram(f"weights/{name}", histogram, step)
+    for name, histogram in stats.gradients:
+        writer.histogram(f"gradients/{name}", histogram, step)
+    if stats.grad_norm is not None:
+        writer.scalar("train/grad_norm", stats.grad_norm, step)
+    for name, value in stats.grad_norms:
+        writer.scalar(f"train/grad_norm/{name}", value, step)
+    if stats.update_ratio is not None:
+        writer.scalar("train/update_ratio", stats.update_ratio, step)
+    for name, value in stats.update_ratios:
+        writer.scalar(f"train/update_ratio/{name}", value, step)
+    if stats.lr is not None:
+        writer.scalar("train/lr", stats.lr, step)
+    for activity in stats.activations:
+        writer.scalar(f"activations/{activity.layer}/mean", activity.mean, step)
+        writer.scalar(f"activations/{activity.layer}/std", activity.std, step)
+        writer.scalar(f"activations/{activity.layer}/zero_fraction", activity.zero_fraction, step)
+    for i, image in enumerate(stats.probe_images):
+        writer.image(f"cam/probe/{i}", image, step)
+    if stats.probe_probability is not None:
+        writer.scalar("train/probe_true_class_probability", stats.probe_probability, step)
+
+
 # -- predictions and explanations ----------------------------------------------------------------
 
 
@@ -262,6 +294,13 @@ def _clip_cam(writer: RunWriter, result: ClipCamResult, step: int = 0, fps: int 
 # -- the dataset audit --------------------------------------------------------------------------
 
 
+@_layout(PrCurve, tags=("audit/pr/<class>",))
+def _pr_curve(writer: RunWriter, curve: PrCurve, step: int = 0) -> None:
+    """One class's precision-recall curve (PR CURVES)."""
+    writer.pr_curve(f"audit/pr/{tag_part(curve.class_name)}", curve.tp, curve.fp, curve.tn, curve.fn,
+                    curve.precision, curve.recall, step)
+
+
 @_layout(MeanCam, tags=("audit/mean_cam/<class>",))
 def _mean_cam(writer: RunWriter, mean_cam: MeanCam, step: int = 0) -> None:
     """A class's mean image and each method's mean map (IMAGES)."""
@@ -291,9 +330,9 @@ def _audit_sample(writer: RunWriter, sample: AuditSample, step: int = 0) -> None
 
 @_layout(AuditResult, tags=("audit/accuracy/top1", "audit/accuracy/top5", "audit/pointing/<method>",
                             "audit/pointing/centre_baseline", "audit/energy_in_box/<method>", "audit/protocol",
-                            "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/pr/<class>",
-                            "audit/galleries", "hparams") + tuple(
-                               p for t in (MeanCam, Gallery, SanityCheck, AuditSample) for p in LAYOUTS[t].tags))
+                            "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/galleries",
+                            "hparams", *(p for t in (PrCurve, MeanCam, Gallery, SanityCheck, AuditSample)
+                                         for p in LAYOUTS[t].tags)))
 def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
     """Everything an audit found, under ``audit/`` (see the README's tag table), and its settings with the
     headline figures in HPARAMS."""
@@ -305,12 +344,9 @@ def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
         writer.text("audit/per_class", result.per_class_markdown(), step)
     if result.skipped:
         writer.text("audit/skipped", result.skipped_markdown(), step)
-    if len(result.confusion_classes) > 0 and result.labelled:
-        writer.image("audit/confusion_matrix", _confusion_figure(result), step)
-    for row, c in enumerate(result.pr_classes):
-        writer.pr_curve(f"audit/pr/{tag_part(result.class_name(c))}",
-                        *_pr_counts(result.pr_positive[row], result.pr_negative[row]), step=step)
-    for part in (*result.mean_cams, *result.galleries):
+    if result.confusion_image is not None:
+        writer.image("audit/confusion_matrix", result.confusion_image, step)
+    for part in (*result.pr_curves, *result.mean_cams, *result.galleries):
         layout_for(part).write(writer, part, step)
     if result.galleries:
         writer.text("audit/galleries", result.galleries_markdown(), step)
@@ -319,47 +355,3 @@ def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
     if result.sample is not None and len(result.sample):
         layout_for(result.sample).write(writer, result.sample, step)
     writer.hparams(result.settings, headline)
-
-
-def _pr_counts(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(tp, fp, tn, fn, precision, recall) from score histograms: threshold i is ``i / bins``."""
-    tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)  # images of the class scoring >= threshold
-    fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
-    fn = positive.sum() - tp
-    tn = negative.sum() - fp
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / np.maximum(tp + fn, 1)
-    return tp, fp, tn, fn, precision, recall
-
-
-def _confusion_figure(result: AuditResult) -> np.ndarray:
-    """The confusion matrix (rows: true class, columns: predicted; row-normalised colours) as an RGB image."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = result.confusion
-    names = [result.class_name(c) for c in result.confusion_classes]
-    k = len(names)
-    rows = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, np.maximum(rows, 1))
-    side = min(14.0, max(4.0, 0.35 * k + 2))
-    figure = Figure(figsize=(side, side), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    if k <= 40:
-        axes.set_xticks(range(k), names, rotation=90, fontsize=8)
-        axes.set_yticks(range(k), names, fontsize=8)
-        if k <= 20:
-            for i in range(k):
-                for j in range(k):
-                    if counts[i, j]:
-                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                                  color="white" if shares[i, j] > 0.5 else "black")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {result.top1:.1%}", fontsize=10)
-    figure.tight_layout()
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
