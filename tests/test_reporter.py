@@ -271,6 +271,31 @@ def test_record_writes_any_record_through_its_layout(tmp_path: Path) -> None:
     assert caught.value.parameter == "record"
 
 
+def test_a_new_record_type_is_one_layout(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from introspect.tensorboard import register_layout
+
+    @dataclass(frozen=True)
+    class LogitNorms:
+        names: tuple[str, ...]
+        norms: tuple[float, ...]
+
+    @register_layout(LogitNorms, tags=("logits/norm/<image>",))
+    def _logit_norms(writer, record, step=0):
+        """One scalar per image (SCALARS)."""
+        for name, value in zip(record.names, record.norms):
+            writer.scalar(f"logits/norm/{name}", value, step)
+
+    try:
+        with Reporter(tmp_path) as rep:
+            rep.record(LogitNorms(("a", "b"), (1.0, 2.0)), step=3)
+        assert rep.tags == {"logits": 2} and LAYOUTS[LogitNorms].summary == "One scalar per image (SCALARS)."
+        assert load(tmp_path).Scalars("logits/norm/b")[0].value == 2.0
+    finally:
+        del LAYOUTS[LogitNorms]
+
+
 def test_every_layout_describes_its_tags() -> None:
     for record_type, layout in LAYOUTS.items():
         assert layout.record is record_type and layout.tags and layout.summary, record_type

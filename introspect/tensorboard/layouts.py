@@ -53,7 +53,7 @@ from ..records import (
 )
 from .writer import RunWriter
 
-__all__ = ["Layout", "LAYOUTS", "layout_for", "write_record", "write_records", "tag_part"]
+__all__ = ["Layout", "LAYOUTS", "register_layout", "layout_for", "write_record", "write_records", "tag_part"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,19 @@ LAYOUTS: dict[type, Layout] = {}
 """Every record type that can be written, with its layout (see :class:`Layout`)."""
 
 
-def _layout(*records: type, tags: tuple[str, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def register_layout(*records: type, tags: tuple[str, ...]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator: ``write(writer, record, step=0, **options)`` is the layout of ``records`` (one or more types).
+
+    ``write`` maps a ready record onto the writer's primitives and does not flush; ``tags`` are the
+    patterns it writes (``<field>`` for a part taken from the record). A type registered again is
+    replaced. Example::
+
+        @register_layout(LogitNorms, tags=("logits/norm/<image>",))
+        def _logit_norms(writer, record, step=0):  # its docstring's first line is Layout.summary
+            for name, value in zip(record.names, record.norms):
+                writer.scalar(f"logits/norm/{name}", value, step)
+    """
+
     def register(write: Callable[..., None]) -> Callable[..., None]:
         for record in records:
             LAYOUTS[record] = Layout(record=record, tags=tags, write=write)
@@ -132,43 +144,43 @@ def tag_part(name: str) -> str:
 # -- the run and the model ------------------------------------------------------------------
 
 
-@_layout(RunInfo, tags=("run/info",))
+@register_layout(RunInfo, tags=("run/info",))
 def _run_info(writer: RunWriter, info: RunInfo, step: int = 0) -> None:
     """The run's key/value card, warnings first in bold (TEXT)."""
     writer.text("run/info", info.to_markdown(), step)
 
 
-@_layout(InputImage, tags=("input/<image>",))
+@register_layout(InputImage, tags=("input/<image>",))
 def _input_image(writer: RunWriter, record: InputImage, step: int = 0) -> None:
     """The input as the model saw it (IMAGES)."""
     writer.image(f"input/{record.name}", record.image, step)
 
 
-@_layout(StructureSummary, tags=("structure/summary",))
+@register_layout(StructureSummary, tags=("structure/summary",))
 def _structure(writer: RunWriter, summary: StructureSummary, step: int = 0) -> None:
     """The layer table (TEXT)."""
     writer.text("structure/summary", summary.to_markdown(), step)
 
 
-@_layout(KernelGrid, tags=("kernels/<layer>",))
+@register_layout(KernelGrid, tags=("kernels/<layer>",))
 def _kernels(writer: RunWriter, grid: KernelGrid, step: int = 0) -> None:
     """One conv layer's weights as tiles (IMAGES)."""
     writer.image(f"kernels/{grid.layer}", grid.image, step)
 
 
-@_layout(FeatureMap, tags=("features/<layer>/<image>",))
+@register_layout(FeatureMap, tags=("features/<layer>/<image>",))
 def _feature_map(writer: RunWriter, fmap: FeatureMap, step: int = 0) -> None:
     """The top channels of one layer for one input (IMAGES)."""
     writer.image(f"features/{fmap.layer}/{fmap.image_name}", fmap.image, step)
 
 
-@_layout(FeatureStats, tags=("features/stats/<image>",))
+@register_layout(FeatureStats, tags=("features/stats/<image>",))
 def _feature_stats(writer: RunWriter, stats: FeatureStats, step: int = 0) -> None:
     """Per layer: shape, mean, std, fraction of zeros, for one input (TEXT)."""
     writer.text(f"features/stats/{stats.image_name}", stats.to_markdown(), step)
 
 
-@_layout(ParameterSummary, tags=("parameters/<name>", "gradients/<name>"))
+@register_layout(ParameterSummary, tags=("parameters/<name>", "gradients/<name>"))
 def _parameters(writer: RunWriter, summary: ParameterSummary, step: int = 0) -> None:
     """One histogram per parameter tensor, and per gradient where one exists (HISTOGRAMS)."""
     for tensor in summary.tensors:
@@ -177,10 +189,10 @@ def _parameters(writer: RunWriter, summary: ParameterSummary, step: int = 0) -> 
             writer.histogram(f"gradients/{tensor.name}", tensor.grad, step)
 
 
-@_layout(TrainingStats, tags=("weights/<param>", "gradients/<param>", "train/grad_norm", "train/grad_norm/<param>",
-                             "train/update_ratio", "train/update_ratio/<param>", "train/lr",
-                             "activations/<layer>/mean", "activations/<layer>/std", "activations/<layer>/zero_fraction",
-                             "cam/probe/<i>", "train/probe_true_class_probability"))
+@register_layout(TrainingStats, tags=(
+    "weights/<param>", "gradients/<param>", "train/grad_norm", "train/grad_norm/<param>", "train/update_ratio",
+    "train/update_ratio/<param>", "train/lr", "activations/<layer>/mean", "activations/<layer>/std",
+    "activations/<layer>/zero_fraction", "cam/probe/<i>", "train/probe_true_class_probability"))
 def _training(writer: RunWriter, stats: TrainingStats, step: int = 0) -> None:
     """One logging step of a training run: histograms, norms, ratios, learning rate, activations, probe CAMs."""
     for name, histogram in stats.weights:
@@ -210,45 +222,45 @@ def _training(writer: RunWriter, stats: TrainingStats, step: int = 0) -> None:
 # -- predictions and explanations ----------------------------------------------------------------
 
 
-@_layout(Predictions, tags=("predictions/<image>",))
+@register_layout(Predictions, tags=("predictions/<image>",))
 def _predictions(writer: RunWriter, preds: Predictions, step: int = 0) -> None:
     """The top-k table (TEXT)."""
     writer.text(f"predictions/{preds.image_name}", preds.to_markdown(), step)
 
 
-@_layout(CamResult, DetectionCamResult, SegmentationCamResult, tags=("cam/<method>/<image>",))
+@register_layout(CamResult, DetectionCamResult, SegmentationCamResult, tags=("cam/<method>/<image>",))
 def _cam(writer: RunWriter, result: CamResult | DetectionCamResult | SegmentationCamResult, step: int = 0) -> None:
     """The labelled panel of every explained class, box or mask class (IMAGES)."""
     writer.image(f"cam/{result.method}/{result.image_name}", result.image, step)
 
 
-@_layout(CamComparison, tags=("cam/compare/<image>",))
+@register_layout(CamComparison, tags=("cam/compare/<image>",))
 def _cam_comparison(writer: RunWriter, comparison: CamComparison, step: int = 0) -> None:
     """The photo and every method's overlay, side by side (IMAGES)."""
     writer.image(f"cam/compare/{comparison.image_name}", comparison.image, step)
 
 
-@_layout(SaliencyResult, tags=("saliency/<method>/<image>",))
+@register_layout(SaliencyResult, tags=("saliency/<method>/<image>",))
 def _saliency(writer: RunWriter, result: SaliencyResult, step: int = 0) -> None:
     """The labelled panel of every class (IMAGES)."""
     writer.image(f"saliency/{result.method}/{result.image_name}", result.image, step)
 
 
-@_layout(FilterGrid, tags=("filters/<layer>",))
+@register_layout(FilterGrid, tags=("filters/<layer>",))
 def _filters(writer: RunWriter, grid: FilterGrid, step: int = 0) -> None:
     """The synthesised inputs of one layer, labelled with their filter index (IMAGES)."""
     writer.image(f"filters/{grid.layer}", grid.image, step)
 
 
-@_layout(EmbeddingSet, tags=("embeddings/<layer>",))
+@register_layout(EmbeddingSet, tags=("embeddings/<layer>",))
 def _embedding(writer: RunWriter, embedding: EmbeddingSet, step: int = 0, tag: str | None = None) -> None:
     """The features with thumbnails and metadata (PROJECTOR); ``tag`` replaces the default."""
     writer.projector(tag or f"embeddings/{embedding.layer.split()[0]}", embedding.features, embedding.metadata(),
                      embedding.METADATA_HEADER, embedding.thumbnails)
 
 
-@_layout(CamQuality, tags=("quality/<method>/keep<percent>", "quality/<method>/remove<percent>",
-                           "quality/<method>/score", "quality/summary"))
+@register_layout(CamQuality, tags=("quality/<method>/keep<percent>", "quality/<method>/remove<percent>",
+                                    "quality/<method>/score", "quality/summary"))
 def _quality(writer: RunWriter, quality: CamQuality, step: int = 0) -> None:
     """Per CAM method, averaged over images and classes: keep / remove / score (SCALARS), and the table (TEXT)."""
     percent = f"{quality.percent:g}"
@@ -262,28 +274,28 @@ def _quality(writer: RunWriter, quality: CamQuality, step: int = 0) -> None:
 # -- the other tasks -------------------------------------------------------------------------
 
 
-@_layout(Detections, tags=("detections/<image>", "detections/<image>/table"))
+@register_layout(Detections, tags=("detections/<image>", "detections/<image>/table"))
 def _detections(writer: RunWriter, detections: Detections, step: int = 0) -> None:
     """The boxes drawn (IMAGES), and the table (TEXT)."""
     writer.image(f"detections/{detections.image_name}", detections.image, step)
     writer.text(f"detections/{detections.image_name}/table", detections.to_markdown(), step)
 
 
-@_layout(Segmentation, tags=("segmentation/<image>", "segmentation/<image>/table"))
+@register_layout(Segmentation, tags=("segmentation/<image>", "segmentation/<image>/table"))
 def _segmentation(writer: RunWriter, result: Segmentation, step: int = 0) -> None:
     """The mask over the photo with its legend (IMAGES), and the class shares (TEXT)."""
     writer.image(f"segmentation/{result.image_name}", result.image, step)
     writer.text(f"segmentation/{result.image_name}/table", result.to_markdown(), step)
 
 
-@_layout(FlowResult, tags=("flow/<pair>", "flow/<pair>/table"))
+@register_layout(FlowResult, tags=("flow/<pair>", "flow/<pair>/table"))
 def _flow(writer: RunWriter, result: FlowResult, step: int = 0) -> None:
     """Both frames and the flow image (IMAGES), and the magnitudes (TEXT)."""
     writer.image(f"flow/{result.pair_name}", result.image, step)
     writer.text(f"flow/{result.pair_name}/table", result.to_markdown(), step)
 
 
-@_layout(ClipCamResult, tags=("cam/<method>/<clip>", "cam/<method>/<clip>/video"))
+@register_layout(ClipCamResult, tags=("cam/<method>/<clip>", "cam/<method>/<clip>/video"))
 def _clip_cam(writer: RunWriter, result: ClipCamResult, step: int = 0, fps: int = 4) -> None:
     """The strip of frames with their heatmaps (IMAGES), and the top class's overlay as an animated GIF where
     the writer can encode video."""
@@ -294,26 +306,26 @@ def _clip_cam(writer: RunWriter, result: ClipCamResult, step: int = 0, fps: int 
 # -- the dataset audit --------------------------------------------------------------------------
 
 
-@_layout(PrCurve, tags=("audit/pr/<class>",))
+@register_layout(PrCurve, tags=("audit/pr/<class>",))
 def _pr_curve(writer: RunWriter, curve: PrCurve, step: int = 0) -> None:
     """One class's precision-recall curve (PR CURVES)."""
     writer.pr_curve(f"audit/pr/{tag_part(curve.class_name)}", curve.tp, curve.fp, curve.tn, curve.fn,
                     curve.precision, curve.recall, step)
 
 
-@_layout(MeanCam, tags=("audit/mean_cam/<class>",))
+@register_layout(MeanCam, tags=("audit/mean_cam/<class>",))
 def _mean_cam(writer: RunWriter, mean_cam: MeanCam, step: int = 0) -> None:
     """A class's mean image and each method's mean map (IMAGES)."""
     writer.image(f"audit/mean_cam/{tag_part(mean_cam.class_name)}", mean_cam.image, step)
 
 
-@_layout(Gallery, tags=("audit/<gallery>",))
+@register_layout(Gallery, tags=("audit/<gallery>",))
 def _gallery(writer: RunWriter, gallery: Gallery, step: int = 0) -> None:
     """A gallery's grid (IMAGES), e.g. ``audit/worst_confident_wrong``."""
     writer.image(f"audit/{gallery.name}", gallery.image, step)
 
 
-@_layout(SanityCheck, tags=("audit/sanity", "audit/sanity/<method>"))
+@register_layout(SanityCheck, tags=("audit/sanity", "audit/sanity/<method>"))
 def _sanity(writer: RunWriter, sanity: SanityCheck, step: int = 0) -> None:
     """The randomisation check's table (TEXT), and each method's correlation after the last step (SCALARS)."""
     writer.text("audit/sanity", sanity.to_markdown(), step)
@@ -321,18 +333,18 @@ def _sanity(writer: RunWriter, sanity: SanityCheck, step: int = 0) -> None:
         writer.scalar(f"audit/sanity/{method}", float(row[-1]), step)
 
 
-@_layout(AuditSample, tags=("audit/projector",))
+@register_layout(AuditSample, tags=("audit/projector",))
 def _audit_sample(writer: RunWriter, sample: AuditSample, step: int = 0) -> None:
     """The sample's features, thumbnails and label / predicted / correct (PROJECTOR)."""
     writer.projector("audit/projector", sample.features, sample.metadata(), sample.METADATA_HEADER,
                      sample.thumbnails)
 
 
-@_layout(AuditResult, tags=("audit/accuracy/top1", "audit/accuracy/top5", "audit/pointing/<method>",
-                            "audit/pointing/centre_baseline", "audit/energy_in_box/<method>", "audit/protocol",
-                            "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/galleries",
-                            "hparams", *(p for t in (PrCurve, MeanCam, Gallery, SanityCheck, AuditSample)
-                                         for p in LAYOUTS[t].tags)))
+@register_layout(AuditResult, tags=("audit/accuracy/top1", "audit/accuracy/top5", "audit/pointing/<method>",
+                                     "audit/pointing/centre_baseline", "audit/energy_in_box/<method>", "audit/protocol",
+                                     "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/galleries",
+                                     "hparams", *(p for t in (PrCurve, MeanCam, Gallery, SanityCheck, AuditSample)
+                                                  for p in LAYOUTS[t].tags)))
 def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
     """Everything an audit found, under ``audit/`` (see the README's tag table), and its settings with the
     headline figures in HPARAMS."""
