@@ -36,7 +36,7 @@ class RunContext:
     filters: FilterOptions = field(default_factory=FilterOptions)
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     say: Callable[[str], None] = lambda message: None
-    reporter: Any = None  # introspect.reporter.Reporter, set once the run directory exists
+    reporter: Any = None  # introspect.tensorboard.Reporter, set once the run directory exists
     info: dict[str, object] = field(default_factory=dict)  # extra lines for run/info
     state: dict[str, Any] = field(default_factory=dict)  # per-run state (choices, accumulations)
     capture: list[str] = field(default_factory=list)  # layers the shared forward pass keeps

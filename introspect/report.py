@@ -90,7 +90,7 @@ def report(
         UsageError: a bad model, weights, layer, method, image, target or log dir, before
             anything is written.
     """
-    from .reporter import Reporter, new_run_dir
+    from .tensorboard import Reporter, new_run_dir
 
     started = time.perf_counter()
     say = progress or (lambda message: None)

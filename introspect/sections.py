@@ -236,13 +236,9 @@ def write_cams(ctx: RunContext, results: Sequence) -> None:
 
 
 def write_record(reporter, record) -> None:
-    """Write one prediction record (classes, detections, mask, flow) under its own tags."""
-    from .records import FlowResult, Predictions
-    from .tasks.records import Detections, Segmentation
-
-    writers = {Predictions: reporter.predictions, Detections: reporter.detections,
-               Segmentation: reporter.segmentation, FlowResult: reporter.flow}
-    writers[type(record)](record)
+    """Write one prediction record (classes, detections, mask, flow) under its own tags: its layout in
+    :data:`introspect.tensorboard.LAYOUTS`."""
+    reporter.record(record)
 
 
 def _quality(ctx: RunContext) -> None:

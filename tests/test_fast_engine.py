@@ -28,7 +28,8 @@ from introspect.analyzers.cam import _eigencam, _eigengradcam
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
 from introspect.forward import run_forward
-from introspect.reporter import Reporter, _traced_graph
+from introspect.tensorboard import Reporter
+from introspect.tensorboard.writer import _traced_graph
 
 REPO = Path(__file__).resolve().parents[1]
 

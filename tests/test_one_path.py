@@ -11,9 +11,19 @@ from conftest import load_events, run_cli, text
 import introspect
 from introspect.errors import UsageError
 from introspect.options import DetectionOptions
-from introspect.records import ClipCamResult, FeatureMap, FlowResult, KernelGrid, Predictions, StructureSummary
+from introspect.records import (
+    ClipCamResult,
+    DetectionCamResult,
+    Detections,
+    FeatureMap,
+    FlowResult,
+    KernelGrid,
+    Predictions,
+    Segmentation,
+    SegmentationCamResult,
+    StructureSummary,
+)
 from introspect.sections import SECTIONS, Section, register_section
-from introspect.tasks.records import DetectionCamResult, Detections, Segmentation, SegmentationCamResult
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = str(ROOT / "sample_images" / "cat.png")

@@ -31,7 +31,7 @@ from ..errors import IntrospectWarning, TargetError, UsageError
 from .common import HeadsTask
 from ..hooks import inspecting
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
-from .records import DetectionCamMap, DetectionCamResult, Detections
+from ..records import DetectionCamMap, DetectionCamResult, Detections
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_score_targets", "DetectionPass", "detection_pass",

@@ -31,7 +31,7 @@ from ..analyzers.cam import CAM_METHODS
 from ..errors import IntrospectWarning, TargetError, UsageError
 from .common import HeadsTask
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
-from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
+from ..records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
            "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",

@@ -1,19 +1,19 @@
-"""Frozen records of the detection and segmentation analyzers.
+"""Records of what each task's model says about one input: classes, detections, segmentation, optical flow, and
+the CAMs explained through those predictions (a box, a mask's class, a clip's class).
 
-Same conventions as :mod:`introspect.records`: numbers and arrays, never live modules;
-every image is a ``uint8`` numpy array, height x width x 3 (RGB), in the input image's
-own pixels; records with an image render in Jupyter and convert with ``.to_pil()``.
+Boxes and maps are in the input image's own pixels (the model's own resizing undone).
 """
 
 from __future__ import annotations
 
-import html
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .base import ImageRecord, heatmap_peak, html_table, markdown_table
+
 __all__ = [
+    "Predictions",
     "Detections",
     "DetectionCamMap",
     "DetectionCamResult",
@@ -21,52 +21,44 @@ __all__ = [
     "Segmentation",
     "SegmentationCamMap",
     "SegmentationCamResult",
+    "FlowResult",
+    "ClipCamResult",
 ]
 
 
-class ImageRecordMixin:
-    """A record whose ``image`` field is a uint8 HWC array: ``to_pil()`` and Jupyter rendering."""
+@dataclass(frozen=True)
+class Predictions:
+    """Top-k classes for one input."""
 
-    image: np.ndarray
+    image_name: str
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+    probabilities: tuple[float, ...]
 
-    def to_pil(self):
-        """The record's image as a ``PIL.Image``."""
-        from PIL import Image
+    _HEADER = ["rank", "class", "index", "probability"]
 
-        return Image.fromarray(self.image)
+    def headline(self) -> str:
+        """One line for the console: the input and its top 3 classes."""
+        top = ", ".join(f"{n} {p:.1%}" for n, p in zip(self.names[:3], self.probabilities[:3]))
+        return f"{self.image_name}: {top}"
 
-    def _repr_png_(self) -> bytes:
-        from PIL import Image
+    def _rows(self) -> list[list[object]]:
+        ranked = zip(self.indices, self.names, self.probabilities)
+        return [[rank, name, index, f"{p:.4f}"] for rank, (index, name, p) in enumerate(ranked, start=1)]
 
-        buffer = io.BytesIO()
-        Image.fromarray(self.image).save(buffer, format="PNG")
-        return buffer.getvalue()
+    def to_markdown(self) -> str:
+        """The predictions as a Markdown table."""
+        return markdown_table(self._HEADER, self._rows())
 
-
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table (TensorBoard's TEXT tab renders it)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def html_table(header: list[str], rows: list[list[object]]) -> str:
-    """The same table as HTML (Jupyter)."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    def _repr_html_(self) -> str:
+        return html_table(self._HEADER, self._rows())
 
 
-def _peak(heatmap: np.ndarray) -> tuple[int, int]:
-    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    return int(row), int(col)
-
-
-# --------------------------------------------------------------------------- detection
+# -- detection --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Detections(ImageRecordMixin):
+class Detections(ImageRecord):
     """What a detector found in one image, best score first, and the image with them drawn.
 
     ``boxes`` are ``(x0, y0, x1, y1)`` in the input image's pixels (the detector's own
@@ -113,7 +105,7 @@ class Detections(ImageRecordMixin):
 
 
 @dataclass(frozen=True)
-class DetectionCamMap(ImageRecordMixin):
+class DetectionCamMap(ImageRecord):
     """The CAM of one detection: its heatmap over the input image and the overlay with its box."""
 
     method: str
@@ -128,11 +120,11 @@ class DetectionCamMap(ImageRecordMixin):
     @property
     def peak(self) -> tuple[int, int]:
         """(row, column) of the heatmap's maximum."""
-        return _peak(self.heatmap)
+        return heatmap_peak(self.heatmap)
 
 
 @dataclass(frozen=True)
-class DetectionCamResult(ImageRecordMixin):
+class DetectionCamResult(ImageRecord):
     """One CAM method over the top-k detections of one image, with a panel labelled by class and score."""
 
     method: str
@@ -145,7 +137,7 @@ class DetectionCamResult(ImageRecordMixin):
     warnings: tuple[str, ...] = field(default=())
 
 
-# ------------------------------------------------------------------------ segmentation
+# -- segmentation -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -160,7 +152,7 @@ class SegmentClass:
 
 
 @dataclass(frozen=True)
-class Segmentation(ImageRecordMixin):
+class Segmentation(ImageRecord):
     """Per-pixel classes of one image, the classes present (largest first), and the overlay with a legend."""
 
     image_name: str
@@ -186,7 +178,7 @@ class Segmentation(ImageRecordMixin):
 
 
 @dataclass(frozen=True)
-class SegmentationCamMap(ImageRecordMixin):
+class SegmentationCamMap(ImageRecord):
     """The CAM of one class of a segmentation (its logit summed over the pixels predicted as it)."""
 
     method: str
@@ -199,11 +191,11 @@ class SegmentationCamMap(ImageRecordMixin):
     @property
     def peak(self) -> tuple[int, int]:
         """(row, column) of the heatmap's maximum."""
-        return _peak(self.heatmap)
+        return heatmap_peak(self.heatmap)
 
 
 @dataclass(frozen=True)
-class SegmentationCamResult(ImageRecordMixin):
+class SegmentationCamResult(ImageRecord):
     """One CAM method over the classes present in one image, with a panel labelled by class and share."""
 
     method: str
@@ -214,3 +206,44 @@ class SegmentationCamResult(ImageRecordMixin):
     maps: tuple[SegmentationCamMap, ...]
     image: np.ndarray
     warnings: tuple[str, ...] = field(default=())
+
+
+# -- optical flow and video ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowResult(ImageRecord):
+    """Optical flow between two frames: the flow field, its colour image and the two frames beside it."""
+
+    pair_name: str
+    flow: np.ndarray  # float32 (2, H, W): (dx, dy) in pixels
+    mean_magnitude: float
+    max_magnitude: float
+    image: np.ndarray  # first frame | second frame | flow_to_image
+
+    def headline(self) -> str:
+        """One line for the console: the pair and its flow magnitudes."""
+        return f"{self.pair_name}: mean flow {self.mean_magnitude:.2f} px, max {self.max_magnitude:.2f} px"
+
+    def to_markdown(self) -> str:
+        """The flow's size and magnitudes as a Markdown table."""
+        h, w = self.flow.shape[1:]
+        return markdown_table(["pair", "size", "mean flow magnitude (px)", "max flow magnitude (px)"],
+                               [[self.pair_name, f"{w}x{h}", f"{self.mean_magnitude:.3f}",
+                                 f"{self.max_magnitude:.3f}"]])
+
+
+@dataclass(frozen=True)
+class ClipCamResult(ImageRecord):
+    """CAMs over time of one clip and method: a (T, H, W) map per class, drawn as a strip of frames."""
+
+    method: str
+    layer: str
+    clip_name: str
+    class_indices: tuple[int, ...]
+    class_names: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    heatmaps: np.ndarray  # float32 (k, T, H, W) in [0, 1], the clip's size
+    overlays: np.ndarray  # uint8 (k, T, H, W, 3): each frame with its heatmap
+    frames_shown: tuple[int, ...]  # the frame indices in the strip
+    image: np.ndarray  # the strip: one row per class, one column per shown frame
