@@ -21,7 +21,7 @@ from torch import nn
 from .errors import LayerError, StateError, UnknownLayerError, UsageError
 from .hooks import first_tensor, inspecting
 from .layers import resolve_layer
-from .models import device_and_dtype
+from .loaded import device_and_dtype
 
 __all__ = ["ForwardPass", "run_forward"]
 

@@ -103,7 +103,7 @@ from .errors import ArgumentError, ArgumentTypeError, StateError
 from .hooks import first_tensor
 from .inputs import InputBatch
 from .layers import LayerChoice, default_feature_layers, pick_cam_layer, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
+from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -506,7 +506,7 @@ class Watch:
     def _probe(self) -> tuple[tuple[np.ndarray, ...], float]:
         """The probe's labelled CAMs, and the mean probability of their true classes."""
         from .analyzers.cam import cams_from_pass
-        from .analyzers.predictions import resolve_target, top_classes
+        from .engine.classes import resolve_target, top_classes
         from .forward import run_forward
         from .drawing import label_image
 

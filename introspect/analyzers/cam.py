@@ -30,9 +30,9 @@ from ..forward import ForwardPass, run_forward
 from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
-from ..models import LoadedModel, unwrap
+from ..loaded import LoadedModel, unwrap
 from ..records import CamMap, CamResult
-from .predictions import class_name, top_classes
+from ..engine.classes import class_name, top_classes
 from ..options import CamOptions
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",

@@ -28,7 +28,8 @@ from ..errors import ArgumentError, IntrospectWarning, OutputError, UnknownMetho
 from ..forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
-from ..models import LoadedModel, load_model, unwrap
+from ..loaded import LoadedModel, unwrap
+from ..models import load_model
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
 from ..tasks import TASKS
 from .aggregate import Aggregates, batch_stats, sample_indices
@@ -140,7 +141,7 @@ def _oserror(path: Path, error: OSError, kept: str) -> OutputError:
 
 
 def _un_normalise(transform) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..models import IMAGENET_MEAN, IMAGENET_STD
+    from ..loaded import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(list(getattr(transform, "mean", IMAGENET_MEAN)), dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(list(getattr(transform, "std", IMAGENET_STD)), dtype=torch.float32).view(1, 3, 1, 1)

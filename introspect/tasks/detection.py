@@ -28,6 +28,7 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS
 from ..errors import IntrospectWarning, TargetError, UsageError
+from .base import InputRecipe
 from .common import HeadsTask
 from ..hooks import inspecting
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
@@ -490,6 +491,22 @@ def detection_cams(
 @dataclass(frozen=True)
 class DetectionTask(HeadsTask):
     """Object detectors: boxes with names and scores, a CAM per top detection (its box score)."""
+
+    def builder_kwargs(self, model_name: str, input_size: int | None, state: Any) -> dict:
+        """Make the detector resize its inputs to ``input_size`` (SSD's size is fixed)."""
+        if input_size is None or model_name.startswith("ssd"):
+            return {}
+        return {"min_size": input_size, "max_size": max(input_size, round(input_size * 1333 / 800))}
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        from ..loaded import imagenet_transform
+
+        rcnn_transform = getattr(net, "transform", None)
+        size = input_size or (int(rcnn_transform.min_size[0]) if rcnn_transform is not None else 512)
+        classes = len(weights.meta.get("categories") or ()) if weights is not None else 0
+        # Detectors normalise inside the model: they take [0, 1] pixels.
+        return InputRecipe(size, imagenet_transform(size, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), None,
+                           classes)
 
     def check_cam_options(self, ctx: Any) -> None:
         if ctx.cam.topk < 1:

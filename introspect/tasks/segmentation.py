@@ -29,6 +29,8 @@ from torch import nn
 
 from ..analyzers.cam import CAM_METHODS
 from ..errors import IntrospectWarning, TargetError, UsageError
+from ..loaded import IMAGENET_MEAN, IMAGENET_STD
+from .base import InputRecipe
 from .common import HeadsTask
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
 from ..records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
@@ -37,8 +39,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categori
            "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",
            "segmentation_cam_results", "SegmentationTask"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_CLASSES = 5
 """At most this many classes present are explained per image (largest share first)."""
 
@@ -326,6 +326,19 @@ def segmentation_cams(
 @dataclass(frozen=True)
 class SegmentationTask(HeadsTask):
     """Semantic segmenters: the mask with a legend, a CAM per class present (its logit over its pixels)."""
+
+    def builder_kwargs(self, model_name: str, input_size: int | None, state: Any) -> dict:
+        """Trained weights carry the auxiliary head or not: build the model to match them."""
+        return {"aux_loss": any(key.startswith("aux_classifier.") for key in state)} if state is not None else {}
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        from ..loaded import imagenet_transform
+
+        preset = weights.transforms() if weights is not None else None
+        size = input_size or (int(preset.resize_size[0]) if preset is not None and preset.resize_size else 520)
+        mean, std = (preset.mean, preset.std) if preset is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        classes = len(weights.meta.get("categories") or ()) if weights is not None else 0
+        return InputRecipe(size, imagenet_transform(size, size, mean=mean, std=std), None, classes)
 
     def check_cam_options(self, ctx: Any) -> None:
         if ctx.cam.targets:

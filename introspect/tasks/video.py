@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from ..analyzers.cam import CAM_METHODS, activation_maps, parse_cam_methods
-from ..analyzers.predictions import class_name
+from ..engine.classes import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
 from ..records import ClipCamResult, Predictions
-from .base import Task
+from .base import InputRecipe, Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
 __all__ = ["VideoTask", "VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoLayer", "read_frames", "prepare_clips",
@@ -38,6 +38,10 @@ __all__ = ["VideoTask", "VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoL
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 MIN_FRAME_SIDE = 16  # smaller frames carry no picture once upscaled to the model's size
 MAX_STRIP_FRAMES = 8
+#: Frames per clip for video models (torchvision's video recipes train on 16-frame clips).
+CLIP_LENGTH = 16
+#: Models whose absolute / relative position tables are sized for one frame size.
+FIXED_SIZE = {"mvit_v1_b": 224, "mvit_v2_s": 224}
 
 
 @dataclass(frozen=True)
@@ -316,6 +320,27 @@ def _middle_frames(activation: torch.Tensor, clip_shape: Sequence[int], channels
 class VideoTask(Task):
     """Video classifiers: the top-k classes of each clip and a CAM over its frames."""
 
+    def input_recipe(self, model_name: str, net, weights, input_size: int | None) -> InputRecipe:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms._presets import VideoClassification
+
+        from ..errors import InputSizeError
+
+        preset = weights.transforms()
+        crop = int(preset.crop_size[0])
+        fixed = FIXED_SIZE.get(model_name)
+        if fixed is not None and input_size not in (None, fixed):
+            raise InputSizeError(f"{model_name} takes only {fixed}x{fixed} frames, not {input_size}: "
+                                 f"use input_size={fixed}", parameter="input_size")
+        size = input_size or crop
+        resize = [round(size * s / crop) for s in preset.resize_size]
+        # (T, 3, H, W) uint8 frames -> (3, T, H, W): resize, centre crop, scale, normalise
+        transform = VideoClassification(crop_size=(size, size), resize_size=resize, mean=preset.mean,
+                                        std=preset.std, interpolation=InterpolationMode.BILINEAR)
+        temporal = weights.meta.get("min_temporal_size") or 1
+        return InputRecipe(size, transform, max(CLIP_LENGTH, int(temporal)),
+                           len(weights.meta.get("categories") or ()))
+
     def read_inputs(self, inputs, loaded) -> ClipBatch:
         if isinstance(inputs, ClipBatch):
             return inputs
@@ -341,7 +366,7 @@ class VideoTask(Task):
         return video_cam_layer(loaded.model, self.example_input(loaded), layer).name
 
     def prepare_cams(self, ctx) -> None:
-        from ..analyzers.predictions import resolve_target
+        from ..engine.classes import resolve_target
         from .featurepass import single_pass_methods
 
         methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
