@@ -123,11 +123,12 @@ def _forward(module: nn.Module, batch: TaskImages, indices: list[int], mean: Seq
                         capture=capture)
 
 
-def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
-    class_map = logits.detach().argmax(0).cpu()
+def _segmentation(class_map: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
+    """The record of one image from its (H, W) map of argmax classes."""
+    class_map = class_map.cpu()
     total = int(class_map.numel())
-    indices, counts = torch.unique(class_map, return_counts=True)
-    present = sorted(zip(indices.tolist(), counts.tolist()), key=lambda ic: (-ic[1], ic[0]))
+    counts = torch.bincount(class_map.flatten()).tolist()  # linear time: torch.unique sorts every pixel
+    present = sorted(((i, c) for i, c in enumerate(counts) if c), key=lambda ic: (-ic[1], ic[0]))
     classes = tuple(SegmentClass(index=i, name=_name(categories, i), pixels=int(c), share=c / total, color=_palette(i))
                     for i, c in present)
     array = class_map.numpy().astype(np.int64)
@@ -155,6 +156,7 @@ class SegmentationPass:
     fp: FeaturePass
     batch: TaskImages
     logits: torch.Tensor  # (N, classes, H, W), recorded from the leaves when gradients were asked for
+    class_maps: torch.Tensor  # (N, H, W): the argmax class of each pixel
     segmentations: list[Segmentation]
     gradients: bool
 
@@ -189,8 +191,10 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
         raise UnknownLayerError(f"layer {missing[0]!r} does not run in the segmenter's forward pass (in eval mode): "
                                 "pick another", parameter="layers")
     logits = _logits(fp.output)
-    segs = [_segmentation(logits[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
-    return SegmentationPass(fp=fp, batch=batch, logits=logits, segmentations=segs, gradients=needs_grad)
+    class_maps = logits.detach().argmax(1)  # once: the records and the pixel-class targets share it
+    segs = [_segmentation(class_maps[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
+    return SegmentationPass(fp=fp, batch=batch, logits=logits, class_maps=class_maps, segmentations=segs,
+                            gradients=needs_grad)
 
 
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
@@ -213,7 +217,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
     notes: list[str] = []
     grads = None
     if found.gradients:
-        class_map = logits.detach().argmax(1)
+        class_map = found.class_maps
         rows = []
         for row, classes in enumerate(chosen):
             values = [(logits[row, c.index] * (class_map[row] == c.index).to(logits.dtype)).sum() for c in classes]
