@@ -32,8 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from .context import RunContext
 from .errors import ArgumentError, UsageError
 from .tasks.base import NEEDS

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from .base import ROOTS, Task, stage_children, trunk_root
 
