@@ -128,3 +128,18 @@ def test_options_that_do_not_fit_the_task_fail_in_one_line_before_anything_is_wr
     assert len(lines) == 1 and said in lines[0], err
     assert "Traceback" not in err
     assert not logdir.exists() or not any(logdir.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name,cam_layer,feature", [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "backbone", "backbone.body"),
+    ("lraspp_mobilenet_v3_large", "backbone", "backbone."),
+    ("raft_small", None, "feature_encoder."),
+])
+def test_list_layers_marks_the_cam_layer_of_every_task(name, cam_layer, feature):
+    code, out, err = run_cli([name, "--weights", "none", "--list-layers"])
+    assert code == 0, err
+    marked = [line.split()[0] for line in out.splitlines() if "[cam]" in line]
+    assert marked == ([cam_layer] if cam_layer else [])
+    features = [line.split()[0] for line in out.splitlines() if "[features]" in line]
+    assert len(features) >= 2 and all(f.startswith(feature) for f in features)
