@@ -533,7 +533,7 @@ class Watch:
         finally:
             forward.release()
         images = tuple(label_image(_enlarge(r.maps[0].image, _MIN_PROBE_SIDE),
-                                   f"{r.maps[0].class_name} {r.maps[0].probability:.1%}") for r in results)
+                                   r.maps[0].subject.caption) for r in results)
         return images, float(probs.mean())
 
 

@@ -27,6 +27,7 @@ from introspect.records import (
     Predictions,
     RunInfo,
     StructureSummary,
+    Subject,
 )
 from introspect.tensorboard import LAYOUTS, Reporter, new_run_dir
 
@@ -186,7 +187,7 @@ def test_record_writers_tags_and_counts(run_dir: Path) -> None:
         feature_map("features.3", "dog", 8),
     ]
     preds = Predictions("cat.jpg", (281, 282), ("tabby", "tiger cat"), (0.75, 0.125))
-    cam_map = CamMap("gradcam", 281, "tabby", 0.75, np.zeros((8, 8), np.float32), rgb(8, 8))
+    cam_map = CamMap("gradcam", Subject("class", 281, "tabby", 0.75), np.zeros((8, 8), np.float32), rgb(8, 8))
     cam = CamResult("gradcam", "layer4", "cat.jpg", (cam_map,), rgb(10, 26))
     params = ParameterSummary(
         (
@@ -269,6 +270,37 @@ def test_record_writes_any_record_through_its_layout(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="no TensorBoard layout") as caught:
             rep.record(object())
     assert caught.value.parameter == "record"
+
+
+def test_one_cam_record_for_images_and_clips_and_the_info_line_on_videos(tmp_path: Path, monkeypatch) -> None:
+    photo = CamResult("gradcam", "layer4", "cat", (CamMap("gradcam", Subject("class", 281, "tabby", 0.75),
+                                                         np.zeros((8, 8), np.float32), rgb(8, 8)),), rgb(10, 26))
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    clip_map = CamMap("gradcam", Subject("clip class", 5, "juggling", 0.5), np.zeros((3, 8, 8), np.float32),
+                      rgb(10, 30), frames=frames)
+    clip = CamResult("gradcam", "layer4", "square", (clip_map,), rgb(10, 30))
+    monkeypatch.setattr(Reporter, "can_write_video", staticmethod(lambda: False))
+    with Reporter(new_run_dir(tmp_path, "cams", "m")) as rep:
+        assert rep.cams([photo]) == {}  # no clip: nothing to say about videos
+        said = rep.cams([clip])
+    assert list(said) == ["cam videos"]
+    assert said["cam videos"].startswith("not written") and "moviepy" in said["cam videos"]
+    acc = load(tmp_path / "cams")
+    assert read_image_size(acc, "cam/gradcam/cat") == (26, 10)
+    assert read_image_size(acc, "cam/gradcam/square") == (30, 10)
+    assert LAYOUTS[CamResult].matches("cam/gradcam/square/video") and LAYOUTS[CamResult].matches("cam/gradcam/cat")
+    assert clip_map.peak == (0, 0) and clip_map.probability == 0.5 and clip_map.class_name == "juggling"
+
+
+def test_a_subject_says_what_its_score_is() -> None:
+    assert Subject("class", 281, "tabby", 0.75).caption == "tabby 75.0%"
+    box = Subject("box", 17, "cat", 0.934, box=(1.0, 2.0, 30.0, 40.0), detection=0)
+    assert box.caption == "cat 0.93" and box.score_name == "detection score"
+    assert Subject("mask class", 8, "cat", 0.125).caption == "cat 12.5%"
+    assert Subject("mask class", 8, "cat", 0.125).score_name == "pixel share"
+    assert CamMap("gradcam", box, np.zeros((4, 4), np.float32), rgb(4, 4)).probability is None
+    with pytest.raises(ValueError, match="'pixel' is not a CAM subject"):
+        Subject("pixel", 0, "x", 1.0)
 
 
 def test_a_new_record_type_is_one_layout(tmp_path: Path) -> None:

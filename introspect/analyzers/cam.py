@@ -31,7 +31,7 @@ from ..hooks import inspecting
 from ..inputs import InputBatch, Inputs, prepare_inputs
 from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
 from ..loaded import LoadedModel, unwrap
-from ..records import CamMap, CamResult
+from ..records import CamMap, CamResult, Subject
 from ..engine.classes import class_name, top_classes
 from ..options import CamOptions
 
@@ -459,9 +459,9 @@ def cams_from_pass(
                 heatmap = maps[j, n].astype(np.float32)
                 label = class_name(categories, index)
                 prob = float(probs[n, index])
-                entries.append(CamMap(method=name, class_index=index, class_name=label, probability=prob,
+                entries.append(CamMap(method=name, subject=Subject("class", index, label, prob),
                                       heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
                                      image=panel, warnings=tuple(notes.get(name, ()))))
         for note in notes.get(name, ()):

@@ -5,8 +5,9 @@ One module per domain, every name re-exported here (``from introspect.records im
 - :mod:`~introspect.records.base`: the image mixin, PNG, the one Markdown / HTML table helper;
 - :mod:`~introspect.records.run`: the run's info card and its inputs as the model saw them;
 - :mod:`~introspect.records.model`: layer table, kernels, feature maps, parameters and histograms, training stats;
-- :mod:`~introspect.records.explain`: CAM, saliency, filters, comparisons, quality, pointing, embeddings;
-- :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow, clip CAMs;
+- :mod:`~introspect.records.explain`: CAM (one record for every task), saliency, filters, comparisons, quality,
+  pointing, embeddings;
+- :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow;
 - :mod:`~introspect.records.audit`: the dataset audit.
 
 Records import nothing above them (no analyzer, task or model code): numbers and arrays in, Markdown and
@@ -18,6 +19,7 @@ from __future__ import annotations
 from .audit import AuditResult, AuditSample, ClassAudit, Gallery, GalleryItem, MeanCam, PrCurve, SanityCheck
 from .base import ImageRecord, heatmap_peak, html_table, markdown_cell, markdown_table, png_bytes
 from .explain import (
+    SUBJECT_KINDS,
     CamComparison,
     CamMap,
     CamQuality,
@@ -28,6 +30,7 @@ from .explain import (
     PointingGame,
     SaliencyMap,
     SaliencyResult,
+    Subject,
 )
 from .model import (
     FeatureMap,
@@ -43,14 +46,9 @@ from .model import (
 )
 from .run import InputImage, RunInfo
 from .tasks import (
-    ClipCamResult,
-    DetectionCamMap,
-    DetectionCamResult,
     Detections,
     FlowResult,
     Predictions,
-    SegmentationCamMap,
-    SegmentationCamResult,
     Segmentation,
     SegmentClass,
 )
@@ -78,6 +76,8 @@ __all__ = [
     "LayerActivity",
     "TrainingStats",
     # explain
+    "SUBJECT_KINDS",
+    "Subject",
     "CamMap",
     "CamResult",
     "SaliencyMap",
@@ -91,14 +91,9 @@ __all__ = [
     # tasks
     "Predictions",
     "Detections",
-    "DetectionCamMap",
-    "DetectionCamResult",
     "SegmentClass",
     "Segmentation",
-    "SegmentationCamMap",
-    "SegmentationCamResult",
     "FlowResult",
-    "ClipCamResult",
     # audit
     "ClassAudit",
     "GalleryItem",

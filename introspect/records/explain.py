@@ -1,5 +1,6 @@
-"""Records of the explanations: class activation maps, saliency, synthesised filters, method comparisons, the
-maps' quality (ROAD) and the pointing game, and the embeddings for the projector.
+"""Records of the explanations: class activation maps (one record for every task, a map per subject: a class,
+a box, a mask's class, a clip's class), saliency, synthesised filters, method comparisons, the maps' quality
+(ROAD) and the pointing game, and the embeddings for the projector.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import numpy as np
 from ..errors import ArgumentError
 from ..geometry import points_in_boxes
 from .base import ImageRecord, heatmap_peak, html_table, markdown_table
+from .tasks import Detections, Segmentation
 
 __all__ = [
+    "SUBJECT_KINDS",
+    "Subject",
     "CamMap",
     "CamResult",
     "SaliencyMap",
@@ -28,33 +32,99 @@ __all__ = [
 ]
 
 
+# What each kind of subject's score is, in words (labels, tables).
+SUBJECT_KINDS = {
+    "class": "probability",  # a classifier's class: its softmax probability
+    "box": "detection score",  # a detection: its box score
+    "mask class": "pixel share",  # a class of a segmentation: the share of the image's pixels predicted as it
+    "clip class": "probability",  # a video model's class of the whole clip: its softmax probability
+}
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one map explains: a classifier's class, a detection (box), a segmentation's class, a clip's class.
+
+    ``index`` is the class index (a detection: its label), ``score`` what the model gave it: a
+    probability (``class``, ``clip class``), a detection score (``box``) or the share of the image's
+    pixels predicted as it (``mask class``); :attr:`score_name` says which in words.
+    """
+
+    kind: str  # one of SUBJECT_KINDS: "class", "box", "mask class", "clip class"
+    index: int
+    name: str
+    score: float
+    box: tuple[float, float, float, float] | None = None  # a detection's (x0, y0, x1, y1), the input's pixels
+    detection: int | None = None  # a detection's place in the image's Detections (best score first)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SUBJECT_KINDS:
+            raise ArgumentError(f"kind={self.kind!r} is not a CAM subject: one of {', '.join(SUBJECT_KINDS)}",
+                                parameter="kind")
+
+    @property
+    def score_name(self) -> str:
+        """What :attr:`score` is, in words: "probability", "detection score" or "pixel share"."""
+        return SUBJECT_KINDS[self.kind]
+
+    @property
+    def caption(self) -> str:
+        """The label drawn over its map: the name and score ("tabby 75.0%", a detection "cat 0.93")."""
+        return f"{self.name} {self.score:.2f}" if self.kind == "box" else f"{self.name} {self.score:.1%}"
+
+
 @dataclass(frozen=True)
 class CamMap(ImageRecord):
-    """One class activation map: the normalised heatmap and its overlay on the photo."""
+    """One class activation map of one subject: the normalised heatmap and its overlay on the input.
+
+    An image's map is (H, W) and ``image`` its overlay (a detection's with its box drawn); a clip's map
+    is (T, H, W), ``image`` its strip of shown frames and ``frames`` the overlay of every frame.
+    """
 
     method: str
-    class_index: int
-    class_name: str
-    probability: float
-    heatmap: np.ndarray  # float32 (H, W) in [0, 1], the input's size
-    image: np.ndarray  # uint8 (H, W, 3): heatmap drawn over the photo
+    subject: Subject
+    heatmap: np.ndarray  # float32 in [0, 1], the input's size: (H, W), or (T, H, W) for a clip
+    image: np.ndarray  # uint8 (H, W, 3): the heatmap drawn over the input (a clip: its strip of frames)
+    frames: np.ndarray | None = None  # a clip: uint8 (T, H, W, 3), each frame with its heatmap; None for an image
 
     @property
     def peak(self) -> tuple[int, int]:
-        """(row, column) of the heatmap's maximum."""
-        return heatmap_peak(self.heatmap)
+        """(row, column) of the heatmap's maximum (a clip's: of its maximum over time)."""
+        return heatmap_peak(self.heatmap if self.heatmap.ndim == 2 else self.heatmap.max(axis=0))
+
+    @property
+    def class_index(self) -> int:
+        """The explained class's index (a detection: its label)."""
+        return self.subject.index
+
+    @property
+    def class_name(self) -> str:
+        """The explained class's name."""
+        return self.subject.name
+
+    @property
+    def probability(self) -> float | None:
+        """The class's softmax probability (``class`` and ``clip class`` subjects; None for a box or mask class,
+        whose :attr:`Subject.score` is a detection score or pixel share)."""
+        return self.subject.score if self.subject.score_name == "probability" else None
 
 
 @dataclass(frozen=True)
 class CamResult(ImageRecord):
-    """Every requested class map of one method for one input, and a labelled panel."""
+    """Every map of one method for one input (image or clip), and a panel labelled with each subject's caption.
+
+    The same record for every task: a classifier's maps explain its top classes, a detector's its top
+    detections, a segmenter's the classes present, a video model's the clip's top classes.
+    """
 
     method: str
-    layer: str
-    image_name: str
+    layer: str  # the module whose output was explained
+    image_name: str  # the input's name (a clip's)
     maps: tuple[CamMap, ...]
-    image: np.ndarray  # the labelled panel: one overlay per class, side by side
+    image: np.ndarray  # the panel: one overlay per map side by side (a clip: one strip of frames per map)
     warnings: tuple[str, ...] = field(default=())
+    levels: tuple[str, ...] = field(default=())  # the layer's feature maps averaged (FPN levels), ("",) for one
+    prediction: Detections | Segmentation | None = None  # the task's prediction of this input, where it has one
 
 
 @dataclass(frozen=True)
@@ -121,7 +191,7 @@ class EmbeddingSet:
 
 @dataclass(frozen=True)
 class CamComparison(ImageRecord):
-    """One input's photo next to each CAM method's overlay, one row per explained class."""
+    """One input's photo next to each CAM method's overlay, one row per explained subject (class, box, mask class)."""
 
     image_name: str
     methods: tuple[str, ...]

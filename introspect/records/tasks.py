@@ -1,28 +1,23 @@
-"""Records of what each task's model says about one input: classes, detections, segmentation, optical flow, and
-the CAMs explained through those predictions (a box, a mask's class, a clip's class).
+"""Records of what each task's model says about one input: classes, detections, segmentation, optical flow (the
+CAMs explained through them, a box or a mask's class, are :class:`~introspect.records.CamResult` records).
 
 Boxes and maps are in the input image's own pixels (the model's own resizing undone).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, heatmap_peak, html_table, markdown_table
+from .base import ImageRecord, html_table, markdown_table
 
 __all__ = [
     "Predictions",
     "Detections",
-    "DetectionCamMap",
-    "DetectionCamResult",
     "SegmentClass",
     "Segmentation",
-    "SegmentationCamMap",
-    "SegmentationCamResult",
     "FlowResult",
-    "ClipCamResult",
 ]
 
 
@@ -104,39 +99,6 @@ class Detections(ImageRecord):
         return html_table(self._HEADER, self._rows())
 
 
-@dataclass(frozen=True)
-class DetectionCamMap(ImageRecord):
-    """The CAM of one detection: its heatmap over the input image and the overlay with its box."""
-
-    method: str
-    detection: int  # index into the image's Detections
-    label: int
-    name: str
-    score: float
-    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in the input image's pixels
-    heatmap: np.ndarray  # float32 (H, W) in [0, 1], the input image's size
-    image: np.ndarray  # uint8 (H, W, 3)
-
-    @property
-    def peak(self) -> tuple[int, int]:
-        """(row, column) of the heatmap's maximum."""
-        return heatmap_peak(self.heatmap)
-
-
-@dataclass(frozen=True)
-class DetectionCamResult(ImageRecord):
-    """One CAM method over the top-k detections of one image, with a panel labelled by class and score."""
-
-    method: str
-    layer: str  # the module whose output was explained
-    levels: tuple[str, ...]  # its feature maps that were averaged (FPN levels), or ("",) for one tensor
-    image_name: str
-    detections: Detections  # every detection of the image (the maps explain the first ones, or those asked for)
-    maps: tuple[DetectionCamMap, ...]
-    image: np.ndarray  # one overlay per explained detection, side by side
-    warnings: tuple[str, ...] = field(default=())
-
-
 # -- segmentation -----------------------------------------------------------------------
 
 
@@ -177,38 +139,7 @@ class Segmentation(ImageRecord):
         return html_table(self._HEADER, self._rows())
 
 
-@dataclass(frozen=True)
-class SegmentationCamMap(ImageRecord):
-    """The CAM of one class of a segmentation (its logit summed over the pixels predicted as it)."""
-
-    method: str
-    class_index: int
-    class_name: str
-    share: float  # of the image's pixels predicted as this class
-    heatmap: np.ndarray  # float32 (H, W) in [0, 1]
-    image: np.ndarray  # uint8 (H, W, 3)
-
-    @property
-    def peak(self) -> tuple[int, int]:
-        """(row, column) of the heatmap's maximum."""
-        return heatmap_peak(self.heatmap)
-
-
-@dataclass(frozen=True)
-class SegmentationCamResult(ImageRecord):
-    """One CAM method over the classes present in one image, with a panel labelled by class and share."""
-
-    method: str
-    layer: str
-    levels: tuple[str, ...]
-    image_name: str
-    segmentation: Segmentation
-    maps: tuple[SegmentationCamMap, ...]
-    image: np.ndarray
-    warnings: tuple[str, ...] = field(default=())
-
-
-# -- optical flow and video ---------------------------------------------------------------
+# -- optical flow ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -231,19 +162,3 @@ class FlowResult(ImageRecord):
         return markdown_table(["pair", "size", "mean flow magnitude (px)", "max flow magnitude (px)"],
                                [[self.pair_name, f"{w}x{h}", f"{self.mean_magnitude:.3f}",
                                  f"{self.max_magnitude:.3f}"]])
-
-
-@dataclass(frozen=True)
-class ClipCamResult(ImageRecord):
-    """CAMs over time of one clip and method: a (T, H, W) map per class, drawn as a strip of frames."""
-
-    method: str
-    layer: str
-    clip_name: str
-    class_indices: tuple[int, ...]
-    class_names: tuple[str, ...]
-    probabilities: tuple[float, ...]
-    heatmaps: np.ndarray  # float32 (k, T, H, W) in [0, 1], the clip's size
-    overlays: np.ndarray  # uint8 (k, T, H, W, 3): each frame with its heatmap
-    frames_shown: tuple[int, ...]  # the frame indices in the strip
-    image: np.ndarray  # the strip: one row per class, one column per shown frame

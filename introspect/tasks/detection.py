@@ -32,7 +32,7 @@ from .base import InputRecipe
 from .common import HeadsTask
 from ..hooks import inspecting
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
-from ..records import DetectionCamMap, DetectionCamResult, Detections
+from ..records import CamMap, CamResult, Detections, Subject
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_score_targets", "DetectionPass", "detection_pass",
@@ -374,7 +374,7 @@ def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[st
 def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequence[str], *, topk: int = 3,
                           targets: Sequence[int | str] | None = None,
                           iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-                          colormap: str = "jet") -> list[DetectionCamResult]:
+                          colormap: str = "jet") -> list[CamResult]:
     """A CAM for each of the top-k detections of each image of a :func:`detection_pass` (one backward)."""
     from ..drawing import labelled_row, overlay
 
@@ -416,14 +416,13 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
                 drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), boxes.boxes[index:index + 1],
                                         boxes.names[index:index + 1], boxes.scores[index:index + 1],
                                         boxes.labels[index:index + 1])
-                entries.append(DetectionCamMap(method=method, detection=index, label=int(boxes.labels[index]),
-                                               name=boxes.names[index], score=float(boxes.scores[index]),
-                                               box=box, heatmap=heatmap, image=drawn))
-            panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
+                subject = Subject("box", int(boxes.labels[index]), boxes.names[index], float(boxes.scores[index]),
+                                  box=box, detection=index)
+                entries.append(CamMap(method=method, subject=subject, heatmap=heatmap, image=drawn))
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries]) \
                 if entries else boxes.image
-            results.append(DetectionCamResult(method=method, layer=fp.layer, levels=fp.levels,
-                                              image_name=boxes.image_name, detections=boxes, maps=tuple(entries),
-                                              image=panel, warnings=tuple(notes)))
+            results.append(CamResult(method=method, layer=fp.layer, levels=fp.levels, image_name=boxes.image_name,
+                                     prediction=boxes, maps=tuple(entries), image=panel, warnings=tuple(notes)))
     for note in notes:
         warnings.warn(f"detection CAM: {note}", IntrospectWarning, stacklevel=2)
     return results
@@ -443,7 +442,7 @@ def detection_cams(
     names: Sequence[str] | None = None,
     colormap: str = "jet",
     restrict_to_rois: bool = True,
-) -> list[DetectionCamResult]:
+) -> list[CamResult]:
     """A CAM for each of the top-k detections of each image: one forward pass, one backward.
 
     R-CNN models (a ``roi_heads`` with torchvision's box path) run their forward without recording; the box
@@ -469,7 +468,8 @@ def detection_cams(
             only (the same targets and maps at a fraction of the cost); False: through the whole graph of the
             model's output, as pytorch-grad-cam does.
     Returns:
-        One result per method and image (method-major), each carrying that image's :class:`Detections`.
+        One result per method and image (method-major), each carrying that image's :class:`Detections` as its
+        ``prediction``.
     """
     _check_threshold(score_threshold)
     if topk < 1:

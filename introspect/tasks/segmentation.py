@@ -33,7 +33,7 @@ from ..loaded import IMAGENET_MEAN, IMAGENET_STD
 from .base import InputRecipe
 from .common import HeadsTask
 from .featurepass import FeaturePass, TaskImages, feature_pass, scaled_maps, single_pass_methods, task_images
-from ..records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
+from ..records import CamMap, CamResult, Segmentation, SegmentClass, Subject
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
            "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",
@@ -199,7 +199,7 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
 
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                              max_classes: int = DEFAULT_MAX_CLASSES, skip_background: bool = True,
-                             colormap: str = "jet") -> list[SegmentationCamResult]:
+                             colormap: str = "jet") -> list[CamResult]:
     """A CAM for each class present in each image of a :func:`segmentation_pass`: one batched backward, whose
     target per class is its logit summed over the pixels predicted as that class."""
     from ..drawing import labelled_row, overlay
@@ -234,12 +234,11 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
             entries = []
             for j, c in enumerate(classes):
                 heatmap = maps[method][n][j].astype(np.float32)
-                entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
-                                                  heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
-            results.append(SegmentationCamResult(method=method, layer=fp.layer, levels=fp.levels,
-                                                 image_name=seg.image_name, segmentation=seg, maps=tuple(entries),
-                                                 image=panel, warnings=tuple(notes)))
+                entries.append(CamMap(method=method, subject=Subject("mask class", c.index, c.name, c.share),
+                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
+            results.append(CamResult(method=method, layer=fp.layer, levels=fp.levels, image_name=seg.image_name,
+                                     prediction=seg, maps=tuple(entries), image=panel, warnings=tuple(notes)))
     for note in notes:
         warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
     return results
@@ -290,7 +289,7 @@ def segmentation_cams(
     std: Sequence[float] = IMAGENET_STD,
     names: Sequence[str] | None = None,
     colormap: str = "jet",
-) -> list[SegmentationCamResult]:
+) -> list[CamResult]:
     """A CAM for each class present in each image: one forward pass and one batched backward per image size.
 
     Args:
@@ -305,14 +304,15 @@ def segmentation_cams(
         categories, mean, std, names: as :func:`segment` takes them.
         colormap: matplotlib colormap of the overlays.
     Returns:
-        One result per method and image (method-major), each carrying that image's :class:`Segmentation`.
+        One result per method and image (method-major), each carrying that image's :class:`Segmentation` as its
+        ``prediction``.
     """
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
     method_names = single_pass_methods(methods, "segmentation")
     module, cats = _module(model, categories)
     batch = task_images(images, names)
-    per_method: dict[str, dict[int, SegmentationCamResult]] = {m: {} for m in method_names}
+    per_method: dict[str, dict[int, CamResult]] = {m: {} for m in method_names}
     for indices in _groups(batch):
         one = segmentation_pass(module, _subset(batch, indices), methods=method_names, layer=layer, categories=cats,
                                 mean=mean, std=std)

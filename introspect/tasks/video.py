@@ -28,7 +28,7 @@ from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerErro
 from ..forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
-from ..records import ClipCamResult, Predictions
+from ..records import CamMap, CamResult, Predictions, Subject
 from .base import InputRecipe, Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
@@ -252,7 +252,7 @@ def clip_cams(
     categories: Sequence[str],
     *,
     colormap: str = "jet",
-) -> list[ClipCamResult]:
+) -> list[CamResult]:
     """CAMs over time of every clip and method, from a forward pass that captured ``layer.name`` (and made it
     the gradient leaf when a gradient method is asked for).
 
@@ -264,7 +264,7 @@ def clip_cams(
         classes: (N, k) class indices to explain.
         categories: class names.
     Returns:
-        one :class:`ClipCamResult` per method and clip.
+        one :class:`CamResult` per method and clip.
     """
     from ..drawing import overlay
 
@@ -290,13 +290,11 @@ def clip_cams(
             heat = maps[:, n].astype(np.float32)  # (k, T, H, W)
             overlays = np.stack([np.stack([overlay(clips.frames[n, t], heat[j, t], colormap)
                                            for t in range(size[0])]) for j in range(len(indices))])
-            panel_labels = [f"{label} {float(probs[n, i]):.1%}" for label, i in zip(labels, indices)]
-            results.append(ClipCamResult(
-                method=name, layer=layer.name, clip_name=clip_name, class_indices=tuple(indices),
-                class_names=tuple(labels), probabilities=tuple(float(probs[n, i]) for i in indices),
-                heatmaps=heat, overlays=overlays, frames_shown=tuple(shown),
-                image=_strip(overlays, panel_labels, shown),
-            ))
+            subjects = [Subject("clip class", i, label, float(probs[n, i])) for i, label in zip(indices, labels)]
+            entries = tuple(CamMap(method=name, subject=s, heatmap=heat[j], frames=overlays[j],
+                                   image=_strip(overlays[j:j + 1], [s.caption], shown)) for j, s in enumerate(subjects))
+            results.append(CamResult(method=name, layer=layer.name, image_name=clip_name, maps=entries,
+                                     image=_strip(overlays, [s.caption for s in subjects], shown)))
     return results
 
 

@@ -28,8 +28,6 @@ from ..records import (
     CamComparison,
     CamQuality,
     CamResult,
-    ClipCamResult,
-    DetectionCamResult,
     Detections,
     EmbeddingSet,
     FeatureMap,
@@ -47,7 +45,6 @@ from ..records import (
     SaliencyResult,
     SanityCheck,
     Segmentation,
-    SegmentationCamResult,
     StructureSummary,
     TrainingStats,
 )
@@ -228,10 +225,14 @@ def _predictions(writer: RunWriter, preds: Predictions, step: int = 0) -> None:
     writer.text(f"predictions/{preds.image_name}", preds.to_markdown(), step)
 
 
-@register_layout(CamResult, DetectionCamResult, SegmentationCamResult, tags=("cam/<method>/<image>",))
-def _cam(writer: RunWriter, result: CamResult | DetectionCamResult | SegmentationCamResult, step: int = 0) -> None:
-    """The labelled panel of every explained class, box or mask class (IMAGES)."""
+@register_layout(CamResult, tags=("cam/<method>/<image>", "cam/<method>/<clip>/video"))
+def _cam(writer: RunWriter, result: CamResult, step: int = 0, fps: int = 4) -> None:
+    """The labelled panel of every explained class, box, mask class or clip class (IMAGES; a clip's: its strip of
+    frames), and a clip's first map over every frame as an animated GIF where the writer can encode video."""
     writer.image(f"cam/{result.method}/{result.image_name}", result.image, step)
+    frames = result.maps[0].frames if result.maps else None
+    if frames is not None:
+        writer.video(f"cam/{result.method}/{result.image_name}/video", frames, fps, step)
 
 
 @register_layout(CamComparison, tags=("cam/compare/<image>",))
@@ -293,14 +294,6 @@ def _flow(writer: RunWriter, result: FlowResult, step: int = 0) -> None:
     """Both frames and the flow image (IMAGES), and the magnitudes (TEXT)."""
     writer.image(f"flow/{result.pair_name}", result.image, step)
     writer.text(f"flow/{result.pair_name}/table", result.to_markdown(), step)
-
-
-@register_layout(ClipCamResult, tags=("cam/<method>/<clip>", "cam/<method>/<clip>/video"))
-def _clip_cam(writer: RunWriter, result: ClipCamResult, step: int = 0, fps: int = 4) -> None:
-    """The strip of frames with their heatmaps (IMAGES), and the top class's overlay as an animated GIF where
-    the writer can encode video."""
-    writer.image(f"cam/{result.method}/{result.clip_name}", result.image, step)
-    writer.video(f"cam/{result.method}/{result.clip_name}/video", result.overlays[0], fps, step)
 
 
 # -- the dataset audit --------------------------------------------------------------------------

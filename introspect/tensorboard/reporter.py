@@ -17,7 +17,6 @@ from ..records import (
     CamComparison,
     CamQuality,
     CamResult,
-    ClipCamResult,
     Detections,
     EmbeddingSet,
     FeatureMap,
@@ -91,9 +90,22 @@ class Reporter(RunWriter):
         """``input/<name>``: the input as the model saw it."""
         self.record(InputImage(name=name, image=image))
 
-    def cams(self, results: Sequence[CamResult]) -> None:
-        """``cam/<method>/<image_name>``: the labelled panel of every class (detection and segmentation CAMs too)."""
-        write_records(self, results)
+    def cams(self, results: Sequence[CamResult], fps: int = 4) -> dict[str, str]:
+        """``cam/<method>/<image_name>``: the labelled panel of every map, whatever the task (a clip: the strip of
+        frames, and an animated GIF at ``cam/<method>/<clip>/video`` of its first map where TensorBoard's
+        encoder, moviepy 1.x, is installed).
+
+        Returns:
+            The ``run/info`` line on the clips' videos, ``{"cam videos": ...}`` (written, or why not), where a
+            result holds a clip; else nothing.
+        """
+        write_records(self, results, fps=fps)
+        if not any(m.frames is not None for r in results for m in r.maps):
+            return {}
+        if self.can_write_video():
+            return {"cam videos": "written: cam/<method>/<clip>/video, an animated GIF (IMAGES tab)"}
+        return {"cam videos": "not written: TensorBoard's video encoder needs moviepy 1.x (pip install 'moviepy<2'); "
+                              "the IMAGES strips show the frames"}
 
     def cam_comparisons(self, comparisons: Sequence[CamComparison]) -> None:
         """``cam/compare/<image_name>``: the photo and every method's overlay, side by side."""
@@ -132,15 +144,6 @@ class Reporter(RunWriter):
     def flow(self, result: FlowResult) -> None:
         """``flow/<pair>``: both frames and the flow image (IMAGES), and ``.../table``: the magnitudes (TEXT)."""
         self.record(result)
-
-    def clip_cams(self, results: Sequence[ClipCamResult], fps: int = 4) -> bool:
-        """``cam/<method>/<clip>``: the strip of frames with their heatmaps; also an animated GIF (IMAGES tab) at
-        ``cam/<method>/<clip>/video`` of the top class's overlay where TensorBoard's encoder (moviepy) is installed.
-
-        Returns whether the videos were written.
-        """
-        write_records(self, results, fps=fps)
-        return self.can_write_video()
 
     def audit(self, result: AuditResult) -> None:
         """Everything an :class:`~introspect.records.AuditResult` holds, under ``audit/`` (see the README's tag
