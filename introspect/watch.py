@@ -386,10 +386,10 @@ class Watch:
 
     def _after_accumulate(self, param: torch.Tensor) -> None:
         """A parameter's gradient was accumulated: on a backward's first, queue the count for its end."""
-        task = torch._C._current_graph_task_id()  # the id torch's own register_multi_grad_hook keys on
-        if task == self._backward_task:
+        graph_task = torch._C._current_graph_task_id()  # the id torch's own register_multi_grad_hook keys on
+        if graph_task == self._backward_task:
             return
-        self._backward_task = task
+        self._backward_task = graph_task
         if self._pending is not None and self._pending() is not None:
             return  # a backward nested in one still running (reentrant checkpointing): part of that step
         if self.model.training:
