@@ -77,7 +77,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "Reporter":  # imported on use: the reporter is the only tensorboard user
-        from .reporter import Reporter
+        from .tensorboard import Reporter
 
         return Reporter
     raise AttributeError(f"module 'introspect' has no attribute {name!r}")

@@ -185,7 +185,7 @@ def _audit(args: argparse.Namespace) -> int:
     from .errors import ArgumentError
     from .models import load_model
     from .options import LoadOptions
-    from .reporter import Reporter, new_run_dir
+    from .tensorboard import Reporter, new_run_dir
     from .run_scope import recorded_run
     from .tasks import task_of
 

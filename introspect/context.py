@@ -28,6 +28,7 @@ class RunContext:
     """
 
     loaded: Any  # LoadedModel
+    task: Any  # its introspect.tasks.Task: what it takes, predicts and can show
     sections: list[str] = field(default_factory=list)
     images: list = field(default_factory=list)
     cam: CamOptions = field(default_factory=CamOptions)
@@ -36,7 +37,7 @@ class RunContext:
     filters: FilterOptions = field(default_factory=FilterOptions)
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     say: Callable[[str], None] = lambda message: None
-    reporter: Any = None  # introspect.reporter.Reporter, set once the run directory exists
+    reporter: Any = None  # introspect.tensorboard.Reporter, set once the run directory exists
     info: dict[str, object] = field(default_factory=dict)  # extra lines for run/info
     state: dict[str, Any] = field(default_factory=dict)  # per-run state (choices, accumulations)
     capture: list[str] = field(default_factory=list)  # layers the shared forward pass keeps
@@ -51,13 +52,6 @@ class RunContext:
     def model(self) -> nn.Module:
         """The module under inspection."""
         return self.loaded.model
-
-    @property
-    def task(self) -> Any:
-        """The model's :class:`~introspect.tasks.Task` (what it takes, predicts and can show)."""
-        from .tasks import TASKS
-
-        return TASKS[self.loaded.task]
 
     def wants(self, name: str) -> bool:
         """Whether section ``name`` is part of this run."""

@@ -8,14 +8,12 @@ Modules compiled in place (``module.compile()``) run eagerly inside the scope, s
 the hooks and eval mode of an analysis never send the caller's compiled code into
 recompiling.
 
-It also holds the two steps every forward pass of introspect shares: where a module's
-weights live (:func:`device_and_dtype`), and the *leaf step* (:func:`make_leaves`) that
-turns a module's output into autograd leaves so that only what runs after it is recorded.
+It also holds the *leaf step* (:func:`make_leaves`) that every forward pass of introspect
+shares: a module's output turned into autograd leaves, so that only what runs after it is recorded.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +23,7 @@ from torch import nn
 
 from .errors import ArgumentTypeError
 
-__all__ = ["ModelScope", "inspecting", "first_tensor", "device_and_dtype", "is_map", "is_map_dict", "make_leaves"]
+__all__ = ["ModelScope", "inspecting", "first_tensor", "is_map", "is_map_dict", "make_leaves"]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
@@ -50,25 +48,6 @@ def first_tensor(output: Any) -> torch.Tensor:
                 return item
     raise ArgumentTypeError(f"module produced {type(output).__name__}, not a tensor: introspect needs a module "
                             "whose output is (or starts with) a tensor", parameter="output")
-
-
-def device_and_dtype(module: nn.Module, default_device: str | torch.device = "cpu") -> tuple[torch.device, torch.dtype]:
-    """Where a module's weights live and the floating dtype its inputs should have.
-
-    Args:
-        module: any module.
-        default_device: the device of a module that holds no parameters or buffers.
-
-    Returns:
-        ``(device, dtype)``: the device of the first parameter (or, without parameters,
-        the first buffer), and the dtype of the first floating-point parameter (or
-        buffer); ``torch.float32`` where there is none.
-    """
-    first = next(itertools.chain(module.parameters(), module.buffers()), None)
-    floating = next((t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()),
-                    None)
-    device = first.device if first is not None else torch.device(default_device)
-    return device, floating.dtype if floating is not None else torch.float32
 
 
 def is_map(value: Any) -> bool:

@@ -14,7 +14,7 @@ from typing import Union
 import numpy as np
 import torch
 from .errors import ArgumentError
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, imagenet_transform
+from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, imagenet_transform
 
 __all__ = ["InputBatch", "InputStream", "prepare_inputs", "stream_inputs", "Inputs"]
 

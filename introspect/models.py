@@ -16,61 +16,21 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
 import socket
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .hooks import device_and_dtype
-from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
+from .errors import DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
+from .checkpoints import OFFLINE_ENV, load_checkpoint
+from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, imagenet_transform, unwrap
 
 __all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform",
-           "unwrap", "device_and_dtype"]
+           "unwrap", "device_and_dtype", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OFFLINE_ENV = "INTROSPECT_OFFLINE"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to inspect, with what is needed to feed it and name its classes."""
-
-    model: nn.Module
-    name: str
-    weights: str  # what was loaded: an enum name, a file, or "random"
-    weights_source: str  # where it came from, in words
-    transform: Any  # image -> normalised tensor (a torchvision ImageClassification preset)
-    categories: tuple[str, ...]
-    input_size: int
-    device: torch.device
-    warnings: list[str] = field(default_factory=list)
-    task: str = "classification"  # a key of introspect.tasks.TASKS
-    clip_length: int | None = None  # frames per clip, for video models
-
-    @property
-    def pretrained(self) -> bool:
-        """Whether the weights are trained ones (not a random initialisation)."""
-        return self.weights != "random"
-
-
-def unwrap(model: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
-    """The module to inspect, and the loaded-model record if one was given.
-
-    Args:
-        model: a module, or a :class:`LoadedModel`.
-
-    Returns:
-        ``(module, record)``; the record is None for a bare module.
-    """
-    if isinstance(model, LoadedModel):
-        return model.model, model
-    return model, None
 
 
 def list_models() -> list[str]:
@@ -117,84 +77,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise DeviceError(f"device={str(device)!r} asked for, but CUDA is not available here: use device='cpu'",
                           parameter="device")
     return resolved
-
-
-def imagenet_transform(crop_size: int = 224, resize_size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The standard ImageNet preprocessing (resize, centre crop, normalise) at a given size.
-
-    Args:
-        crop_size: side of the square the model sees.
-        resize_size: shorter side after the resize (default ``crop_size * 256 / 224``).
-        mean: per-channel mean of the normalisation.
-        std: per-channel standard deviation of the normalisation.
-
-    Returns:
-        A torchvision ``ImageClassification`` transform (PIL image -> ``(3, H, W)`` tensor).
-    """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms._presets import ImageClassification
-
-    resize = resize_size if resize_size is not None else round(crop_size * 256 / 224)
-    return ImageClassification(crop_size=crop_size, resize_size=resize, mean=mean, std=std,
-                               interpolation=InterpolationMode.BILINEAR)
-
-
-def _is_state(obj: dict) -> bool:
-    """A state_dict: tensors, plus the dtypes and packed (weight, bias) tuples of int8 quantized layers."""
-    def entry(v: Any) -> bool:
-        return isinstance(v, (torch.Tensor, torch.dtype)) or (
-            isinstance(v, (tuple, list)) and all(isinstance(x, torch.Tensor) or x is None for x in v))
-    return any(isinstance(v, torch.Tensor) for v in obj.values()) and all(entry(v) for v in obj.values())
-
-
-def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "module"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and _is_state(inner):
-                obj = inner
-                break
-    if not isinstance(obj, dict) or not obj or not _is_state(obj):
-        raise WeightsError(f"{path} holds no state_dict (a dict of tensors, or a checkpoint with a 'state_dict' "
-                           "entry): save one with torch.save(model.state_dict(), PATH)")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state_dict from a file with ``weights_only=True`` (never unsafe unpickling).
-
-    Args:
-        path: a file written by ``torch.save`` (a state_dict, or a checkpoint dict holding one).
-
-    Returns:
-        The state_dict (a ``"module."`` prefix from DataParallel removed).
-
-    Raises:
-        WeightsError: the file is missing, unreadable, refused by the safe loader, or holds no state_dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist: give a state_dict file, DEFAULT, an enum name, "
-                           "auto or none")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "unsupported" in line.lower() or "global" in line.lower()),
-                      reason[0] if reason else "")
-        detail = detail.strip().removeprefix("WeightsUnpickler error:").split(". ")[0].strip().rstrip(".")
-        raise WeightsError(f"{path} was refused by torch.load(weights_only=True), which introspect always uses "
-                           f"for safety ({detail.strip()}); re-save it as a plain state_dict: "
-                           "torch.save(model.state_dict(), PATH)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} is not a readable PyTorch file ({first}): give a state_dict saved with "
-                           "torch.save") from None
-    return _state_dict_from(obj, path)
 
 
 def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> str | None:
@@ -308,83 +190,6 @@ def _categories(enum: Any, num_classes: int) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(num_classes))
 
 
-def _output_classes(model: nn.Module) -> int | None:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) or
-               (isinstance(getattr(m, "out_features", None), int) and callable(getattr(m, "weight", None)))]
-    if linears:  # nn.Linear, or a quantized Linear (its weight() is a method)
-        return linears[-1].out_features
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels if convs else None
-
-
-def _check_input_size(name: str, model: nn.Module, size: int, enum: Any) -> None:
-    image_size = getattr(model, "image_size", None)
-    if type(model).__name__ == "VisionTransformer":  # the built model's own size (vit_h_14 random: 224, not 518)
-        if size != image_size:
-            raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
-                                 f"use input_size={image_size}", parameter="input_size")
-        return
-    if enum is not None:
-        min_size = enum.DEFAULT.meta.get("min_size", (1, 1))
-        if size < max(min_size):
-            raise InputSizeError(f"{name} needs inputs of at least {max(min_size)}x{max(min_size)} pixels, "
-                                 f"not {size}: use input_size={max(min_size)} or more", parameter="input_size")
-
-
-#: Frames per clip for video models (torchvision's video recipes train on 16-frame clips).
-CLIP_LENGTH = 16
-_FIXED_SIZE = {"mvit_v1_b": 224, "mvit_v2_s": 224}  # absolute / relative position tables sized for 224
-FLOW_MIN_SIZE = 128
-
-
-def _detection_size_kwargs(name: str, input_size: int | None) -> dict[str, Any]:
-    """Builder arguments that make a detector resize its inputs to ``input_size`` (SSD's size is fixed)."""
-    if input_size is None or name.startswith("ssd"):
-        return {}
-    return {"min_size": input_size, "max_size": max(input_size, round(input_size * 1333 / 800))}
-
-
-def _task_input(name: str, task: str, net: nn.Module, meta_enum: Any, input_size: int | None):
-    """(input size, per-image transform, clip length) of a detection, segmentation, video or flow model."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms._presets import VideoClassification
-
-    if task == "detection":
-        rcnn_transform = getattr(net, "transform", None)
-        default = int(rcnn_transform.min_size[0]) if rcnn_transform is not None else 512
-        size = input_size or default
-        # Detectors normalise inside the model: they take [0, 1] pixels.
-        return size, imagenet_transform(size, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), None
-    if task == "segmentation":
-        preset = meta_enum.transforms() if meta_enum is not None else None
-        size = input_size or (int(preset.resize_size[0]) if preset is not None and preset.resize_size else 520)
-        mean, std = (preset.mean, preset.std) if preset is not None else (IMAGENET_MEAN, IMAGENET_STD)
-        return size, imagenet_transform(size, size, mean=mean, std=std), None
-    if task == "video":
-        preset = meta_enum.transforms()
-        crop = int(preset.crop_size[0])
-        fixed = _FIXED_SIZE.get(name)
-        if fixed is not None and input_size not in (None, fixed):
-            raise InputSizeError(f"{name} takes only {fixed}x{fixed} frames, not {input_size}: "
-                                 f"use input_size={fixed}", parameter="input_size")
-        size = input_size or crop
-        resize = [round(size * s / crop) for s in preset.resize_size]
-        # (T, 3, H, W) uint8 frames -> (3, T, H, W): resize, centre crop, scale, normalise
-        transform = VideoClassification(crop_size=(size, size), resize_size=resize, mean=preset.mean,
-                                        std=preset.std, interpolation=InterpolationMode.BILINEAR)
-        temporal = (meta_enum.meta.get("min_temporal_size") or 1) if meta_enum is not None else 1
-        return size, transform, max(CLIP_LENGTH, int(temporal))
-    if task == "optical_flow":
-        size = input_size or FLOW_MIN_SIZE * 2
-        if size < FLOW_MIN_SIZE or size % 8:
-            raise InputSizeError(f"{name} needs frames of at least {FLOW_MIN_SIZE} pixels whose side is a multiple "
-                                 f"of 8, not {size}: use input_size={max(FLOW_MIN_SIZE, size + (-size) % 8)}",
-                                 parameter="input_size")
-        # RAFT takes pixels scaled to [-1, 1] (torchvision's OpticalFlow preset).
-        return size, imagenet_transform(size, size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), None
-    raise ArgumentError(f"task={task!r} has no input recipe", parameter="task")
-
-
 def load_model(
     model: str | nn.Module,
     weights: str | os.PathLike | None = "auto",
@@ -426,10 +231,11 @@ def load_model(
     notes: list[str] = []
     if isinstance(model, nn.Module):
         from .probe import model_input_size
+        from .tasks.classification import output_classes
         from .timm_hf import module_categories
 
         size = input_size or model_input_size(model)[0]
-        classes = _output_classes(model) or 0
+        classes = output_classes(model) or 0
         names = tuple(categories) if categories else (
             module_categories(model, classes) or tuple(f"class {i}" for i in range(classes)))
         quantized = any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
@@ -482,13 +288,9 @@ def load_model(
                            parameter="weights")
 
     task = task_of(model)
-    if task.name == "quantized" and target.type != "cpu":
-        raise DeviceError(f"{model} is an int8 quantized model, which runs on the CPU only: use device='cpu'",
-                          parameter="device")
-    extra = _detection_size_kwargs(model, input_size) if task.name == "detection" else {}
-    if task.name == "segmentation" and state is not None:  # trained weights carry the auxiliary head or not
-        extra["aux_loss"] = any(key.startswith("aux_classifier.") for key in state)
-    if state is not None and task.name == "classification":
+    task.check_device(model, target)
+    extra = task.builder_kwargs(model, input_size, state)
+    if state is not None and task.reads_class_count:
         num_classes = _num_classes_in(state)
         default_classes = 1000
         net = _assign_state(model, state, source, num_classes if num_classes not in (None, default_classes)
@@ -504,23 +306,9 @@ def load_model(
     net = net.to(target).eval()
 
     meta_enum = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
-    clip_length = None
-    if task.name in {"classification", "quantized"}:
-        size = input_size or (meta_enum.transforms().crop_size[0] if meta_enum is not None else 224)
-        _check_input_size(model, net, size, enum)
-        if meta_enum is not None and input_size is None:
-            transform = meta_enum.transforms()
-        elif meta_enum is not None:
-            preset = meta_enum.transforms()
-            ratio = preset.resize_size[0] / preset.crop_size[0]
-            transform = imagenet_transform(size, round(size * ratio), preset.mean, preset.std)
-        else:
-            transform = imagenet_transform(size)
-        classes = _output_classes(net) or 0
-    else:
-        size, transform, clip_length = _task_input(model, task.name, net, meta_enum, input_size)
-        classes = len(meta_enum.meta.get("categories") or ()) if meta_enum is not None else 0
-    names = tuple(categories) if categories else _categories(enum, classes)
+    recipe = task.input_recipe(model, net, meta_enum, input_size)
+    size, transform, clip_length = recipe.size, recipe.transform, recipe.clip_length
+    names = tuple(categories) if categories else _categories(enum, recipe.classes)
     for note in notes:
         warnings.warn(note, IntrospectWarning, stacklevel=2)
     weights_name = str(chosen).split(".")[-1] if chosen is not None else (

@@ -90,7 +90,7 @@ def report(
         UsageError: a bad model, weights, layer, method, image, target or log dir, before
             anything is written.
     """
-    from .reporter import Reporter, new_run_dir
+    from .tensorboard import Reporter, new_run_dir
 
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -106,7 +106,7 @@ def report(
         chosen = [SECTIONS[name] for name in chosen_names]
         batch_sections = [s for s in SECTIONS.values() if s.stage == "batch" and (s.always or s.name in chosen_names)]
         image_list = [images] if isinstance(images, (str, Path)) else list(images or [])
-        ctx = RunContext(loaded=loaded, sections=chosen_names, images=image_list, cam=cam, features=features,
+        ctx = RunContext(loaded=loaded, task=task, sections=chosen_names, images=image_list, cam=cam, features=features,
                          saliency=saliency, filters=filters, detection=detection, say=say)
         task.check_options(ctx)
         for section in dict.fromkeys(s for s in batch_sections + chosen):

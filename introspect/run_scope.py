@@ -1,6 +1,6 @@
 """The one scope every run goes through: however the run ends, ``run/info`` says how, and the writer is closed.
 
-:func:`recorded_run` wraps the body of a run whose folder and :class:`~introspect.reporter.Reporter`
+:func:`recorded_run` wraps the body of a run whose folder and :class:`~introspect.tensorboard.Reporter`
 exist: the per-photo report (:func:`introspect.report`), a task's own pipeline, and the dataset audit
 (``--dataset``). On success, on any exception and on Ctrl-C it writes ``run/info`` (the caller's lines,
 then the versions, the command line and the status: ``completed``, ``failed: <error>`` or ``interrupted
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .reporter import Reporter
+    from .tensorboard import Reporter
 
 __all__ = ["RunEnd", "recorded_run", "versions"]
 

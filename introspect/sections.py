@@ -32,8 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from .context import RunContext
 from .errors import ArgumentError, UsageError
 from .tasks.base import NEEDS
@@ -213,36 +211,23 @@ def _prepare_cams(ctx: RunContext) -> None:
 
 def _cams(ctx: RunContext) -> None:
     from .analyzers.compare import compare_cams
-    from .records import CamResult
 
     results = ctx.cam_results()
     write_cams(ctx, results)
-    drawn = [r for r in results if isinstance(r, CamResult)]  # the side-by-side view: one score per class
-    if drawn and len({r.method for r in drawn}) > 1:
-        ctx.reporter.cam_comparisons(compare_cams(drawn, ctx.batch))
+    if len({r.method for r in results}) > 1:
+        ctx.reporter.cam_comparisons(compare_cams(results, ctx.batch))
 
 
 def write_cams(ctx: RunContext, results: Sequence) -> None:
-    """Write CAM results of any task (``cam/<method>/<input>``); a clip's also as a video where it can."""
-    from .records import ClipCamResult
-
-    clips = [r for r in results if isinstance(r, ClipCamResult)]
-    if clips:
-        encoded = ctx.reporter.clip_cams(clips)
-        ctx.info["cam videos"] = "written: cam/<method>/<clip>/video, an animated GIF (IMAGES tab)" if encoded else \
-            "not written: TensorBoard's video encoder needs moviepy 1.x (pip install 'moviepy<2'); the IMAGES " \
-            "strips show the frames"
-    ctx.reporter.cams([r for r in results if not isinstance(r, ClipCamResult) and r.maps])
+    """Write CAM results of any task (``cam/<method>/<input>``; a clip's also as a video where it can, which
+    ``run/info`` says)."""
+    ctx.info.update(ctx.reporter.cams([r for r in results if r.maps]))
 
 
 def write_record(reporter, record) -> None:
-    """Write one prediction record (classes, detections, mask, flow) under its own tags."""
-    from .records import FlowResult, Predictions
-    from .tasks.records import Detections, Segmentation
-
-    writers = {Predictions: reporter.predictions, Detections: reporter.detections,
-               Segmentation: reporter.segmentation, FlowResult: reporter.flow}
-    writers[type(record)](record)
+    """Write one prediction record (classes, detections, mask, flow) under its own tags: its layout in
+    :data:`introspect.tensorboard.LAYOUTS`."""
+    reporter.record(record)
 
 
 def _quality(ctx: RunContext) -> None:

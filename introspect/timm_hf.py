@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .errors import InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, UsageError, WeightsError
-from .models import OFFLINE_ENV, LoadedModel, load_checkpoint
+from .checkpoints import OFFLINE_ENV, load_checkpoint
+from .loaded import LoadedModel
 
 __all__ = ["HFClassifier", "load_timm", "load_hf", "module_categories"]
 

@@ -103,7 +103,7 @@ from .errors import ArgumentError, ArgumentTypeError, StateError
 from .hooks import first_tensor
 from .inputs import InputBatch
 from .layers import LayerChoice, default_feature_layers, pick_cam_layer, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
+from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, unwrap
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -114,7 +114,7 @@ else:  # pragma: no cover - Python 3.10: the annotation is for type checkers, wh
         Unpack = Any
 
 if TYPE_CHECKING:
-    from .reporter import Reporter
+    from .tensorboard import Reporter
 
 __all__ = ["Watch", "WatchOptions", "WatchSettings", "watch"]
 
@@ -204,7 +204,7 @@ class Watch:
             ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile`` wrappers
             are unwrapped.
         logdir_or_writer: a log directory (a new run ``<model>-<time>``, or ``run_name``,
-            is made in it), an :class:`introspect.reporter.Reporter`, or a
+            is made in it), an :class:`introspect.tensorboard.Reporter`, or a
             ``torch.utils.tensorboard.SummaryWriter`` (left open at exit).
         optimizer: count ``optimizer.step()`` calls as steps and log ``train/lr``;
             ``None``: count the model's training backward passes.
@@ -316,7 +316,7 @@ class Watch:
 
     @property
     def reporter(self) -> Reporter | None:
-        """The :class:`introspect.reporter.Reporter` written to (None where this process does not write)."""
+        """The :class:`introspect.tensorboard.Reporter` written to (None where this process does not write)."""
         return self._reporter
 
     def start(self) -> Watch:
@@ -386,10 +386,10 @@ class Watch:
 
     def _after_accumulate(self, param: torch.Tensor) -> None:
         """A parameter's gradient was accumulated: on a backward's first, queue the count for its end."""
-        task = torch._C._current_graph_task_id()  # the id torch's own register_multi_grad_hook keys on
-        if task == self._backward_task:
+        graph_task = torch._C._current_graph_task_id()  # the id torch's own register_multi_grad_hook keys on
+        if graph_task == self._backward_task:
             return
-        self._backward_task = task
+        self._backward_task = graph_task
         if self._pending is not None and self._pending() is not None:
             return  # a backward nested in one still running (reentrant checkpointing): part of that step
         if self.model.training:
@@ -456,58 +456,57 @@ class Watch:
     # -- writers --------------------------------------------------------------------
 
     def _write(self, step: int, automatic: bool) -> None:
-        reporter = self._reporter
-        if reporter is None:
+        if self._reporter is None:
             return
+        from .analyzers.parameters import histogram_of
+        from .records import LayerActivity, TrainingStats
+
         grads = [(name, p.grad.detach()) for name, p in self._params if p.grad is not None]
-        with torch.no_grad():
-            for name, p in self._params:  # the reporter bins on the tensor's device, finite values only
-                reporter.histogram(f"weights/{name}", p.detach(), step)
-            for name, g in grads:
-                reporter.histogram(f"gradients/{name}", g, step)
-            self._write_norms(grads, step)
+        parts: dict[str, Any] = {}
+        with torch.no_grad():  # binned on the tensor's device, finite values only
+            parts["weights"] = tuple((name, histogram_of(p.detach())) for name, p in self._params)
+            parts["gradients"] = tuple((name, histogram_of(g)) for name, g in grads)
+            parts.update(self._norms(grads))
             if automatic and self._before is not None:
-                self._write_update_ratios(step)
+                parts.update(self._update_ratios())
             if self.optimizer is not None and self.optimizer.param_groups:
                 lr = self.optimizer.param_groups[0].get("lr")
                 if isinstance(lr, (int, float, torch.Tensor)):
-                    reporter.scalar("train/lr", float(lr), step)
+                    parts["lr"] = float(lr)
         if automatic:
-            for layer, stats in self._stats.items():
-                mean, std, zeros = stats.tolist()
-                reporter.scalar(f"activations/{layer}/mean", mean, step)
-                reporter.scalar(f"activations/{layer}/std", std, step)
-                reporter.scalar(f"activations/{layer}/zero_fraction", zeros, step)
+            parts["activations"] = tuple(LayerActivity(layer, *stats.tolist()) for layer, stats in self._stats.items())
             self._stats = {}
             self._before = None
         if self._batch is not None:
-            self._write_probe(step)
-        reporter.flush()
+            parts["probe_images"], parts["probe_probability"] = self._probe()
+        self._reporter.record(TrainingStats(**parts), step)
 
-    def _write_norms(self, grads: list[tuple[str, torch.Tensor]], step: int) -> None:
+    def _norms(self, grads: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
         if not grads:
-            return
+            return {}
         norms = torch.stack([g.float().norm() for _, g in grads]).cpu()
-        self._reporter.scalar("train/grad_norm", float(norms.norm()), step)
-        for (name, _), value in zip(grads, norms.tolist()):
-            self._reporter.scalar(f"train/grad_norm/{name}", value, step)
+        return {"grad_norm": float(norms.norm()),
+                "grad_norms": tuple((name, value) for (name, _), value in zip(grads, norms.tolist()))}
 
-    def _write_update_ratios(self, step: int) -> None:
+    def _update_ratios(self) -> dict[str, Any]:
         deltas, weights = [], []
         for (_, p), before in zip(self._params, self._before):
             deltas.append((p.detach() - before).float().norm())
             weights.append(p.detach().float().norm())
         d = torch.stack(deltas).cpu()
         w = torch.stack(weights).cpu()
+        parts: dict[str, Any] = {}
         if float(w.norm()) > 0:
-            self._reporter.scalar("train/update_ratio", float(d.norm() / w.norm()), step)
-        for (name, p), delta, weight in zip(self._params, d.tolist(), w.tolist()):
-            if p.requires_grad and weight > 0 and math.isfinite(delta / weight):
-                self._reporter.scalar(f"train/update_ratio/{name}", delta / weight, step)
+            parts["update_ratio"] = float(d.norm() / w.norm())
+        parts["update_ratios"] = tuple((name, delta / weight)
+                                       for (name, p), delta, weight in zip(self._params, d.tolist(), w.tolist())
+                                       if p.requires_grad and weight > 0 and math.isfinite(delta / weight))
+        return parts
 
-    def _write_probe(self, step: int) -> None:
-        from .analyzers.cam import cams_from_pass
-        from .analyzers.predictions import resolve_target, top_classes
+    def _probe(self) -> tuple[tuple[np.ndarray, ...], float]:
+        """The probe's labelled CAMs, and the mean probability of their true classes."""
+        from .engine.cam import cams_from_pass
+        from .engine.classes import resolve_target, top_classes
         from .drawing import label_image
         from .engine.forward import run_forward
         from .engine.targets import ClassScore, TrueLabel
@@ -536,11 +535,9 @@ class Watch:
             probs = forward.probabilities.cpu().gather(1, classes.cpu()).squeeze(1)
         finally:
             forward.release()
-        for i, result in enumerate(results):
-            entry = result.maps[0]
-            image = label_image(_enlarge(entry.image, _MIN_PROBE_SIDE), f"{entry.class_name} {entry.probability:.1%}")
-            self._reporter.image(f"cam/probe/{i}", image, step)
-        self._reporter.scalar("train/probe_true_class_probability", float(probs.mean()), step)
+        images = tuple(label_image(_enlarge(r.maps[0].image, _MIN_PROBE_SIDE),
+                                   r.maps[0].subject.caption) for r in results)
+        return images, float(probs.mean())
 
 
 watch = Watch
@@ -670,7 +667,7 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
 
 def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None, module: nn.Module):
     """(reporter, whether watch owns it and closes it at exit)."""
-    from .reporter import Reporter, new_run_dir
+    from .tensorboard import Reporter, new_run_dir
 
     if isinstance(target, Reporter):
         if target.closed:

@@ -277,8 +277,10 @@ def test_sanity_check_randomises_a_copy(data) -> None:
 def test_reporter_writes_the_audit_tags(full, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from introspect.reporter import Reporter
+    from introspect.tensorboard import Reporter
 
+    assert [c.class_index for c in full.pr_curves] == list(full.pr_classes)  # drawn by the audit, not the writer
+    assert full.confusion_image.dtype == np.uint8 and full.confusion_image.shape[2] == 3
     with Reporter(tmp_path) as reporter:
         reporter.audit(full)
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0, "tensors": 0})

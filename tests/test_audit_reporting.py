@@ -36,7 +36,7 @@ def test_mobilenet_audit_predicts_as_the_per_photo_report(tmp_path) -> None:
 
 
 def test_full_disk_is_one_output_error_without_a_traceback(tmp_path, capfd) -> None:
-    from introspect.reporter import Reporter
+    from introspect.tensorboard import Reporter
 
     reporter = Reporter(tmp_path)
     record_writer = reporter._writer._get_file_writer().event_writer._async_writer._writer

@@ -209,3 +209,22 @@ def test_needs_layer_gradient_is_the_registry_s_answer():
     for name, method in CAM_METHODS.items():
         assert method.delegated == (method.compute is None)
         assert needs_layer_gradient([name]) == (not method.delegated and method.uses_gradients)
+
+
+def _introspect_imports(path: Path) -> set[str]:
+    """The introspect modules one source file imports (module level and inside functions)."""
+    name = _module_name(path)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            found.add(_absolute(name, path.name == "__init__.py", node))
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("introspect")}
+
+
+def test_records_import_nothing_above_them():
+    allowed = ("introspect.records", "introspect.errors", "introspect.geometry")
+    found = {f"{path.relative_to(ROOT)}: {m}" for path in sorted((PACKAGE / "records").glob("*.py"))
+             for m in _introspect_imports(path) if not m.startswith(allowed)}
+    assert found == set()

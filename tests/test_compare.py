@@ -44,3 +44,22 @@ def test_report_writes_compare_only_for_several_methods(tiny_cnn, sample_cat, tm
         tags.append(set(acc.Tags()["images"]))
     assert {"cam/gradcam/cat", "cam/layercam/cat", "cam/compare/cat"} <= tags[0]
     assert "cam/gradcam/cat" in tags[1] and "cam/compare/cat" not in tags[1]
+
+
+def test_compare_takes_every_image_task_and_leaves_clips_and_empty_results_out():
+    from introspect.records import CamMap, CamResult, Subject
+
+    photo = np.full((20, 30, 3), 9, np.uint8)
+    box = Subject("box", 17, "cat", 0.9, box=(0.0, 0.0, 10.0, 10.0), detection=0)
+
+    def boxed(method: str) -> CamResult:
+        return CamResult(method, "backbone", "cat", (CamMap(method, box, np.zeros((20, 30), np.float32), photo),),
+                         photo)
+
+    clip_map = CamMap("gradcam", Subject("clip class", 1, "running", 0.5), np.zeros((2, 20, 30), np.float32), photo,
+                      frames=np.zeros((2, 20, 30, 3), np.uint8))
+    results = [boxed("gradcam"), boxed("eigencam"), CamResult("gradcam", "backbone", "empty", (), photo),
+               CamResult("gradcam", "layer4", "clip", (clip_map,), photo)]
+    comparisons = introspect.compare_cams(results, {"cat": photo})  # no photo asked of what is left out
+    assert [c.image_name for c in comparisons] == ["cat"]
+    assert comparisons[0].methods == ("gradcam", "eigencam") and comparisons[0].class_indices == (17,)

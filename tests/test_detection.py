@@ -54,7 +54,8 @@ def _reference_maps(model: nn.Module, image: torch.Tensor, maps, layers: list[nn
         scope.set_attribute(model.roi_heads, "score_thresh", 0.0)
         with GradCAM(model=model, target_layers=layers) as explainer:
             for m in maps:
-                target = FasterRCNNBoxScoreTarget(labels=[m.label], bounding_boxes=np.array([m.box], dtype=np.float32))
+                target = FasterRCNNBoxScoreTarget(labels=[m.subject.index],
+                                                  bounding_boxes=np.array([m.subject.box], dtype=np.float32))
                 out.append(explainer(input_tensor=image[None], targets=[target])[0])
     return out
 
@@ -104,9 +105,13 @@ def test_detection_gradcam_equals_pytorch_grad_cam(detector, image, restrict_to_
     result = results[0]
     assert result.layer == "backbone" and result.levels == ("0", "1", "pool")
     assert len(result.maps) == 4
-    found = result.detections
+    found = result.prediction
     for j, m in enumerate(result.maps):
-        assert m.detection == j and m.label == found.labels[j] and m.score == pytest.approx(float(found.scores[j]))
+        subject = m.subject
+        assert subject.kind == "box" and subject.detection == j and subject.index == found.labels[j]
+        assert subject.score == pytest.approx(float(found.scores[j])) and subject.name == found.names[j]
+        assert subject.box == tuple(float(v) for v in found.boxes[j]) and m.class_index == subject.index
+        assert m.probability is None  # a detection score is no probability
         assert m.heatmap.shape == (SIZE, SIZE) and m.heatmap.max() == pytest.approx(1.0, abs=1e-5)
     # the box head reads levels '0' and '1' (FPN output convs); 'pool' feeds only the RPN (no gradient)
     reference = _reference_maps(detector, image, result.maps, list(detector.backbone.fpn.layer_blocks))
@@ -127,7 +132,7 @@ def test_detection_cam_on_one_named_level_equals_pytorch_grad_cam(detector, imag
 def test_several_methods_share_one_pass_and_eigencam_needs_no_gradient(detector, image):
     results = detection_cams(detector, image, topk=2, score_threshold=0.0, methods="gradcam,hirescam,eigencam")
     assert [r.method for r in results] == ["gradcam", "hirescam", "eigencam"]
-    assert all(r.detections is results[0].detections for r in results)
+    assert all(r.prediction is results[0].prediction for r in results)
     eigen = results[2].maps
     assert np.array_equal(eigen[0].heatmap, eigen[1].heatmap)  # class-agnostic
     assert not np.array_equal(results[0].maps[0].heatmap, eigen[0].heatmap)
@@ -137,7 +142,7 @@ def test_targets_pick_classes_and_an_unknown_class_is_one_line(detector, image):
     found = detect(detector, image, score_threshold=0.0)[0]
     wanted = found.names[-1]
     result = detection_cams(detector, image, topk=3, score_threshold=0.0, targets=[wanted])[0]
-    assert result.maps and all(m.name == wanted for m in result.maps)
+    assert result.maps and all(m.subject.name == wanted for m in result.maps)
     with pytest.raises(TargetError) as error:
         detection_cams(detector, image, score_threshold=0.0, targets=["tabby"])
     assert isinstance(error.value, UsageError) and error.value.exit_code == 2
@@ -162,7 +167,7 @@ def test_bad_arguments_are_one_line_usage_errors(detector, image):
 def test_no_detection_gives_empty_maps_and_a_warning(detector, image):
     with pytest.warns(UserWarning, match="nothing to explain"):
         result = detection_cams(detector, image, score_threshold=0.99)[0]
-    assert result.maps == () and len(result.detections) == 0
+    assert result.maps == () and len(result.prediction) == 0
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train-mode", "eval-mode"])
@@ -194,7 +199,7 @@ def test_two_images_of_different_sizes_get_maps_of_their_own_size(detector):
     assert all(m.heatmap.max() == pytest.approx(1.0, abs=1e-5) for r in results for m in r.maps)
     found = detect(detector, images, score_threshold=0.0)
     for r, d in zip(results, found):
-        assert np.array_equal(r.detections.boxes, d.boxes) and r.detections.names == d.names
+        assert np.array_equal(r.prediction.boxes, d.boxes) and r.prediction.names == d.names
 
 
 def test_masks_and_keypoints_are_recorded_and_drawn():
@@ -226,8 +231,8 @@ def test_ssdlite_dense_head_hirescam_peaks_inside_each_detection():
         # a dense head's score reads the feature cells under its anchor: the map peaks on the box
         # (grown by one cell of the finest map: stride 16 at 320 px = 8 px here)
         row, col = m.peak
-        x0, y0, x1, y1 = m.box
-        assert x0 - 8 <= col <= x1 + 8 and y0 - 8 <= row <= y1 + 8, (m.peak, m.box)
+        x0, y0, x1, y1 = m.subject.box
+        assert x0 - 8 <= col <= x1 + 8 and y0 - 8 <= row <= y1 + 8, (m.peak, m.subject.box)
 
 
 # -- a detector trained on the synthetic task: one object whose box is known -------------------------------

@@ -12,7 +12,7 @@ import introspect
 import introspect.images
 from introspect.cli import main
 from introspect.inputs import prepare_inputs, stream_inputs
-from introspect.reporter import Reporter, new_run_dir
+from introspect.tensorboard import Reporter, new_run_dir
 
 
 @pytest.fixture

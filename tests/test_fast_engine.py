@@ -29,7 +29,8 @@ from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
 from introspect.engine.forward import run_forward
 from introspect.engine.targets import ClassScore
-from introspect.reporter import Reporter, _traced_graph
+from introspect.tensorboard import Reporter
+from introspect.tensorboard.writer import _traced_graph
 
 REPO = Path(__file__).resolve().parents[1]
 

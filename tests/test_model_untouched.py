@@ -259,7 +259,7 @@ def test_error_inside_the_layer_table(small_model):
 
 @pytest.mark.parametrize("section", ["cams", "features", "graph"])
 def test_failing_reporter_leaves_model_untouched(section, loaded_models, tmp_path, sample_cat, monkeypatch):
-    from introspect.reporter import Reporter
+    from introspect.tensorboard import Reporter
 
     def failing(self, *args, **kwargs):
         raise OSError(f"disk full while writing {section}")

@@ -11,19 +11,27 @@ from conftest import load_events, run_cli, text
 import introspect
 from introspect.errors import UsageError
 from introspect.options import DetectionOptions
-from introspect.records import ClipCamResult, FeatureMap, FlowResult, KernelGrid, Predictions, StructureSummary
+from introspect.records import (
+    CamResult,
+    Detections,
+    FeatureMap,
+    FlowResult,
+    KernelGrid,
+    Predictions,
+    Segmentation,
+    StructureSummary,
+)
 from introspect.sections import SECTIONS, Section, register_section
-from introspect.tasks.records import DetectionCamResult, Detections, Segmentation, SegmentationCamResult
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = str(ROOT / "sample_images" / "cat.png")
 COFFEE = str(ROOT / "sample_images" / "coffee.png")
 
-# model, input size, inputs, (predict record, cam record or None when the task has no CAM)
+# model, input size, inputs, predict record, what its CAMs explain (None when the task has no CAM)
 TASK_MODELS = {
-    "detection": ("fasterrcnn_mobilenet_v3_large_320_fpn", 128, [CAT], Detections, DetectionCamResult),
-    "segmentation": ("lraspp_mobilenet_v3_large", 96, [CAT], Segmentation, SegmentationCamResult),
-    "video": ("r3d_18", 48, [CAT], Predictions, ClipCamResult),
+    "detection": ("fasterrcnn_mobilenet_v3_large_320_fpn", 128, [CAT], Detections, "box"),
+    "segmentation": ("lraspp_mobilenet_v3_large", 96, [CAT], Segmentation, "mask class"),
+    "video": ("r3d_18", 48, [CAT], Predictions, "clip class"),
     "optical_flow": ("raft_small", 128, [CAT, COFFEE], FlowResult, None),
 }
 
@@ -48,7 +56,13 @@ def test_every_library_call_returns_the_tasks_record_or_says_why_not(task_model)
             introspect.cam(loaded, inputs)
     else:
         results = introspect.cam(loaded, inputs)
-        assert len(results) == 1 and isinstance(results[0], explained)
+        assert len(results) == 1 and isinstance(results[0], CamResult)  # one record for every task
+        assert {m.subject.kind for m in results[0].maps} <= {explained}
+        prediction = results[0].prediction
+        assert prediction is None if predicted is Predictions else isinstance(prediction, predicted)
+        if explained == "clip class":  # a map over time: its frames drawn, a strip of them as its image
+            first = results[0].maps[0]
+            assert first.heatmap.ndim == 3 and first.frames.shape == (*first.heatmap.shape, 3)
         assert results[0]._repr_png_()[:4] == b"\x89PNG"  # renders in Jupyter as the classifier's do
     for call in (lambda: introspect.saliency(loaded, inputs),
                  lambda: introspect.visualize_filters(loaded, steps=1, progress=False),
@@ -118,3 +132,18 @@ def test_options_that_do_not_fit_the_task_fail_in_one_line_before_anything_is_wr
     assert len(lines) == 1 and said in lines[0], err
     assert "Traceback" not in err
     assert not logdir.exists() or not any(logdir.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name,cam_layer,feature", [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "backbone", "backbone.body"),
+    ("lraspp_mobilenet_v3_large", "backbone", "backbone."),
+    ("raft_small", None, "feature_encoder."),
+])
+def test_list_layers_marks_the_cam_layer_of_every_task(name, cam_layer, feature):
+    code, out, err = run_cli([name, "--weights", "none", "--list-layers"])
+    assert code == 0, err
+    marked = [line.split()[0] for line in out.splitlines() if "[cam]" in line]
+    assert marked == ([cam_layer] if cam_layer else [])
+    features = [line.split()[0] for line in out.splitlines() if "[features]" in line]
+    assert len(features) >= 2 and all(f.startswith(feature) for f in features)

@@ -1,4 +1,4 @@
-"""Tests of introspect.reporter: everything is read back with TensorBoard's own reader."""
+"""Tests of introspect.tensorboard (writer, layouts, Reporter): everything is read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ from introspect.records import (
     ParameterSummary,
     ParameterTensor,
     Predictions,
+    RunInfo,
     StructureSummary,
+    Subject,
 )
-from introspect.reporter import Reporter, new_run_dir
+from introspect.tensorboard import LAYOUTS, Reporter, new_run_dir
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -115,11 +117,20 @@ def test_new_run_dir_unwritable_logdir_raises_output_error(tmp_path: Path) -> No
 # -- lazy import -----------------------------------------------------------------------
 
 
-def test_importing_reporter_does_not_import_tensorboard() -> None:
-    code = "import sys, introspect.reporter; print(any('tensorboard' in m for m in sys.modules))"
+def test_importing_the_writer_does_not_import_tensorboard() -> None:
+    code = ("import sys, introspect.reporter, introspect.tensorboard\n"
+            "print(any(m.split('.')[0] == 'tensorboard' or m.startswith('torch.utils.tensorboard') for m in sys.modules))")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_old_module_name_is_the_same_reporter() -> None:
+    import introspect
+    import introspect.reporter
+
+    assert introspect.reporter.Reporter is Reporter is introspect.Reporter
+    assert introspect.reporter.new_run_dir is new_run_dir
 
 
 # -- primitives ------------------------------------------------------------------------
@@ -176,7 +187,7 @@ def test_record_writers_tags_and_counts(run_dir: Path) -> None:
         feature_map("features.3", "dog", 8),
     ]
     preds = Predictions("cat.jpg", (281, 282), ("tabby", "tiger cat"), (0.75, 0.125))
-    cam_map = CamMap("gradcam", 281, "tabby", 0.75, np.zeros((8, 8), np.float32), rgb(8, 8))
+    cam_map = CamMap("gradcam", Subject("class", 281, "tabby", 0.75), np.zeros((8, 8), np.float32), rgb(8, 8))
     cam = CamResult("gradcam", "layer4", "cat.jpg", (cam_map,), rgb(10, 26))
     params = ParameterSummary(
         (
@@ -231,6 +242,96 @@ def test_record_writers_tags_and_counts(run_dir: Path) -> None:
         "parameters": 2,
         "gradients": 1,
     }
+
+    written = [t for kind in ("images", "tensors", "histograms") for t in acc.Tags()[kind]]
+    patterns = [layout for layout in LAYOUTS.values()]
+    unmatched = [t for t in written if not any(layout.matches(t) for layout in patterns)]
+    assert unmatched == []
+
+
+def test_record_writes_any_record_through_its_layout(tmp_path: Path) -> None:
+    grid = KernelGrid("features.0", (4, 3, 3, 3), "rgb", 4, 3, rgb(20, 30))
+    preds = Predictions("cat.jpg", (281,), ("tabby",), (0.75,))
+    with Reporter(new_run_dir(tmp_path, "by_record", "m")) as by_record:
+        by_record.record(grid)
+        by_record.record(preds)
+        by_record.record(RunInfo({"model": "tiny"}))
+    with Reporter(new_run_dir(tmp_path, "by_method", "m")) as by_method:
+        by_method.kernels([grid])
+        by_method.predictions(preds)
+        by_method.run_info({"model": "tiny"})
+    assert by_record.tags == by_method.tags == {"kernels": 1, "predictions": 1, "run": 1}
+    acc, other = load(tmp_path / "by_record"), load(tmp_path / "by_method")
+    assert read_text(acc, "predictions/cat.jpg") == read_text(other, "predictions/cat.jpg")
+    assert read_text(acc, "run/info") == read_text(other, "run/info")
+    assert LAYOUTS[KernelGrid].tags == ("kernels/<layer>",) and LAYOUTS[KernelGrid].matches("kernels/a.b")
+    assert not LAYOUTS[KernelGrid].matches("kernels/") and LAYOUTS[KernelGrid].summary
+    with Reporter(new_run_dir(tmp_path, "bad", "m")) as rep:
+        with pytest.raises(TypeError, match="no TensorBoard layout") as caught:
+            rep.record(object())
+    assert caught.value.parameter == "record"
+
+
+def test_one_cam_record_for_images_and_clips_and_the_info_line_on_videos(tmp_path: Path, monkeypatch) -> None:
+    photo = CamResult("gradcam", "layer4", "cat", (CamMap("gradcam", Subject("class", 281, "tabby", 0.75),
+                                                         np.zeros((8, 8), np.float32), rgb(8, 8)),), rgb(10, 26))
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    clip_map = CamMap("gradcam", Subject("clip class", 5, "juggling", 0.5), np.zeros((3, 8, 8), np.float32),
+                      rgb(10, 30), frames=frames)
+    clip = CamResult("gradcam", "layer4", "square", (clip_map,), rgb(10, 30))
+    monkeypatch.setattr(Reporter, "can_write_video", staticmethod(lambda: False))
+    with Reporter(new_run_dir(tmp_path, "cams", "m")) as rep:
+        assert rep.cams([photo]) == {}  # no clip: nothing to say about videos
+        said = rep.cams([clip])
+    assert list(said) == ["cam videos"]
+    assert said["cam videos"].startswith("not written") and "moviepy" in said["cam videos"]
+    acc = load(tmp_path / "cams")
+    assert read_image_size(acc, "cam/gradcam/cat") == (26, 10)
+    assert read_image_size(acc, "cam/gradcam/square") == (30, 10)
+    assert LAYOUTS[CamResult].matches("cam/gradcam/square/video") and LAYOUTS[CamResult].matches("cam/gradcam/cat")
+    assert clip_map.peak == (0, 0) and clip_map.probability == 0.5 and clip_map.class_name == "juggling"
+
+
+def test_a_subject_says_what_its_score_is() -> None:
+    assert Subject("class", 281, "tabby", 0.75).caption == "tabby 75.0%"
+    box = Subject("box", 17, "cat", 0.934, box=(1.0, 2.0, 30.0, 40.0), detection=0)
+    assert box.caption == "cat 0.93" and box.score_name == "detection score"
+    assert Subject("mask class", 8, "cat", 0.125).caption == "cat 12.5%"
+    assert Subject("mask class", 8, "cat", 0.125).score_name == "pixel share"
+    assert CamMap("gradcam", box, np.zeros((4, 4), np.float32), rgb(4, 4)).probability is None
+    with pytest.raises(ValueError, match="'pixel' is not a CAM subject"):
+        Subject("pixel", 0, "x", 1.0)
+
+
+def test_a_new_record_type_is_one_layout(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from introspect.tensorboard import register_layout
+
+    @dataclass(frozen=True)
+    class LogitNorms:
+        names: tuple[str, ...]
+        norms: tuple[float, ...]
+
+    @register_layout(LogitNorms, tags=("logits/norm/<image>",))
+    def _logit_norms(writer, record, step=0):
+        """One scalar per image (SCALARS)."""
+        for name, value in zip(record.names, record.norms):
+            writer.scalar(f"logits/norm/{name}", value, step)
+
+    try:
+        with Reporter(tmp_path) as rep:
+            rep.record(LogitNorms(("a", "b"), (1.0, 2.0)), step=3)
+        assert rep.tags == {"logits": 2} and LAYOUTS[LogitNorms].summary == "One scalar per image (SCALARS)."
+        assert load(tmp_path).Scalars("logits/norm/b")[0].value == 2.0
+    finally:
+        del LAYOUTS[LogitNorms]
+
+
+def test_every_layout_describes_its_tags() -> None:
+    for record_type, layout in LAYOUTS.items():
+        assert layout.record is record_type and layout.tags and layout.summary, record_type
+        assert all("/" in tag or tag == "hparams" for tag in layout.tags), layout.tags
 
 
 def test_run_info_without_warnings_has_no_warnings_section(run_dir: Path) -> None:

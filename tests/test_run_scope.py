@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import load_events, text
 
-from introspect.reporter import Reporter
+from introspect.tensorboard import Reporter
 from introspect.run_scope import RunEnd, recorded_run
 
 

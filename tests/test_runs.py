@@ -114,7 +114,7 @@ def test_run_failing_midway_leaves_a_readable_record(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("analyzer exploded")
 
-    monkeypatch.setattr(importlib.import_module("introspect.analyzers.cam"), "cams_from_pass", broken)
+    monkeypatch.setattr(importlib.import_module("introspect.engine.cam"), "cams_from_pass", broken)
     logdir = tmp_path / "runs"
     code, out, err = run_cli(["resnet18", "--weights", "none", "--image", str(CAT), "--input-size", "64",
                               "--sections", "kernels,features,cam", "--logdir", str(logdir)])
@@ -130,14 +130,15 @@ def test_run_failing_midway_leaves_a_readable_record(tmp_path, monkeypatch):
     assert not any(t.startswith("cam/") for t in images)
 
 
-@pytest.mark.parametrize("module, where", [("kernels", "kernel_grids"), ("features", "feature_maps_from_pass")])
+@pytest.mark.parametrize("module, where", [("analyzers.kernels", "kernel_grids"),
+                                           ("engine.features", "feature_maps_from_pass")])
 def test_keyboard_interrupt_in_process(tmp_path, monkeypatch, module, where):
     """The same for Ctrl-C inside report(), in-process: exit 130 and run/info says interrupted."""
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module(f"introspect.analyzers.{module}"), where, interrupted)
+    monkeypatch.setattr(importlib.import_module(f"introspect.{module}"), where, interrupted)
     logdir = tmp_path / "runs"
     code, out, err = run_cli(["resnet18", "--weights", "none", "--image", str(CAT), "--input-size", "64",
                               "--sections", "structure,kernels,features", "--logdir", str(logdir)])

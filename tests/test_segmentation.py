@@ -64,7 +64,7 @@ def _reference(model: nn.Module, images: torch.Tensor, results, layers: list[nn.
             for n, result in enumerate(results):
                 maps = []
                 for m in result.maps:
-                    mask = (result.segmentation.class_map == m.class_index).astype(np.float32)
+                    mask = (result.prediction.class_map == m.class_index).astype(np.float32)
                     target = SemanticSegmentationTarget(m.class_index, mask)
                     maps.append(explainer(input_tensor=x[n:n + 1], targets=[target])[0])
                 out.append(maps)
@@ -113,7 +113,7 @@ def test_lraspp_gradcam_on_a_named_layer_equals_pytorch_grad_cam(images):
     assert results[0].layer == f"backbone.{high}" and results[0].levels == ("",)
     reference = _reference(model, images, results, [dict(model.backbone.named_children())[high]])
     for result, theirs in zip(results, reference):
-        assert len(result.maps) == len(result.segmentation.classes[:5])
+        assert len(result.maps) == len(result.prediction.classes[:5])
         for m, t in zip(result.maps, theirs):
             assert np.abs(t - m.heatmap).max() < 1e-4
     default = segmentation_cams(model, images, methods="gradcam,eigencam")
@@ -126,6 +126,8 @@ def test_background_is_skipped_unless_asked_and_max_classes_caps(images):
     assert len(seg.classes) >= 2
     capped = segmentation_cams(model, images[:1], max_classes=1, skip_background=False)[0]
     assert [m.class_index for m in capped.maps] == [seg.classes[0].index]
+    subject = capped.maps[0].subject
+    assert subject.kind == "mask class" and subject.score == seg.classes[0].share and subject.caption.endswith("%")
     top = seg.classes[0].index
     names = ["zero"] + [f"c{i}" for i in range(1, 21)]
     names[top] = "__background__"  # the largest class is called background: skipped by default

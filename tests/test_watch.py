@@ -16,7 +16,7 @@ from torch import nn
 
 import introspect
 from introspect.errors import ArgumentError, ArgumentTypeError, UsageError
-from introspect.reporter import Reporter, new_run_dir
+from introspect.tensorboard import Reporter, new_run_dir
 from introspect.watch import Watch
 
 STAGES = ["features.2", "features.6", "features.9"]  # default_feature_layers(TinyNet())

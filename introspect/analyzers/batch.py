@@ -49,9 +49,11 @@ def one_batch(model: nn.Module | LoadedModel, inputs: Any, *, categories: Sequen
         prepare: steps that check options and declare what the pass keeps (a task's ``prepare_cams``...).
         options: option groups of :class:`RunContext` (``cam=CamOptions(...)``, ``features=...``).
     """
+    from ..tasks import TASKS
+
     loaded = loaded_model(model, categories)
-    ctx = RunContext(loaded=loaded, **options)
-    task = ctx.task
+    task = TASKS[loaded.task]
+    ctx = RunContext(loaded=loaded, task=task, **options)
     task.check_options(ctx)
     batch = task.read_inputs(inputs, loaded)
     tensor = getattr(batch, "tensor", None)

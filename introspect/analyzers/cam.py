@@ -1,93 +1,28 @@
-"""Class activation maps of a model's inputs: :func:`cam`, and the CAM records of a classifier's pass.
+"""Class activation maps of a model's inputs: :func:`cam`.
 
-The CAM core (the method registry, the formulas, the one normaliser, ``cam_maps``) lives in
-:mod:`introspect.engine.cam` and is re-exported here (``from introspect.analyzers.cam import
+The CAM core (the method registry, the formulas, the one normaliser, ``cam_maps``, a classifier's
+``cams_from_pass``) lives in :mod:`introspect.engine.cam` and is re-exported here (``from introspect.analyzers.cam import
 CAM_METHODS`` works as before). :func:`cam` goes the one run path: the model's task reads the
 inputs, runs the one forward pass and returns its CAM results.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
-import numpy as np
-import torch
 from torch import nn
 
-from ..engine.cam import (CAM_METHODS, CamFormula, CamMethod, activation_maps, cam_maps, list_cam_methods,
-                          needs_layer_gradient, normalize_maps, parse_cam_methods, scaled_maps, single_pass_methods)
-from ..engine.forward import ForwardPass
-from ..engine.targets import Target, as_targets
-from ..errors import IntrospectWarning
-from ..inputs import InputBatch, Inputs
-from ..layers import LayerChoice
-from ..models import LoadedModel
+from ..engine.cam import (CAM_METHODS, CamFormula, CamMethod, activation_maps, cam_maps, cams_from_pass,
+                          list_cam_methods, needs_layer_gradient, normalize_maps, parse_cam_methods, scaled_maps,
+                          single_pass_methods)
+from ..inputs import Inputs
+from ..loaded import LoadedModel
 from ..options import CamOptions
-from ..records import CamMap, CamResult
-from .predictions import class_name
+from ..records import CamResult
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "cam",
            "cams_from_pass", "cam_maps", "needs_layer_gradient", "normalize_maps", "activation_maps",
            "single_pass_methods", "scaled_maps"]
-
-
-def cams_from_pass(
-    model: nn.Module,
-    forward: ForwardPass,
-    batch: InputBatch,
-    methods: Sequence[str],
-    layer: LayerChoice,
-    targets: Sequence[Sequence[Target]] | torch.Tensor,
-    categories: Sequence[str],
-    colormap: str = CamOptions.colormap,
-) -> list[CamResult]:
-    """CAM results for every method and image of a batch that went through the shared forward pass.
-
-    Args:
-        model: the module (delegated methods run it again).
-        forward: the pass over ``batch`` that captured ``layer`` (and recorded its gradient
-            when :func:`needs_layer_gradient` says so).
-        batch: the images.
-        methods: CAM method names.
-        layer: the target layer.
-        targets: per image, its k class targets (each with an ``index``), or an ``(N, k)`` tensor of class
-            indices (``ClassScore`` targets).
-        categories: class names (``class N`` where missing).
-        colormap: matplotlib colormap of the overlays.
-
-    Returns:
-        One :class:`CamResult` per method and image, methods outer.
-
-    Raises:
-        UnknownMethodError: an unknown method name.
-        MethodFailedError: pytorch-grad-cam failed on this model.
-    """
-    from ..drawing import labelled_row, overlay
-
-    size = tuple(batch.tensor.shape[-2:])
-    probs = forward.probabilities.cpu()
-    results = []
-    notes: dict[str, list[str]] = {}
-    targets = as_targets(targets)
-    all_maps = cam_maps(forward, layer, methods, targets, size, model=model, inputs=batch.tensor, notes=notes)
-    for name, maps in all_maps.items():
-        maps = maps.cpu().numpy()
-        for n, image_name in enumerate(batch.names):
-            entries = []
-            for j, target in enumerate(targets[n]):
-                index = int(target.index)
-                heatmap = maps[j, n].astype(np.float32)
-                label = class_name(categories, index)
-                prob = float(probs[n, index])
-                entries.append(CamMap(method=name, class_index=index, class_name=label, probability=prob,
-                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
-            results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
-                                     image=panel, warnings=tuple(notes.get(name, ()))))
-        for note in notes.get(name, ()):
-            warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
-    return results
 
 
 def cam(

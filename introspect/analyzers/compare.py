@@ -1,4 +1,4 @@
-"""Side-by-side comparison of CAM methods, built from CamResults already computed (no forward pass)."""
+"""Side-by-side comparison of CAM methods, built from CamResults already computed (no forward pass), any task."""
 
 from __future__ import annotations
 
@@ -14,15 +14,17 @@ __all__ = ["compare_cams"]
 
 
 def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str, np.ndarray]) -> list[CamComparison]:
-    """One image per input: the photo, then each method's overlay, one row per explained class.
+    """One image per input: the photo, then each method's overlay, one row per explained subject.
 
     ``photos`` maps image names to the uint8 HWC pixels the model saw (an
     :class:`~introspect.inputs.InputBatch` will do). Each row is ``1 + len(methods)``
-    labelled tiles wide: "<class> <probability>" on the photo, "<method>: <class>" on
-    each overlay. Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
+    labelled tiles wide: the subject's caption ("<class> <probability>", a detection's
+    score, a mask class's share) on the photo, "<method>: <class>" on each overlay.
+    Results without a map, and clips (their maps run over frames), are left out.
+    Example: ``compare_cams(introspect.cam(m, batch, "gradcam,layercam"), batch)``.
 
     Args:
-        results: CAM results, several methods of the same images and classes.
+        results: CAM results, several methods of the same images and subjects.
         photos: image name -> uint8 ``(H, W, 3)`` pixels, or an ``InputBatch``.
 
     Returns:
@@ -37,7 +39,8 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
         photos = dict(zip(photos.names, photos.photos))
     by_image: dict[str, list[CamResult]] = {}
     for result in results:
-        by_image.setdefault(result.image_name, []).append(result)
+        if result.maps and result.maps[0].heatmap.ndim == 2:
+            by_image.setdefault(result.image_name, []).append(result)
     comparisons = []
     for image_name, group in by_image.items():
         if image_name not in photos:
@@ -48,12 +51,12 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
         tiles = []
         for j in range(rows):
             first = group[0].maps[j]
-            tiles.append(label_image(photo, f"{first.class_name} {first.probability:.1%}"))
+            tiles.append(label_image(photo, first.subject.caption))
             for result in group:
                 entry = result.maps[j]
-                tiles.append(label_image(entry.image, f"{result.method}: {entry.class_name}"))
+                tiles.append(label_image(entry.image, f"{result.method}: {entry.subject.name}"))
         grid = tile_grid(np.stack(tiles), ncols=1 + len(group), padding=4)
         comparisons.append(CamComparison(image_name=image_name, methods=tuple(r.method for r in group),
-                                         class_indices=tuple(group[0].maps[j].class_index for j in range(rows)),
+                                         class_indices=tuple(group[0].maps[j].subject.index for j in range(rows)),
                                          image=grid))
     return comparisons

@@ -21,9 +21,9 @@ from torch import nn
 from ..errors import ImageError, LayerError, UsageError
 from ..hooks import first_tensor, inspecting
 from ..inputs import stream_inputs
-from ..models import LoadedModel, device_and_dtype, unwrap
+from ..loaded import LoadedModel, device_and_dtype, unwrap
 from ..records import EmbeddingSet
-from .predictions import class_name
+from ..engine.classes import class_name
 
 __all__ = ["embeddings", "penultimate_source"]
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ArgumentError, LayerError
 from ..hooks import first_tensor, inspecting
 from ..layers import LayerChoice, default_feature_layers, layer_choice, resolve_layer, to_nchw
-from ..models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
+from ..loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, unwrap
 from ..records import FilterGrid
 from ..options import FilterOptions
 

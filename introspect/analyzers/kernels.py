@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ArgumentError
 from ..layers import resolve_layer
-from ..models import LoadedModel, unwrap
+from ..loaded import LoadedModel, unwrap
 from ..records import KernelGrid
 
 __all__ = ["kernel_grids", "kernel_grid", "kernel_layers", "conv_weight"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import LoadedModel, unwrap
+from ..loaded import LoadedModel, unwrap
 from ..records import Histogram, ParameterSummary, ParameterTensor
 
 __all__ = ["parameter_summary", "histogram_of", "HISTOGRAM_BINS"]

@@ -20,8 +20,7 @@ from ..inputs import prepare_inputs
 from ..records import PointingGame
 from ..engine.targets import TrueLabel
 from ..layers import pick_cam_layer
-from ..engine.cam import CAM_METHODS, needs_layer_gradient, parse_cam_methods
-from .cam import cams_from_pass
+from ..engine.cam import CAM_METHODS, cams_from_pass, needs_layer_gradient, parse_cam_methods
 
 __all__ = ["GRADIENT_METHODS", "COMPUTED_METHODS", "pointing_game"]
 

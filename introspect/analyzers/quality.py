@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import ArgumentError
 from ..hooks import inspecting
 from ..inputs import Inputs, prepare_inputs
-from ..models import LoadedModel, device_and_dtype, unwrap
+from ..loaded import LoadedModel, device_and_dtype, unwrap
 from ..records import CamQuality, CamResult
 
 __all__ = ["cam_quality", "rank_map", "DEFAULT_PERCENT"]

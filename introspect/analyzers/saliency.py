@@ -25,12 +25,12 @@ from torch import nn
 
 from ..errors import ArgumentError, IntrospectWarning, UnknownMethodError
 from ..hooks import first_tensor, inspecting
-from ..inputs import InputBatch, Inputs, prepare_inputs
-from ..layers import LayerChoice, pick_cam_layer, resolve_layer, to_nchw
-from ..models import LoadedModel, device_and_dtype, unwrap
+from ..inputs import InputBatch, Inputs
+from ..layers import LayerChoice, resolve_layer, to_nchw
+from ..loaded import LoadedModel, device_and_dtype
 from ..records import SaliencyMap, SaliencyResult
 from ..engine.cam import CAM_METHODS, normalize_maps
-from .predictions import class_name, resolve_target
+from ..engine.classes import class_name
 from ..options import CamOptions, SaliencyOptions
 
 __all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_pass", "guided_relus"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..hooks import inspecting
-from ..models import LoadedModel, device_and_dtype, unwrap
+from ..loaded import LoadedModel, device_and_dtype, unwrap
 from ..records import LayerRow, StructureSummary
 
 __all__ = ["summarize"]

@@ -11,7 +11,7 @@ same result).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,42 +353,3 @@ class Aggregates:
         """Classes with labelled images or predictions."""
         d = self.dense
         return torch.nonzero((d["class_images"] > 0) | (d["predicted"] > 0)).flatten().tolist()
-
-
-def _drawing():
-    """introspect's drawing helpers (overlay, labelled_row, tile_grid): the one import of them here."""
-    from .. import drawing
-
-    return drawing
-
-
-def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.ndarray:
-    """A gallery entry as a labelled pair: the photo and its first CAM over it."""
-    draw = _drawing()
-    photo = entry["thumbnail"].numpy()
-    heat = entry["heat"].float().numpy()
-
-    def name(i: int) -> str:
-        return "-" if i < 0 else (names[i] if i < len(names) else f"class {i}")
-
-    energy = entry["energy"]
-    right = f"{name(entry['predicted'])} {entry['probability']:.0%}" + \
-        ("" if math.isnan(energy) else f" e={energy:.2f}")
-    return draw.labelled_row([photo, draw.overlay(photo, heat, colormap)], [f"{name(entry['label'])}", right],
-                             padding=2)
-
-
-def gallery_image(panels: Sequence[np.ndarray]) -> np.ndarray:
-    """Panels in a grid (4 per row)."""
-    return _drawing().tile_grid(np.stack(panels), ncols=min(4, len(panels)), padding=6)
-
-
-def mean_cam_panel(photo: np.ndarray, maps: np.ndarray, label: str, methods: Sequence[str],
-                   colormap: str = "jet") -> np.ndarray:
-    """A class's mean image, then each method's mean map over it, labelled."""
-    draw = _drawing()
-    panels = [photo] + [draw.overlay(photo, m, colormap) for m in maps]
-    return draw.labelled_row(panels, [label] + list(methods))
-
-
-Renderer = Callable[[dict], np.ndarray]

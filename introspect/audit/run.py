@@ -28,14 +28,16 @@ from ..errors import ArgumentError, IntrospectWarning, OutputError, UnknownMetho
 from ..engine.forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
-from ..models import LoadedModel, load_model, unwrap
+from ..loaded import LoadedModel, unwrap
+from ..models import load_model
 from ..records import AuditResult, AuditSample, Gallery, GalleryItem, MeanCam
 from ..engine.targets import TrueLabel
 from ..tasks import TASKS
-from .aggregate import Aggregates, batch_stats, draw_entry, gallery_image, mean_cam_panel, sample_indices
+from .aggregate import Aggregates, batch_stats, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
 from .dataset import AuditImages, DatasetIndex, make_loader, scan_dataset
 from .distributed import World, all_reduce_sum, barrier, gather_to_zero, init_world, shard
+from .figures import confusion_figure, draw_entry, gallery_image, mean_cam_panel, pr_curve
 from .table import merge_parts, table_rows, table_schema, write_part
 
 __all__ = ["AuditOptions", "audit", "check_auditable", "PROTOCOL"]
@@ -140,7 +142,7 @@ def _oserror(path: Path, error: OSError, kept: str) -> OutputError:
 
 
 def _un_normalise(transform) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..models import IMAGENET_MEAN, IMAGENET_STD
+    from ..loaded import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(list(getattr(transform, "mean", IMAGENET_MEAN)), dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(list(getattr(transform, "std", IMAGENET_STD)), dtype=torch.float32).view(1, 3, 1, 1)
@@ -470,6 +472,11 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
     pr_sel = torch.tensor(pr_classes, dtype=torch.long)
     pr_positive = d["pr_positive"][pr_sel].numpy() if pr_classes else np.zeros((0, 0), dtype=np.int64)
     pr_negative = (d["pr_all"][pr_sel] - d["pr_positive"][pr_sel]).numpy() if pr_classes else pr_positive
+    pr_curves = tuple(pr_curve(c, _name(names, c), pr_positive[row], pr_negative[row])
+                      for row, c in enumerate(pr_classes))
+    top1 = count("top1") / labelled if labelled else math.nan
+    confusion_image = confusion_figure(confusion, [_name(names, c) for c in present], top1) \
+        if present and labelled else None
     mean_cams = []
     cam_classes = sorted(torch.nonzero(d["cam_count"]).flatten().tolist(),
                          key=lambda c: (-int(d["cam_count"][c]), c))[: options.max_classes]
@@ -509,13 +516,13 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
                              thumbnails=torch.stack([e["thumbnail"] for e in s]).numpy())
     return AuditResult(
         settings=settings, methods=aggregates.methods, images=count("images"), skipped=count("skipped"),
-        skipped_files=tuple(aggregates.skipped_files), labelled=labelled,
-        top1=count("top1") / labelled if labelled else math.nan,
+        skipped_files=tuple(aggregates.skipped_files), labelled=labelled, top1=top1,
         top5=count("top5") / labelled if labelled else math.nan,
         boxed=int(d["class_boxed"].sum()), tolerance=float(options.tolerance), pointing=pointing,
         centre_baseline=centre, energy=energy, classes=aggregates.class_rows(names),
         confusion_classes=tuple(present), confusion=confusion, pr_classes=tuple(pr_classes),
-        pr_positive=pr_positive, pr_negative=pr_negative, mean_cams=tuple(mean_cams), galleries=tuple(galleries),
+        pr_positive=pr_positive, pr_negative=pr_negative, pr_curves=pr_curves, confusion_image=confusion_image,
+        mean_cams=tuple(mean_cams), galleries=tuple(galleries),
         sample=sample, sanity=sanity, protocol=PROTOCOL.format(tolerance=options.tolerance), table=table_path,
         seconds=seconds, category_names=tuple(names))
 

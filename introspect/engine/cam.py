@@ -21,6 +21,7 @@ asked for carries its target factory (``CamMethod.retarget``: FinerCAM).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,14 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ArgumentError, MethodFailedError, StateError, UnknownMethodError
+from ..errors import ArgumentError, IntrospectWarning, MethodFailedError, StateError, UnknownMethodError
 from ..hooks import inspecting
+from ..inputs import InputBatch
 from ..layers import LayerChoice, resolve_layer, to_nchw
+from ..options import CamOptions
+from ..records import CamMap, CamResult, Subject
+from .classes import class_name
 from .forward import ForwardPass
 from .targets import FinerContrast, Target, as_targets
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "needs_layer_gradient",
-           "single_pass_methods", "normalize_maps", "activation_maps", "scaled_maps", "cam_maps"]
+           "single_pass_methods", "normalize_maps", "activation_maps", "scaled_maps", "cam_maps", "cams_from_pass"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -454,3 +459,61 @@ def cam_maps(
         else:
             maps[name] = _maps_here(method, forward, layer, k, size, method_notes, grads)
     return maps
+
+
+def cams_from_pass(
+    model: nn.Module,
+    forward: ForwardPass,
+    batch: InputBatch,
+    methods: Sequence[str],
+    layer: LayerChoice,
+    targets: Sequence[Sequence[Target]] | torch.Tensor,
+    categories: Sequence[str],
+    colormap: str = CamOptions.colormap,
+) -> list[CamResult]:
+    """CAM results for every method and image of a batch that went through the shared forward pass.
+
+    Args:
+        model: the module (delegated methods run it again).
+        forward: the pass over ``batch`` that captured ``layer`` (and recorded its gradient
+            when :func:`needs_layer_gradient` says so).
+        batch: the images.
+        methods: CAM method names.
+        layer: the target layer.
+        targets: per image, its k class targets (each with an ``index``), or an ``(N, k)`` tensor of class
+            indices (``ClassScore`` targets).
+        categories: class names (``class N`` where missing).
+        colormap: matplotlib colormap of the overlays.
+
+    Returns:
+        One :class:`CamResult` per method and image, methods outer.
+
+    Raises:
+        UnknownMethodError: an unknown method name.
+        MethodFailedError: pytorch-grad-cam failed on this model.
+    """
+    from ..drawing import labelled_row, overlay
+
+    size = tuple(batch.tensor.shape[-2:])
+    probs = forward.probabilities.cpu()
+    results = []
+    notes: dict[str, list[str]] = {}
+    targets = as_targets(targets)
+    all_maps = cam_maps(forward, layer, methods, targets, size, model=model, inputs=batch.tensor, notes=notes)
+    for name, maps in all_maps.items():
+        maps = maps.cpu().numpy()
+        for n, image_name in enumerate(batch.names):
+            entries = []
+            for j, target in enumerate(targets[n]):
+                index = int(target.index)
+                heatmap = maps[j, n].astype(np.float32)
+                label = class_name(categories, index)
+                prob = float(probs[n, index])
+                entries.append(CamMap(method=name, subject=Subject("class", index, label, prob),
+                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
+            results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
+                                     image=panel, warnings=tuple(notes.get(name, ()))))
+        for note in notes.get(name, ()):
+            warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
+    return results

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, StateError, UnknownLayerError, UsageError
-from ..hooks import device_and_dtype, first_tensor, inspecting, is_map_dict, make_leaves
+from ..hooks import first_tensor, inspecting, is_map_dict, make_leaves
+from ..loaded import device_and_dtype
 from ..layers import resolve_layer
 from .targets import as_targets, target_scores
 

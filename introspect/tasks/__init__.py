@@ -42,6 +42,7 @@ register_task(ClassificationTask(
     module="torchvision.models",
     input_kind="image",
     capabilities=frozenset({"images", "class_scores", "targets", "autograd", "graph"}),
+    reads_class_count=True,
 ))
 register_task(QuantizedTask(
     name="quantized",

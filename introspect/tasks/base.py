@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ArgumentError, UsageError
 
-__all__ = ["Task", "CAPABILITIES", "INPUT_KINDS", "NEEDS"]
+__all__ = ["Task", "InputRecipe", "CAPABILITIES", "INPUT_KINDS", "NEEDS"]
 
 #: Input kinds a task can take.
 INPUT_KINDS = ("image", "clip", "frame pair")
@@ -70,6 +70,17 @@ def stage_children(model: Any, root: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class InputRecipe:
+    """How a loaded model is fed: the side of its input, the per-image (or per-frame) transform, frames per
+    clip (video), and how many classes its output has."""
+
+    size: int
+    transform: Any
+    clip_length: int | None = None
+    classes: int = 0
+
+
+@dataclass(frozen=True)
 class Task:
     """One family of models and how introspect treats it (subclasses fill in the behaviour).
 
@@ -86,6 +97,8 @@ class Task:
         notes: anything ``run/info`` should say about this task.
         runs_on_meta: its models can be probed on the meta device (detectors cache anchors as plain
             attributes, which a meta run would leave on the meta device).
+        reads_class_count: a checkpoint's class count (its last 2-d weight) sets the head it is built with,
+            and the model is built on the meta device and the state assigned (a fine-tuned classifier).
     """
 
     name: str
@@ -99,6 +112,7 @@ class Task:
     build_kwargs: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     runs_on_meta: bool = True
+    reads_class_count: bool = False
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:
@@ -136,6 +150,19 @@ class Task:
         """The one-line error for something this task cannot show (``what``: a section or analyzer name)."""
         reason = self.skip_reason(what) or f"{what} is not offered for {self.name} models"
         return UsageError(f"{what} does not apply to {self.name} models: {reason}", parameter=parameter)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def check_device(self, model_name: str, device: torch.device) -> None:
+        """Refuse a device the task's models cannot run on (before anything is built)."""
+
+    def builder_kwargs(self, model_name: str, input_size: int | None, state: Mapping[str, Any] | None) -> dict:
+        """Keyword arguments for the torchvision builder beyond ``build_kwargs`` (sizes, heads a state holds)."""
+        return {}
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        """How the built model ``net`` is fed (``weights``: its torchvision weights enum member, or None)."""
+        raise self.cannot("inputs", "model")
 
     # -- inputs ------------------------------------------------------------------------------
 

@@ -11,9 +11,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Task
+import torch
+from torch import nn
 
-__all__ = ["ClassificationTask", "QuantizedTask"]
+from ..errors import DeviceError, InputSizeError
+from ..loaded import imagenet_transform
+from .base import InputRecipe, Task
+
+__all__ = ["ClassificationTask", "QuantizedTask", "output_classes"]
+
+
+def output_classes(model: nn.Module) -> int | None:
+    """The class count of a classifier: its last linear layer's outputs (a quantized one's too), else its last
+    conv's channels."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) or
+               (isinstance(getattr(m, "out_features", None), int) and callable(getattr(m, "weight", None)))]
+    if linears:  # nn.Linear, or a quantized Linear (its weight() is a method)
+        return linears[-1].out_features
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else None
+
+
+def _check_input_size(name: str, model: nn.Module, size: int, weights: Any) -> None:
+    image_size = getattr(model, "image_size", None)
+    if type(model).__name__ == "VisionTransformer":  # the built model's own size (vit_h_14 random: 224, not 518)
+        if size != image_size:
+            raise InputSizeError(f"{name} takes only {image_size}x{image_size} inputs, not {size}: "
+                                 f"use input_size={image_size}", parameter="input_size")
+        return
+    if weights is not None:
+        min_size = type(weights).DEFAULT.meta.get("min_size", (1, 1))
+        if size < max(min_size):
+            raise InputSizeError(f"{name} needs inputs of at least {max(min_size)}x{max(min_size)} pixels, "
+                                 f"not {size}: use input_size={max(min_size)} or more", parameter="input_size")
 
 
 def _input_size(ctx: Any) -> Any:
@@ -24,6 +54,19 @@ def _input_size(ctx: Any) -> Any:
 @dataclass(frozen=True)
 class ClassificationTask(Task):
     """Image classifiers: one score per class and image."""
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        size = input_size or (weights.transforms().crop_size[0] if weights is not None else 224)
+        _check_input_size(model_name, net, size, weights)
+        if weights is not None and input_size is None:
+            transform = weights.transforms()
+        elif weights is not None:
+            preset = weights.transforms()
+            ratio = preset.resize_size[0] / preset.crop_size[0]
+            transform = imagenet_transform(size, round(size * ratio), preset.mean, preset.std)
+        else:
+            transform = imagenet_transform(size)
+        return InputRecipe(size, transform, None, output_classes(net) or 0)
 
     def read_inputs(self, inputs: Any, loaded: Any) -> Any:
         from ..inputs import prepare_inputs
@@ -68,7 +111,7 @@ class ClassificationTask(Task):
 
     def target_indices(self, ctx: Any) -> list[int] | None:
         """``cam.targets`` as class indices (None: each image's top-k)."""
-        from ..analyzers.predictions import resolve_target
+        from ..engine.classes import resolve_target
 
         categories = ctx.loaded.categories
         return ctx.once("targets", lambda: [resolve_target(t, categories, len(categories))
@@ -88,14 +131,14 @@ class ClassificationTask(Task):
         ctx.info["cam layer"] = layer.name
 
     def prepare_features(self, ctx: Any) -> None:
-        from ..analyzers.features import feature_layer_choices
+        from ..engine.features import feature_layer_choices
 
         choices = feature_layer_choices(ctx.model, ctx.features.layers, input_size=_input_size(ctx))
         ctx.state["feature_layers"] = choices
         ctx.keep(*(c.name for c in choices))
 
     def feature_layer_names(self, loaded: Any) -> list[str]:
-        from ..analyzers.features import feature_layer_choices
+        from ..engine.features import feature_layer_choices
 
         return [c.name for c in feature_layer_choices(loaded.model, None, input_size=loaded.input_size)]
 
@@ -107,19 +150,19 @@ class ClassificationTask(Task):
         return run_forward(ctx.model, ctx.batch.tensor, capture=ctx.capture, grad_layer=ctx.gradient_layer)
 
     def predictions(self, ctx: Any) -> list:
-        from ..analyzers.predictions import predictions_from_pass
+        from ..engine.classes import predictions_from_pass
 
         topk = ctx.state.get("prediction_topk") or max(ctx.cam.topk, 5)
         return predictions_from_pass(ctx.forward, ctx.batch.names, ctx.loaded.categories, topk)
 
     def feature_maps(self, ctx: Any) -> list:
-        from ..analyzers.features import feature_maps_from_pass
+        from ..engine.features import feature_maps_from_pass
 
         return feature_maps_from_pass(ctx.forward, ctx.batch, ctx.state["feature_layers"], ctx.features.max_channels)
 
     def classes(self, ctx: Any, topk: int):
         """(N, k) class indices to explain: the targets asked for, or each image's top-k."""
-        from ..analyzers.predictions import top_classes
+        from ..engine.classes import top_classes
 
         return top_classes(ctx.forward, topk, self.target_indices(ctx))
 
@@ -130,7 +173,7 @@ class ClassificationTask(Task):
         return ClassScore.per_image(self.classes(ctx, topk))
 
     def cam_results(self, ctx: Any) -> list:
-        from ..analyzers.cam import cams_from_pass
+        from ..engine.cam import cams_from_pass
 
         return cams_from_pass(ctx.model, ctx.forward, ctx.batch, self.methods(ctx), self.cam_layer(ctx),
                               self.targets(ctx, ctx.cam.topk), ctx.loaded.categories, ctx.cam.colormap)
@@ -139,6 +182,11 @@ class ClassificationTask(Task):
 @dataclass(frozen=True)
 class QuantizedTask(ClassificationTask):
     """int8 quantized classifiers: no autograd, so only the activation-only CAM methods."""
+
+    def check_device(self, model_name: str, device: torch.device) -> None:
+        if device.type != "cpu":
+            raise DeviceError(f"{model_name} is an int8 quantized model, which runs on the CPU only: use "
+                              "device='cpu'", parameter="device")
 
     def check_methods(self, methods: list[str], model_name: str) -> None:
         from .quantized import check_cam_methods

@@ -103,7 +103,7 @@ def feature_records(activations: Mapping[str, torch.Tensor], names: Sequence[str
 
     ``as_map`` turns each activation into (N, C, H, W) (a clip's middle frame); others are left out.
     """
-    from ..analyzers.features import feature_map
+    from ..engine.features import feature_map
     from ..layers import LayerChoice
 
     maps = {layer: as_map(a) for layer, a in activations.items()}
@@ -173,8 +173,8 @@ class HeadsTask(Task):
 
         size = loaded.input_size
         capture = stage_children(loaded.model, trunk_root(loaded.model, ROOTS["image"]))
-        found = self.run_pass(RunContext(loaded=loaded), task_images(torch.zeros(1, 3, size, size)), ("eigencam",),
-                              capture)
+        blank = task_images(torch.zeros(1, 3, size, size))
+        found = self.run_pass(RunContext(loaded=loaded, task=self), blank, ("eigencam",), capture)
         return found
 
     def cam_layer_name(self, loaded: Any, layer: str | None = None) -> str | None:

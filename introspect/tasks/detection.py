@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
-from ..errors import IntrospectError, IntrospectWarning, TargetError, UsageError
 from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
-from ..hooks import inspecting
-from .common import HeadsTask, TaskImages, task_images
 from ..engine.targets import BoxScore
-from .records import DetectionCamMap, DetectionCamResult, Detections
+from ..errors import IntrospectError, IntrospectWarning, TargetError, UsageError
+from ..hooks import inspecting
+from ..records import CamMap, CamResult, Detections, Subject
+from .base import InputRecipe
+from .common import HeadsTask, TaskImages, task_images
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_targets", "DetectionPass", "detection_pass",
@@ -344,7 +345,7 @@ def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[st
 def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequence[str], *, topk: int = 3,
                           targets: Sequence[int | str] | None = None,
                           iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-                          colormap: str = "jet") -> list[DetectionCamResult]:
+                          colormap: str = "jet") -> list[CamResult]:
     """A CAM for each of the top-k detections of each image of a :func:`detection_pass` (one backward)."""
     from ..drawing import labelled_row, overlay
 
@@ -385,14 +386,14 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
                 drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), boxes.boxes[index:index + 1],
                                         boxes.names[index:index + 1], boxes.scores[index:index + 1],
                                         boxes.labels[index:index + 1])
-                entries.append(DetectionCamMap(method=method, detection=index, label=int(boxes.labels[index]),
-                                               name=boxes.names[index], score=float(boxes.scores[index]),
-                                               box=box, heatmap=heatmap, image=drawn))
-            panel = labelled_row([e.image for e in entries], [f"{e.name} {e.score:.2f}" for e in entries]) \
+                subject = Subject("box", int(boxes.labels[index]), boxes.names[index], float(boxes.scores[index]),
+                                  box=box, detection=index)
+                entries.append(CamMap(method=method, subject=subject, heatmap=heatmap, image=drawn))
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries]) \
                 if entries else boxes.image
-            results.append(DetectionCamResult(method=method, layer=forward.layer, levels=forward.levels,
-                                              image_name=boxes.image_name, detections=boxes, maps=tuple(entries),
-                                              image=panel, warnings=tuple(notes)))
+            results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
+                                     image_name=boxes.image_name, prediction=boxes, maps=tuple(entries), image=panel,
+                                     warnings=tuple(notes)))
     for note in notes:
         warnings.warn(f"detection CAM: {note}", IntrospectWarning, stacklevel=2)
     return results
@@ -412,7 +413,7 @@ def detection_cams(
     names: Sequence[str] | None = None,
     colormap: str = "jet",
     restrict_to_rois: bool = True,
-) -> list[DetectionCamResult]:
+) -> list[CamResult]:
     """A CAM for each of the top-k detections of each image: one forward pass, one backward.
 
     R-CNN models (a ``roi_heads`` with torchvision's box path) run their forward without recording; the box
@@ -438,7 +439,8 @@ def detection_cams(
             only (the same targets and maps at a fraction of the cost); False: through the whole graph of the
             model's output, as pytorch-grad-cam does.
     Returns:
-        One result per method and image (method-major), each carrying that image's :class:`Detections`.
+        One result per method and image (method-major), each carrying that image's :class:`Detections` as its
+        ``prediction``.
     """
     _check_threshold(score_threshold)
     if topk < 1:
@@ -460,6 +462,22 @@ def detection_cams(
 @dataclass(frozen=True)
 class DetectionTask(HeadsTask):
     """Object detectors: boxes with names and scores, a CAM per top detection (its box score)."""
+
+    def builder_kwargs(self, model_name: str, input_size: int | None, state: Any) -> dict:
+        """Make the detector resize its inputs to ``input_size`` (SSD's size is fixed)."""
+        if input_size is None or model_name.startswith("ssd"):
+            return {}
+        return {"min_size": input_size, "max_size": max(input_size, round(input_size * 1333 / 800))}
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        from ..loaded import imagenet_transform
+
+        rcnn_transform = getattr(net, "transform", None)
+        size = input_size or (int(rcnn_transform.min_size[0]) if rcnn_transform is not None else 512)
+        classes = len(weights.meta.get("categories") or ()) if weights is not None else 0
+        # Detectors normalise inside the model: they take [0, 1] pixels.
+        return InputRecipe(size, imagenet_transform(size, size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)), None,
+                           classes)
 
     def check_cam_options(self, ctx: Any) -> None:
         if ctx.cam.topk < 1:

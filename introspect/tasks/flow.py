@@ -16,13 +16,15 @@ import numpy as np
 import torch
 
 from ..errors import TargetError, UsageError
-from .base import Task
+from .base import InputRecipe, Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 from ..records import FlowResult
 
 __all__ = ["FlowTask", "FramePairs", "MAX_PAIRS", "prepare_pairs", "flow_results"]
 
 MAX_PAIRS = 4
+FLOW_MIN_SIZE = 128
+"""RAFT's frames: at least this side, a multiple of 8."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,18 @@ def flow_results(flows: torch.Tensor, pairs: FramePairs) -> list[FlowResult]:
 @dataclass(frozen=True)
 class FlowTask(Task):
     """Optical flow (RAFT): two frames -> the flow image, its magnitudes, and the feature encoder's maps."""
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        from ..errors import InputSizeError
+        from ..loaded import imagenet_transform
+
+        size = input_size or FLOW_MIN_SIZE * 2
+        if size < FLOW_MIN_SIZE or size % 8:
+            raise InputSizeError(f"{model_name} needs frames of at least {FLOW_MIN_SIZE} pixels whose side is a "
+                                 f"multiple of 8, not {size}: use input_size={max(FLOW_MIN_SIZE, size + (-size) % 8)}",
+                                 parameter="input_size")
+        # RAFT takes pixels scaled to [-1, 1] (torchvision's OpticalFlow preset).
+        return InputRecipe(size, imagenet_transform(size, size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
 
     def read_inputs(self, inputs: Any, loaded: Any) -> FramePairs:
         if isinstance(inputs, FramePairs):

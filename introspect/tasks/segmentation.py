@@ -30,17 +30,16 @@ from torch import nn
 from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
 from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
-from ..hooks import device_and_dtype
 from ..engine.targets import PixelClass
+from ..loaded import IMAGENET_MEAN, IMAGENET_STD, device_and_dtype
+from ..records import CamMap, CamResult, Segmentation, SegmentClass, Subject
+from .base import InputRecipe
 from .common import HeadsTask, TaskImages, task_images
-from .records import SegmentationCamMap, SegmentationCamResult, Segmentation, SegmentClass
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
            "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",
            "segmentation_cam_results", "SegmentationTask"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_CLASSES = 5
 """At most this many classes present are explained per image (largest share first)."""
 
@@ -122,11 +121,12 @@ def _forward(module: nn.Module, batch: TaskImages, mean: Sequence[float], std: S
                        record=record, names={"capture": "layers", "grad_layer": "layer"})
 
 
-def _segmentation(logits: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
-    class_map = logits.detach().argmax(0).cpu()
+def _segmentation(class_map: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
+    """The record of one image from its (H, W) map of argmax classes."""
+    class_map = class_map.cpu()
     total = int(class_map.numel())
-    indices, counts = torch.unique(class_map, return_counts=True)
-    present = sorted(zip(indices.tolist(), counts.tolist()), key=lambda ic: (-ic[1], ic[0]))
+    counts = torch.bincount(class_map.flatten()).tolist()  # linear time: torch.unique sorts every pixel
+    present = sorted(((i, c) for i, c in enumerate(counts) if c), key=lambda ic: (-ic[1], ic[0]))
     classes = tuple(SegmentClass(index=i, name=_name(categories, i), pixels=int(c), share=c / total, color=_palette(i))
                     for i, c in present)
     array = class_map.numpy().astype(np.int64)
@@ -154,6 +154,7 @@ class SegmentationPass:
     forward: ForwardPass
     batch: TaskImages
     logits: torch.Tensor  # (N, classes, H, W), recorded from the leaves when gradients were asked for
+    class_maps: torch.Tensor  # (N, H, W): the argmax class of each pixel
     segmentations: list[Segmentation]
     gradients: bool
 
@@ -178,13 +179,15 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
     forward = _forward(module, batch, mean, std, layer, bool(methods), needs_grad, capture)
     logits = _logits(forward.output)
-    segs = [_segmentation(logits[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
-    return SegmentationPass(forward=forward, batch=batch, logits=logits, segmentations=segs, gradients=needs_grad)
+    class_maps = logits.detach().argmax(1)  # once: the records and the pixel-class targets share it
+    segs = [_segmentation(class_maps[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
+    return SegmentationPass(forward=forward, batch=batch, logits=logits, class_maps=class_maps, segmentations=segs,
+                            gradients=needs_grad)
 
 
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                              max_classes: int = DEFAULT_MAX_CLASSES, skip_background: bool = True,
-                             colormap: str = "jet") -> list[SegmentationCamResult]:
+                             colormap: str = "jet") -> list[CamResult]:
     """A CAM for each class present in each image of a :func:`segmentation_pass`: one batched backward, whose
     target per class is its logit summed over the pixels predicted as that class."""
     from ..drawing import labelled_row, overlay
@@ -202,9 +205,8 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
     notes: list[str] = []
     grads = None
     if found.gradients:
-        class_maps = [torch.from_numpy(seg.class_map) for seg in segs]  # each image's predicted classes, once
-        grads = forward.gradients([[PixelClass(c.index, class_map) for c in classes]
-                                   for classes, class_map in zip(chosen, class_maps)])
+        grads = forward.gradients([[PixelClass(c.index, found.class_maps[row]) for c in classes]
+                                   for row, classes in enumerate(chosen)])
     sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
     maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
     notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"
@@ -215,12 +217,12 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
             entries = []
             for j, c in enumerate(classes):
                 heatmap = maps[method][n][j].astype(np.float32)
-                entries.append(SegmentationCamMap(method=method, class_index=c.index, class_name=c.name, share=c.share,
-                                                  heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.share:.1%}" for e in entries])
-            results.append(SegmentationCamResult(method=method, layer=forward.layer, levels=forward.levels,
-                                                 image_name=seg.image_name, segmentation=seg, maps=tuple(entries),
-                                                 image=panel, warnings=tuple(notes)))
+                entries.append(CamMap(method=method, subject=Subject("mask class", c.index, c.name, c.share),
+                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
+            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
+            results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
+                                     image_name=seg.image_name, prediction=seg, maps=tuple(entries), image=panel,
+                                     warnings=tuple(notes)))
     for note in notes:
         warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
     return results
@@ -271,7 +273,7 @@ def segmentation_cams(
     std: Sequence[float] = IMAGENET_STD,
     names: Sequence[str] | None = None,
     colormap: str = "jet",
-) -> list[SegmentationCamResult]:
+) -> list[CamResult]:
     """A CAM for each class present in each image: one forward pass and one batched backward per image size.
 
     Args:
@@ -286,14 +288,15 @@ def segmentation_cams(
         categories, mean, std, names: as :func:`segment` takes them.
         colormap: matplotlib colormap of the overlays.
     Returns:
-        One result per method and image (method-major), each carrying that image's :class:`Segmentation`.
+        One result per method and image (method-major), each carrying that image's :class:`Segmentation` as its
+        ``prediction``.
     """
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
     method_names = single_pass_methods(methods, "segmentation")
     module, cats = _module(model, categories)
     batch = task_images(images, names)
-    per_method: dict[str, dict[int, SegmentationCamResult]] = {m: {} for m in method_names}
+    per_method: dict[str, dict[int, CamResult]] = {m: {} for m in method_names}
     for indices in _groups(batch):
         one = segmentation_pass(module, _subset(batch, indices), methods=method_names, layer=layer, categories=cats,
                                 mean=mean, std=std)
@@ -311,6 +314,19 @@ def segmentation_cams(
 @dataclass(frozen=True)
 class SegmentationTask(HeadsTask):
     """Semantic segmenters: the mask with a legend, a CAM per class present (its logit over its pixels)."""
+
+    def builder_kwargs(self, model_name: str, input_size: int | None, state: Any) -> dict:
+        """Trained weights carry the auxiliary head or not: build the model to match them."""
+        return {"aux_loss": any(key.startswith("aux_classifier.") for key in state)} if state is not None else {}
+
+    def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
+        from ..loaded import imagenet_transform
+
+        preset = weights.transforms() if weights is not None else None
+        size = input_size or (int(preset.resize_size[0]) if preset is not None and preset.resize_size else 520)
+        mean, std = (preset.mean, preset.std) if preset is not None else (IMAGENET_MEAN, IMAGENET_STD)
+        classes = len(weights.meta.get("categories") or ()) if weights is not None else 0
+        return InputRecipe(size, imagenet_transform(size, size, mean=mean, std=std), None, classes)
 
     def check_cam_options(self, ctx: Any) -> None:
         if ctx.cam.targets:

@@ -23,14 +23,14 @@ import torch
 from torch import nn
 
 from ..engine.cam import CAM_METHODS, activation_maps, parse_cam_methods
-from ..analyzers.predictions import class_name
+from ..engine.classes import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
 from ..engine.forward import ForwardPass
 from ..hooks import first_tensor, inspecting
 from ..layers import resolve_layer
-from ..records import ClipCamResult, Predictions
+from ..records import CamMap, CamResult, Predictions, Subject
 from ..engine.targets import ClassScore, Target
-from .base import Task
+from .base import InputRecipe, Task
 from .common import ROOTS, feature_records, stage_children, stage_ends, trunk_root
 
 __all__ = ["VideoTask", "VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoLayer", "read_frames", "prepare_clips",
@@ -39,6 +39,10 @@ __all__ = ["VideoTask", "VIDEO_SUFFIXES", "MIN_FRAME_SIDE", "ClipBatch", "VideoL
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 MIN_FRAME_SIDE = 16  # smaller frames carry no picture once upscaled to the model's size
 MAX_STRIP_FRAMES = 8
+#: Frames per clip for video models (torchvision's video recipes train on 16-frame clips).
+CLIP_LENGTH = 16
+#: Models whose absolute / relative position tables are sized for one frame size.
+FIXED_SIZE = {"mvit_v1_b": 224, "mvit_v2_s": 224}
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ def clip_cams(
     categories: Sequence[str],
     *,
     colormap: str = "jet",
-) -> list[ClipCamResult]:
+) -> list[CamResult]:
     """CAMs over time of every clip and method, from a forward pass that captured ``layer.name`` (and made it
     the gradient leaf when a gradient method is asked for).
 
@@ -261,7 +265,7 @@ def clip_cams(
         targets: per clip, its k class targets (``ClassScore``).
         categories: class names.
     Returns:
-        one :class:`ClipCamResult` per method and clip.
+        one :class:`CamResult` per method and clip.
     """
     from ..drawing import overlay
 
@@ -290,13 +294,11 @@ def clip_cams(
             heat = maps[:, n].astype(np.float32)  # (k, T, H, W)
             overlays = np.stack([np.stack([overlay(clips.frames[n, t], heat[j, t], colormap)
                                            for t in range(size[0])]) for j in range(len(indices))])
-            panel_labels = [f"{label} {float(probs[n, i]):.1%}" for label, i in zip(labels, indices)]
-            results.append(ClipCamResult(
-                method=name, layer=layer.name, clip_name=clip_name, class_indices=tuple(indices),
-                class_names=tuple(labels), probabilities=tuple(float(probs[n, i]) for i in indices),
-                heatmaps=heat, overlays=overlays, frames_shown=tuple(shown),
-                image=_strip(overlays, panel_labels, shown),
-            ))
+            subjects = [Subject("clip class", i, label, float(probs[n, i])) for i, label in zip(indices, labels)]
+            entries = tuple(CamMap(method=name, subject=s, heatmap=heat[j], frames=overlays[j],
+                                   image=_strip(overlays[j:j + 1], [s.caption], shown)) for j, s in enumerate(subjects))
+            results.append(CamResult(method=name, layer=layer.name, image_name=clip_name, maps=entries,
+                                     image=_strip(overlays, [s.caption for s in subjects], shown)))
     return results
 
 
@@ -319,6 +321,27 @@ def _middle_frames(activation: torch.Tensor, clip_shape: Sequence[int], channels
 @dataclass(frozen=True)
 class VideoTask(Task):
     """Video classifiers: the top-k classes of each clip and a CAM over its frames."""
+
+    def input_recipe(self, model_name: str, net, weights, input_size: int | None) -> InputRecipe:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms._presets import VideoClassification
+
+        from ..errors import InputSizeError
+
+        preset = weights.transforms()
+        crop = int(preset.crop_size[0])
+        fixed = FIXED_SIZE.get(model_name)
+        if fixed is not None and input_size not in (None, fixed):
+            raise InputSizeError(f"{model_name} takes only {fixed}x{fixed} frames, not {input_size}: "
+                                 f"use input_size={fixed}", parameter="input_size")
+        size = input_size or crop
+        resize = [round(size * s / crop) for s in preset.resize_size]
+        # (T, 3, H, W) uint8 frames -> (3, T, H, W): resize, centre crop, scale, normalise
+        transform = VideoClassification(crop_size=(size, size), resize_size=resize, mean=preset.mean,
+                                        std=preset.std, interpolation=InterpolationMode.BILINEAR)
+        temporal = weights.meta.get("min_temporal_size") or 1
+        return InputRecipe(size, transform, max(CLIP_LENGTH, int(temporal)),
+                           len(weights.meta.get("categories") or ()))
 
     def read_inputs(self, inputs, loaded) -> ClipBatch:
         if isinstance(inputs, ClipBatch):
@@ -346,7 +369,7 @@ class VideoTask(Task):
 
     def prepare_cams(self, ctx) -> None:
         from ..engine.cam import single_pass_methods
-        from ..analyzers.predictions import resolve_target
+        from ..engine.classes import resolve_target
 
         methods = single_pass_methods(ctx.cam.methods or self.default_cam or "gradcam", self.name)
         layer = self.cam_layer(ctx)
@@ -377,7 +400,7 @@ class VideoTask(Task):
                                lambda a: _middle_frames(a, shape, last))
 
     def cam_results(self, ctx) -> list:
-        from ..analyzers.predictions import top_classes
+        from ..engine.classes import top_classes
 
         classes = top_classes(ctx.forward, ctx.cam.topk, ctx.state["targets"])  # the classes asked for, or the top-k
         return clip_cams(ctx.forward, ctx.batch, ctx.state["cam_methods"], self.cam_layer(ctx),

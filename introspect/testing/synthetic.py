@@ -46,7 +46,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from ..errors import ArgumentError
 from ..geometry import points_in_boxes
-from ..models import device_and_dtype
+from ..loaded import device_and_dtype
 
 __all__ = [
     "CLASS_NAMES",

@@ -1,0 +1,74 @@
+"""What every record shares: the image convention, PNG for Jupyter, and the one Markdown / HTML table.
+
+Records hold numbers and arrays, never live modules or display strings. Every image
+they carry follows one convention: a ``uint8`` numpy array, height x width x 3 (RGB),
+in the input image's own pixels. Records that hold an image render themselves in
+Jupyter (``_repr_png_``) and convert with ``.to_pil()``; tables render as HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["ImageRecord", "png_bytes", "markdown_table", "html_table", "markdown_cell", "heatmap_peak"]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 HWC image encoded as PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ImageRecord:
+    """Mixin: a record whose ``image`` field is a uint8 HWC array (``to_pil()`` and Jupyter rendering)."""
+
+    image: np.ndarray
+
+    def to_pil(self):
+        """The record's image as a ``PIL.Image``."""
+        from PIL import Image
+
+        return Image.fromarray(self.image)
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.image)
+
+
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (what TensorBoard's TEXT tab renders).
+
+    Args:
+        header: the column names.
+        rows: one sequence of cells per row; each cell is written with ``str``.
+
+    Returns:
+        The table, one line per row, header first.
+    """
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """The same table as HTML (Jupyter)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_cell(value: object) -> str:
+    """A value made safe for one Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int]:
+    """(row, column) of a 2-d map's maximum."""
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(row), int(col)
