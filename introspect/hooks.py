@@ -155,7 +155,8 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 
 def _hook_dicts(module: nn.Module) -> list[dict]:
-    return [d for d in (getattr(module, name, None) for name in _HOOK_DICTS) if isinstance(d, dict)]
+    found = vars(module)
+    return [d for d in (found.get(name) for name in _HOOK_DICTS) if isinstance(d, dict)]
 
 
 @contextmanager
@@ -173,32 +174,38 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
     Yields:
         A :class:`ModelScope` to register hooks and attribute changes through.
     """
-    training = [(module, module.training) for module in model.modules()]
-    children = [(module, dict(module._modules)) for module in model.modules()]
-    hook_ids = [(hooks, set(hooks)) for module in model.modules() for hooks in _hook_dicts(module)]
-    params = list(model.parameters())
+    modules = list(model.modules())  # walked once: a scope is entered on every forward pass
+    training = [module.training for module in modules]
+    children = [dict(module._modules) for module in modules]
+    hook_ids = [(hooks, set(hooks)) for module in modules for hooks in _hook_dicts(module)]
+    params = list({id(p): p for module in modules for p in vars(module)["_parameters"].values()
+                   if p is not None}.values())  # model.parameters(), without walking the modules again
     requires_grad = [p.requires_grad for p in params]
     grads = [(p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
     scope = ModelScope(model)
     try:
-        for module in model.modules():
-            if getattr(module, "_compiled_call_impl", None) is not None:
+        for module in modules:
+            if vars(module).get("_compiled_call_impl") is not None:
                 scope.set_attribute(module, "_compiled_call_impl", None)
         if eval_mode:
-            model.eval()
+            for module, flag in zip(modules, training):
+                if flag:  # what model.eval() does, without a write to the modules already in eval mode
+                    module.training = False
         yield scope
     finally:
         scope.remove_hooks()
         scope.restore_attributes()
-        for module, saved_children in children:
-            if [(k, id(v)) for k, v in module._modules.items()] != [(k, id(v)) for k, v in saved_children.items()]:
+        for module, saved_children in zip(modules, children):
+            if module._modules != saved_children:  # modules compare by identity: a swapped one differs
                 module._modules.clear()
                 module._modules.update(saved_children)
         for hooks, saved_ids in hook_ids:
-            for hook_id in [h for h in hooks if h not in saved_ids]:
-                del hooks[hook_id]
-        for module, flag in training:
-            module.training = flag
+            if len(hooks) != len(saved_ids) or any(h not in saved_ids for h in hooks):
+                for hook_id in [h for h in hooks if h not in saved_ids]:
+                    del hooks[hook_id]
+        for module, flag in zip(modules, training):
+            if module.training != flag:
+                module.training = flag
         for p, flag in zip(params, requires_grad):
             if p.requires_grad != flag:
                 p.requires_grad_(flag)

@@ -177,3 +177,28 @@ def test_segmenter_comes_back_untouched(images):
         segmentation_cams(model, images, methods="scorecam")
     assert hook_total(model) == hooks
     assert_untouched(before, model)
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "fcn_resnet50"])
+def test_pixel_class_gradients_through_the_head_equal_the_full_resolution_ones(images, name):
+    """The fast path (targets taken on the head's low-resolution scores, weighted by the resize's adjoint of the
+    mask) gives the gradients of the full-resolution targets, and is found on torchvision's segmenters."""
+    from introspect.engine.forward import gradients
+    from introspect.engine.targets import PixelClass
+    from introspect.tasks.common import task_images
+    from introspect.tasks.segmentation import _pixel_class_scores, _resized_head, segmentation_pass
+
+    model = _segmenter(name).double()
+    found = segmentation_pass(model, task_images(images.double()), methods=("gradcam",), categories=voc_categories())
+    try:
+        targets = [[PixelClass(c.index, found.class_maps[n]) for c in seg.classes[:3]]
+                   for n, seg in enumerate(found.segmentations)]
+        head = _resized_head(found.forward, found.logits)
+        assert head is not None and head.shape[-1] < found.logits.shape[-1]
+        fast = gradients(_pixel_class_scores(head, targets, tuple(found.logits.shape[-2:])), found.forward.leaves)
+        full = found.forward.gradients(targets)
+        assert set(fast) == set(full) and any(float(g.abs().max()) > 0 for g in full.values())
+        for level in full:
+            torch.testing.assert_close(fast[level], full[level], rtol=1e-7, atol=1e-9)
+    finally:
+        found.release()

@@ -509,11 +509,12 @@ def cams_from_pass(
                 heatmap = maps[j, n].astype(np.float32)
                 label = class_name(categories, index)
                 prob = float(probs[n, index])
-                entries.append(CamMap(method=name, subject=Subject("class", index, label, prob),
-                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
+                entries.append(CamMap(method=name, subject=Subject("class", index, label, prob), heatmap=heatmap,
+                                      image=lambda photo=batch.photos[n], heat=heatmap: overlay(photo, heat, colormap)))
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
-                                     image=panel, warnings=tuple(notes.get(name, ()))))
+                                     image=lambda shown=tuple(entries): labelled_row(
+                                         [e.image for e in shown], [e.subject.caption for e in shown]),
+                                     warnings=tuple(notes.get(name, ()))))
         for note in notes.get(name, ()):
             warnings.warn(f"{name}: {note}", IntrospectWarning, stacklevel=2)
     return results

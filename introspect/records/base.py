@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ImageRecord", "png_bytes", "markdown_table", "html_table", "markdown_cell", "heatmap_peak"]
+__all__ = ["ImageRecord", "Picture", "png_bytes", "markdown_table", "html_table", "markdown_cell", "heatmap_peak"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -24,6 +24,30 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class Picture:
+    """An image field drawn when first looked at: give the record an array, or a function that draws it.
+
+    Computing a map is fast and drawing it (the colour overlay, boxes, labels) is not: a record built with
+    a drawing function does the drawing only when its ``image`` is read (writing it to TensorBoard, showing
+    it in Jupyter), once. Reading ``image`` always gives the uint8 array.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}_picture"
+
+    def __get__(self, record: object, owner: type | None = None) -> np.ndarray:
+        if record is None:
+            raise AttributeError("a picture has no default")  # the dataclass field stays required
+        value = record.__dict__[self._slot]
+        if callable(value):
+            value = np.ascontiguousarray(value())
+            record.__dict__[self._slot] = value
+        return value
+
+    def __set__(self, record: object, value: np.ndarray | Callable[[], np.ndarray]) -> None:
+        record.__dict__[self._slot] = value
 
 
 class ImageRecord:

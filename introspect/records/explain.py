@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 from ..geometry import points_in_boxes
-from .base import ImageRecord, heatmap_peak, html_table, markdown_table
+from .base import ImageRecord, Picture, heatmap_peak, html_table, markdown_table
 from .tasks import Detections, Segmentation
 
 __all__ = [
@@ -84,7 +84,7 @@ class CamMap(ImageRecord):
     method: str
     subject: Subject
     heatmap: np.ndarray  # float32 in [0, 1], the input's size: (H, W), or (T, H, W) for a clip
-    image: np.ndarray  # uint8 (H, W, 3): the heatmap drawn over the input (a clip: its strip of frames)
+    image: np.ndarray = Picture()  # uint8 (H, W, 3): the heatmap drawn over the input (a clip: its strip of frames)
     frames: np.ndarray | None = None  # a clip: uint8 (T, H, W, 3), each frame with its heatmap; None for an image
 
     @property
@@ -121,7 +121,7 @@ class CamResult(ImageRecord):
     layer: str  # the module whose output was explained
     image_name: str  # the input's name (a clip's)
     maps: tuple[CamMap, ...]
-    image: np.ndarray  # the panel: one overlay per map side by side (a clip: one strip of frames per map)
+    image: np.ndarray = Picture()  # the panel: one overlay per map side by side (a clip: one strip of frames per map)
     warnings: tuple[str, ...] = field(default=())
     levels: tuple[str, ...] = field(default=())  # the layer's feature maps averaged (FPN levels), ("",) for one
     prediction: Detections | Segmentation | None = None  # the task's prediction of this input, where it has one

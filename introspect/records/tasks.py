@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, html_table, markdown_table
+from .base import ImageRecord, Picture, html_table, markdown_table
 
 __all__ = [
     "Predictions",
@@ -69,7 +69,7 @@ class Detections(ImageRecord):
     names: tuple[str, ...]
     scores: np.ndarray  # float32 (D,)
     score_threshold: float
-    image: np.ndarray  # uint8 (H, W, 3): the photo with boxes, names and scores drawn
+    image: np.ndarray = Picture()  # uint8 (H, W, 3): the photo with boxes, names and scores drawn
     masks: np.ndarray | None = None  # float32 (D, H, W)
     keypoints: np.ndarray | None = None  # float32 (D, K, 3)
 
@@ -120,7 +120,7 @@ class Segmentation(ImageRecord):
     image_name: str
     class_map: np.ndarray  # int64 (H, W): the argmax class of each pixel
     classes: tuple[SegmentClass, ...]
-    image: np.ndarray  # uint8: the photo with the classes drawn over it, and a legend below
+    image: np.ndarray = Picture()  # uint8: the photo with the classes drawn over it, and a legend below
 
     _HEADER = ["class", "index", "pixels", "share"]
 

@@ -149,10 +149,9 @@ def _detections(output: dict[str, torch.Tensor], name: str, photo: np.ndarray, s
     if "keypoints" in output:
         keypoints = output["keypoints"].detach().float().cpu()[order].numpy().astype(np.float32)
     score_values = scores[order].numpy().astype(np.float32)
-    image = draw_detections(photo, boxes, names, score_values, labels, masks, keypoints)
     return Detections(image_name=name, image_size=tuple(photo.shape[:2]), boxes=boxes, labels=labels, names=names,
-                      scores=score_values, score_threshold=float(score_threshold), image=image, masks=masks,
-                      keypoints=keypoints)
+                      scores=score_values, score_threshold=float(score_threshold), masks=masks, keypoints=keypoints,
+                      image=lambda: draw_detections(photo, boxes, names, score_values, labels, masks, keypoints))
 
 
 def _check_threshold(score_threshold: float) -> None:
@@ -383,14 +382,20 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
             for j, index in enumerate(picks):
                 heatmap = maps[n][j].numpy().astype(np.float32)
                 box = tuple(float(v) for v in boxes.boxes[index])
-                drawn = draw_detections(overlay(batch.photos[n], heatmap, colormap), boxes.boxes[index:index + 1],
-                                        boxes.names[index:index + 1], boxes.scores[index:index + 1],
-                                        boxes.labels[index:index + 1])
+                one = slice(index, index + 1)
+
+                def drawn(photo=batch.photos[n], heat=heatmap, found=boxes, one=one) -> np.ndarray:
+                    return draw_detections(overlay(photo, heat, colormap), found.boxes[one], found.names[one],
+                                           found.scores[one], found.labels[one])
+
                 subject = Subject("box", int(boxes.labels[index]), boxes.names[index], float(boxes.scores[index]),
                                   box=box, detection=index)
                 entries.append(CamMap(method=method, subject=subject, heatmap=heatmap, image=drawn))
-            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries]) \
-                if entries else boxes.image
+
+            def panel(shown=tuple(entries), found=boxes) -> np.ndarray:
+                return labelled_row([e.image for e in shown], [e.subject.caption for e in shown]) if shown else \
+                    found.image
+
             results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
                                      image_name=boxes.image_name, prediction=boxes, maps=tuple(entries), image=panel,
                                      warnings=tuple(notes)))

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
-from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
+from ..engine.forward import FEATURE_MAPS, ForwardPass, gradients, run_forward
 from ..engine.targets import PixelClass
 from ..loaded import IMAGENET_MEAN, IMAGENET_STD, device_and_dtype
 from ..records import CamMap, CamResult, Segmentation, SegmentClass, Subject
@@ -117,8 +117,55 @@ def _forward(module: nn.Module, batch: TaskImages, mean: Sequence[float], std: S
     if not batch.normalized:
         x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
+    heads = [name for name, _ in module.named_children()] if record else []  # for the head fast path
     return run_forward(module, x, capture=capture, grad_layer=(layer or FEATURE_MAPS) if leaves else None,
-                       record=record, names={"capture": "layers", "grad_layer": "layer"})
+                       record=record, raw=heads, names={"capture": "layers", "grad_layer": "layer"})
+
+
+def _resized_head(forward: ForwardPass, logits: torch.Tensor) -> torch.Tensor | None:
+    """The direct child's output that the model's per-pixel scores are a bilinear resize of (torchvision's
+    ``classifier``: (N, C, h, w) scores upsampled to the input), checked on this pass's values (its first and last
+    class channels, as a resize works channel by channel); None if none is."""
+    import torch.nn.functional as F
+
+    for name, value in forward.raw.items():
+        head = value.get("out") if isinstance(value, Mapping) else value
+        if not (isinstance(head, torch.Tensor) and head.requires_grad and head.ndim == 4
+                and head.shape[:2] == logits.shape[:2] and head.shape[-2:] != logits.shape[-2:]):
+            continue
+        channels = [0, head.shape[1] - 1]
+        with torch.no_grad():
+            resized = F.interpolate(head.detach()[:, channels], size=logits.shape[-2:], mode="bilinear",
+                                    align_corners=False)
+        if torch.allclose(resized, logits.detach()[:, channels], rtol=1e-4, atol=1e-5):
+            return head
+    return None
+
+
+def _pixel_class_scores(head: torch.Tensor, targets: Sequence[Sequence[PixelClass]],
+                        size: tuple[int, int]) -> torch.Tensor:
+    """(N, k) :class:`PixelClass` scores taken on the low-resolution ``head`` the output is resized from.
+
+    A pixel-class score is linear in the resized scores (its logit summed over its mask), so it equals the
+    head's class channel weighted by the resize's adjoint applied to the mask: the same value and the same
+    gradients at the leaves, without differentiating the full-resolution resize of every class (its backward
+    over all classes was most of a segmentation CAM's cost).
+    """
+    import torch.nn.functional as F
+
+    n, k = len(targets), max(len(row) for row in targets)
+    masks = torch.zeros((n, k, *size), dtype=head.dtype, device=head.device)
+    for row, row_targets in enumerate(targets):
+        for j, target in enumerate(row_targets):
+            masks[row, j] = (target.class_map.to(head.device) == target.index).to(head.dtype)
+    with torch.enable_grad():
+        probe = torch.zeros((n * k, 1, *head.shape[-2:]), dtype=head.dtype, device=head.device, requires_grad=True)
+        resized = F.interpolate(probe, size=size, mode="bilinear", align_corners=False)
+        (weights,) = torch.autograd.grad(resized, probe, masks.reshape(n * k, 1, *size))
+    weights = weights.reshape(n, k, *head.shape[-2:])
+    zero = head.new_zeros(())
+    return torch.stack([torch.stack([(head[row, t.index] * weights[row, j]).sum() for j, t in enumerate(row_targets)]
+                                    + [zero] * (k - len(row_targets))) for row, row_targets in enumerate(targets)])
 
 
 def _segmentation(class_map: torch.Tensor, name: str, photo: np.ndarray, categories: Sequence[str]) -> Segmentation:
@@ -134,7 +181,7 @@ def _segmentation(class_map: torch.Tensor, name: str, photo: np.ndarray, categor
         raise UsageError(f"the model's output is {array.shape[1]}x{array.shape[0]} for a "
                          f"{photo.shape[1]}x{photo.shape[0]} image: it must give one score per input pixel")
     return Segmentation(image_name=name, class_map=array, classes=classes,
-                        image=draw_segmentation(photo, array, classes))
+                        image=lambda: draw_segmentation(photo, array, classes))
 
 
 def _module(model: Any, categories: Sequence[str] | None) -> tuple[nn.Module, Sequence[str]]:
@@ -179,7 +226,7 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
     needs_grad = any(CAM_METHODS[m].uses_gradients for m in methods)
     forward = _forward(module, batch, mean, std, layer, bool(methods), needs_grad, capture)
     logits = _logits(forward.output)
-    class_maps = logits.detach().argmax(1)  # once: the records and the pixel-class targets share it
+    class_maps = logits.detach().max(1).indices  # once, for the records and the targets (max: 4x argmax's speed)
     segs = [_segmentation(class_maps[n], batch.names[n], batch.photos[n], categories) for n in range(len(batch))]
     return SegmentationPass(forward=forward, batch=batch, logits=logits, class_maps=class_maps, segmentations=segs,
                             gradients=needs_grad)
@@ -205,8 +252,12 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
     notes: list[str] = []
     grads = None
     if found.gradients:
-        grads = forward.gradients([[PixelClass(c.index, found.class_maps[row]) for c in classes]
-                                   for row, classes in enumerate(chosen)])
+        targets = [[PixelClass(c.index, found.class_maps[row]) for c in classes] for row, classes in enumerate(chosen)]
+        head = _resized_head(forward, logits)
+        if head is not None:  # the same gradients through the head alone
+            grads = gradients(_pixel_class_scores(head, targets, tuple(logits.shape[-2:])), forward.leaves)
+        else:
+            grads = forward.gradients(targets)
     sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
     maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
     notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"
@@ -218,10 +269,12 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
             for j, c in enumerate(classes):
                 heatmap = maps[method][n][j].astype(np.float32)
                 entries.append(CamMap(method=method, subject=Subject("mask class", c.index, c.name, c.share),
-                                      heatmap=heatmap, image=overlay(batch.photos[n], heatmap, colormap)))
-            panel = labelled_row([e.image for e in entries], [e.subject.caption for e in entries])
+                                      heatmap=heatmap, image=lambda photo=batch.photos[n], heat=heatmap: overlay(
+                                          photo, heat, colormap)))
             results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
-                                     image_name=seg.image_name, prediction=seg, maps=tuple(entries), image=panel,
+                                     image_name=seg.image_name, prediction=seg, maps=tuple(entries),
+                                     image=lambda shown=tuple(entries): labelled_row(
+                                         [e.image for e in shown], [e.subject.caption for e in shown]),
                                      warnings=tuple(notes)))
     for note in notes:
         warnings.warn(f"segmentation CAM: {note}", IntrospectWarning, stacklevel=2)
