@@ -156,7 +156,22 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 def _hook_dicts(module: nn.Module) -> list[dict]:
     found = vars(module)
-    return [d for d in (found.get(name) for name in _HOOK_DICTS) if isinstance(d, dict)]
+    return [d for d in (found.get(name) for name in _HOOK_DICTS) if isinstance(d, dict) and d]
+
+
+def _submodules(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` once, parents first (``model.modules()`` without building their names)."""
+    seen: set[int] = set()
+    found: list[nn.Module] = []
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return found
 
 
 @contextmanager
@@ -174,10 +189,10 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
     Yields:
         A :class:`ModelScope` to register hooks and attribute changes through.
     """
-    modules = list(model.modules())  # walked once: a scope is entered on every forward pass
+    modules = _submodules(model)  # walked once: a scope is entered on every forward pass
     training = [module.training for module in modules]
     children = [dict(module._modules) for module in modules]
-    hook_ids = [(hooks, set(hooks)) for module in modules for hooks in _hook_dicts(module)]
+    first_new_hook = torch.utils.hooks.RemovableHandle.next_id  # hook ids only grow: newer ones are the scope's
     params = list({id(p): p for module in modules for p in vars(module)["_parameters"].values()
                    if p is not None}.values())  # model.parameters(), without walking the modules again
     requires_grad = [p.requires_grad for p in params]
@@ -199,9 +214,9 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
             if module._modules != saved_children:  # modules compare by identity: a swapped one differs
                 module._modules.clear()
                 module._modules.update(saved_children)
-        for hooks, saved_ids in hook_ids:
-            if len(hooks) != len(saved_ids) or any(h not in saved_ids for h in hooks):
-                for hook_id in [h for h in hooks if h not in saved_ids]:
+        for module in modules:
+            for hooks in _hook_dicts(module):
+                for hook_id in [h for h in hooks if h >= first_new_hook]:
                     del hooks[hook_id]
         for module, flag in zip(modules, training):
             if module.training != flag:

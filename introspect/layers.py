@@ -82,9 +82,12 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name``; an unknown name lists the closest valid ones."""
+    if name:
+        try:
+            return model.get_submodule(name)  # follows the dotted path only: no walk over every module
+        except AttributeError:
+            pass
     modules = dict(model.named_modules())
-    if name and name in modules:
-        return modules[name]
     names = [n for n in modules if n]
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = f"closest: {', '.join(close)}" if close else f"valid names start with: {', '.join(names[:8])}, ..."
