@@ -16,91 +16,12 @@ pictures out.
 
 from __future__ import annotations
 
-from .audit import AuditResult, AuditSample, ClassAudit, Gallery, GalleryItem, MeanCam, PrCurve, SanityCheck
-from .base import ImageRecord, heatmap_peak, html_table, markdown_cell, markdown_table, png_bytes
-from .explain import (
-    SUBJECT_KINDS,
-    CamComparison,
-    CamMap,
-    CamQuality,
-    CamResult,
-    EmbeddingSet,
-    FilterGrid,
-    MethodQuality,
-    PointingGame,
-    SaliencyMap,
-    SaliencyResult,
-    Subject,
-)
-from .model import (
-    FeatureMap,
-    FeatureStats,
-    Histogram,
-    KernelGrid,
-    LayerActivity,
-    LayerRow,
-    ParameterSummary,
-    ParameterTensor,
-    StructureSummary,
-    TrainingStats,
-)
-from .run import InputImage, RunInfo
-from .tasks import (
-    Detections,
-    FlowResult,
-    Predictions,
-    Segmentation,
-    SegmentClass,
-)
+from . import audit, base, explain, model, run, tasks
+from .audit import *  # noqa: F401,F403 - each module's __all__ is the one list of its names
+from .base import *  # noqa: F401,F403
+from .explain import *  # noqa: F401,F403
+from .model import *  # noqa: F401,F403
+from .run import *  # noqa: F401,F403
+from .tasks import *  # noqa: F401,F403
 
-__all__ = [
-    # base
-    "ImageRecord",
-    "heatmap_peak",
-    "html_table",
-    "markdown_cell",
-    "markdown_table",
-    "png_bytes",
-    # run
-    "RunInfo",
-    "InputImage",
-    # model
-    "LayerRow",
-    "StructureSummary",
-    "KernelGrid",
-    "FeatureMap",
-    "FeatureStats",
-    "Histogram",
-    "ParameterTensor",
-    "ParameterSummary",
-    "LayerActivity",
-    "TrainingStats",
-    # explain
-    "SUBJECT_KINDS",
-    "Subject",
-    "CamMap",
-    "CamResult",
-    "SaliencyMap",
-    "SaliencyResult",
-    "FilterGrid",
-    "EmbeddingSet",
-    "CamComparison",
-    "MethodQuality",
-    "CamQuality",
-    "PointingGame",
-    # tasks
-    "Predictions",
-    "Detections",
-    "SegmentClass",
-    "Segmentation",
-    "FlowResult",
-    # audit
-    "ClassAudit",
-    "GalleryItem",
-    "Gallery",
-    "MeanCam",
-    "AuditSample",
-    "SanityCheck",
-    "PrCurve",
-    "AuditResult",
-]
+__all__ = [*base.__all__, *run.__all__, *model.__all__, *explain.__all__, *tasks.__all__, *audit.__all__]

@@ -13,6 +13,7 @@ loaded model, the options, and (per batch) the batch and its forward pass.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,7 @@ class InputRecipe:
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(ABC):
     """One family of models and how introspect treats it (subclasses fill in the behaviour).
 
     Attributes:
@@ -204,13 +205,13 @@ class Task:
         ctx.keep(*layers)
         ctx.state["feature_capture"] = layers
 
+    @abstractmethod
     def forward(self, ctx: Any) -> Any:
         """The one forward pass over ``ctx.batch`` that every section of the batch shares."""
-        raise NotImplementedError(f"the {self.name} task has no forward pass")
 
+    @abstractmethod
     def predictions(self, ctx: Any) -> list:
         """The prediction records of ``ctx.batch`` (classes, detections, masks, flow) from its pass."""
-        raise NotImplementedError(f"the {self.name} task has no predictions")
 
     def feature_maps(self, ctx: Any) -> list:
         """The feature-map records of ``ctx.batch`` from its pass."""

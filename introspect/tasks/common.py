@@ -5,6 +5,7 @@ records from any layout, and the task of models whose heads read a dict of featu
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,13 +129,13 @@ class HeadsTask(Task):
 
         return prepare_inputs(inputs, loaded)
 
+    @abstractmethod
     def run_pass(self, ctx: Any, batch: Any, methods: Sequence[str], capture: Sequence[str]) -> Any:
         """One forward pass over ``batch`` (a ``TaskImages``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def explain(self, ctx: Any, methods: Sequence[str]) -> list:
         """CAM results of ``ctx.forward`` for ``methods``."""
-        raise NotImplementedError
 
     def check_cam_options(self, ctx: Any) -> None:
         """Refuse CAM options that do not fit the task (before anything is written)."""
