@@ -230,20 +230,18 @@ def load_model(
                              parameter="input_size")
     notes: list[str] = []
     if isinstance(model, nn.Module):
-        from .probe import model_input_size
-        from .tasks.classification import output_classes
+        from .tasks import task_of_module
         from .timm_hf import module_categories
 
-        size = input_size or model_input_size(model)[0]
-        classes = output_classes(model) or 0
+        task = task_of_module(model)  # from the module's structure: there is no name to look up
+        recipe = task.module_recipe(model, input_size)
         names = tuple(categories) if categories else (
-            module_categories(model, classes) or tuple(f"class {i}" for i in range(classes)))
-        quantized = any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
-                        for m in model.modules())
+            module_categories(model, recipe.classes) or task.default_categories(recipe.classes)
+            or tuple(f"class {i}" for i in range(recipe.classes)))
         return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
-                           transform=imagenet_transform(size), categories=names, input_size=size,
-                           device=device_and_dtype(model, target)[0], warnings=notes,
-                           task="quantized" if quantized else "classification")
+                           transform=recipe.transform, categories=names, input_size=recipe.size,
+                           device=device_and_dtype(model, target)[0], warnings=notes, task=task.name,
+                           clip_length=recipe.clip_length)
 
     from .tasks import task_of
 
