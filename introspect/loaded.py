@@ -34,6 +34,7 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     task: str = "classification"  # a key of introspect.tasks.TASKS
     clip_length: int | None = None  # frames per clip, for video models
+    categories_source: str = ""  # where the class names came from, in words (introspect.categories)
 
     @property
     def pretrained(self) -> bool:

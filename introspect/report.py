@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .categories import given_names, name_classes
 from .context import RunContext
 from .errors import UsageError
 from .models import LoadedModel, load_model
@@ -97,8 +98,10 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen_names = parse_sections(sections)
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, load.weights, load.device,
-                                                                             load.input_size)
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, load.weights, load.device, load.input_size, categories=load.categories, model_args=load.model_args)
+        if isinstance(model, LoadedModel) and load.categories is not None:
+            loaded = name_classes(loaded, given_names(load.categories))
         task = TASKS[loaded.task]
         skipped = {name: reason for name in chosen_names
                    if (reason := task.skip_reason(name, SECTIONS[name].requires))}
@@ -160,6 +163,7 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
         "model": loaded.name,
         "weights": loaded.weights,
         "weights from": loaded.weights_source,
+        "class names": loaded.categories_source or "the model's own",
         "images": ", ".join(str(p) for p in image_list) or "none",
         "input size": loaded.input_size,
         "device": str(loaded.device),
