@@ -184,7 +184,7 @@ def name_classes(loaded: LoadedModel, names: ClassNames | None) -> LoadedModel:
         return dataclasses.replace(loaded, categories_source=own)
     count = len(loaded.categories)
     if count and len(names.names) != count:
-        given = names.given_as or f"{names.parameter} ({len(names.names)} names)"
+        given = names.given_as or names.parameter
         fix = "one name per class, class 0 first" if names.parameter == "categories" else \
             "fix the entry, or give categories=LABELS_FILE (one name a line)"
         error = ArgumentError if names.parameter == "categories" else WeightsError
