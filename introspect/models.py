@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
+from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, \
+    WeightsError
 from .categories import ClassNames, given_names, name_classes, names_in_checkpoint, numbered
 from .checkpoints import OFFLINE_ENV, load_checkpoint, read_checkpoint
 from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, imagenet_transform, unwrap
@@ -277,10 +278,10 @@ def load_model(
     if is_import_path(model):
         return _load_user_model(model, factory_args, weights, target, input_size, given)
     if factory_args:
-        first = next(iter(factory_args.items()))
-        raise ArgumentError(f"model_args='{first[0]}={first[1]}' is for a model given by import path "
-                            f"(package.module:callable), not {model if isinstance(model, str) else type(model).__name__}"
-                            ": drop it", parameter="model_args")
+        key, value = next(iter(factory_args.items()))
+        named = model if isinstance(model, str) else type(model).__name__
+        raise ArgumentError(f"model_args='{key}={value}' is for a model given by import path "
+                            f"(package.module:callable), not {named}: drop it", parameter="model_args")
     notes: list[str] = []
     if isinstance(model, nn.Module):
         from .tasks import task_of_module

@@ -90,9 +90,9 @@ def _import(module_name: str, spec: str) -> Any:
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing == module_name or module_name.startswith(missing + "."):
-            raise UnknownModelError(f"cannot import {spec}: no module named {missing!r} on the path (the current folder, "
-                                    "then PYTHONPATH and site-packages): run from the folder that holds it, or add "
-                                    "that folder to PYTHONPATH", parameter="model") from exc
+            raise UnknownModelError(f"cannot import {spec}: no module named {missing!r} on the path (the current "
+                                    "folder, then PYTHONPATH and site-packages): run from the folder that holds it, "
+                                    "or add that folder to PYTHONPATH", parameter="model") from exc
         raise UsageError(f"cannot import {spec}: {module_name} imports {missing!r}, which is not "
                          f"installed: install it", parameter="model") from exc
     except Exception as exc:  # the user's module failed while importing: one line, --debug for the traceback
@@ -139,8 +139,8 @@ def build_user_model(spec: str, model_args: Mapping[str, Any] | None = None) -> 
                                 parameter="model_args")
         return target
     if not callable(target):
-        raise ArgumentTypeError(f"cannot build {spec}: it is of type {type(target).__name__}, not a callable: give a function or "
-                                "class that returns the nn.Module", parameter="model")
+        raise ArgumentTypeError(f"cannot build {spec}: it is of type {type(target).__name__}, not a callable: give "
+                                "a function or class that returns the nn.Module", parameter="model")
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     try:
         built = target(**kwargs)
@@ -150,6 +150,6 @@ def build_user_model(spec: str, model_args: Mapping[str, Any] | None = None) -> 
         raise UsageError(f"cannot build {spec}: calling {attribute}({shown}) raised {type(exc).__name__}: {first}: "
                          f"{fix}", parameter="model") from exc
     if not isinstance(built, nn.Module):
-        raise ArgumentTypeError(f"cannot build {spec}: {attribute}({shown}) returned an object of type {type(built).__name__}, not a "
-                                "torch.nn.Module: return the model", parameter="model")
+        raise ArgumentTypeError(f"cannot build {spec}: {attribute}({shown}) returned an object of type "
+                                f"{type(built).__name__}, not a torch.nn.Module: return the model", parameter="model")
     return built
