@@ -19,8 +19,8 @@ import difflib
 import os
 import socket
 import warnings
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch

@@ -277,3 +277,18 @@ def test_library_errors_name_parameters(own, in_user_folder):
     assert caught.value.parameter == "categories"
     with pytest.raises(WeightsError, match=r"torch.save\(model.state_dict\(\), PATH\)"):
         introspect.load_model("resnet18", weights=own["whole.pth"])
+
+
+def test_wordnet_folders_of_a_fine_tuned_head_are_numbered_by_sorted_name(tmp_path):
+    from introspect.audit.dataset import scan_dataset
+
+    for wnid in ("n02219486", "n02206856", "n04579432"):  # ant, bee, wasp... in no synset list: sorted order
+        (tmp_path / wnid).mkdir()
+        (tmp_path / wnid / "0.png").write_bytes(b"")
+    index = scan_dataset(tmp_path, ("class 0", "class 1", "class 2"))
+    assert index.labels == (0, 1, 2) and index.files[0].startswith("n02206856/")
+    assert index.class_names == ("n02206856", "n02219486", "n04579432")
+    named = scan_dataset(tmp_path, NAMES)
+    assert named.class_names is None and "n02206856 = ant" in named.how
+    with pytest.raises(UsageError, match="no LOC_synset_mapping.txt"):
+        scan_dataset(tmp_path, ("a", "b"))
