@@ -311,6 +311,7 @@ def load_model(
     lowered = choice.lower()
     chosen = None  # the weights enum member actually loaded
     state = carried = None
+    weights_path = None  # the file loaded, if any
     if lowered == "none":
         source = "random initialisation (weights='none')"
     elif lowered == "auto" or lowered == "default" or (enum is not None and choice in enum.__members__):
@@ -335,6 +336,7 @@ def load_model(
         state, entries = read_checkpoint(choice)
         carried = names_in_checkpoint(entries, choice) if given is None else None  # --labels wins
         source = f"local file {choice}"
+        weights_path = str(Path(choice).resolve())
     else:
         members = list(enum.__members__) if enum is not None else []
         valid = list(dict.fromkeys(["auto", "DEFAULT", "none", "PATH"] + members))
@@ -369,5 +371,6 @@ def load_model(
         "random" if state is None else Path(choice).name)
     loaded = LoadedModel(model=net, name=model, weights=weights_name, weights_source=source, transform=transform,
                          categories=own.names, input_size=size, device=target, warnings=notes, task=task.name,
-                         clip_length=clip_length, categories_source=own.source)
+                         clip_length=clip_length, categories_source=own.source,
+                         weights_path=weights_path)
     return name_classes(loaded, given or carried)

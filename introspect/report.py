@@ -134,6 +134,7 @@ def report(
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
+        ctx.reporter.run_record(_run_record(loaded, info))
         with _recorded(ctx.reporter, info, summary, caught, started):
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
@@ -169,6 +170,26 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
         "device": str(loaded.device),
         "sections": ", ".join(chosen),
         **_task_info(task, skipped),
+    }
+
+
+def _run_record(loaded: LoadedModel, info: dict[str, object]) -> dict[str, object]:
+    """The machine-readable facts of a run that let it be loaded again (``introspect.json``, read by the
+    TensorBoard tab): the model as named, the weights (an enum name, ``random``, or the file's absolute
+    path), the task, input size, device, the CAM layer and methods, and the class names."""
+    methods = str(info.get("cam methods") or "")
+    return {
+        "format": 1,
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "weights_from": loaded.weights_source,
+        "weights_path": loaded.weights_path,
+        "task": loaded.task,
+        "input_size": loaded.input_size,
+        "device": str(loaded.device),
+        "cam_layer": info.get("cam layer"),
+        "cam_methods": [m.strip() for m in methods.split(",") if m.strip()],
+        "categories": list(loaded.categories),
     }
 
 
