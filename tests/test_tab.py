@@ -1,0 +1,250 @@
+"""The introspect tab inside TensorBoard: its routes through TensorBoard's own WSGI app.
+
+A run is written by ``introspect.report`` (resnet18 with seeded random weights saved to a file, 64 px),
+so the tab reloads the model from the path in the run's ``introspect.json``; every map it serves must
+equal :func:`introspect.cam` on the same model, image, layer and class.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import introspect
+from conftest import assert_untouched, model_state
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 64
+PREFIX = "/data/plugin/introspect"
+
+
+def tensorboard_app(logdir: Path):
+    """TensorBoard's WSGI app with its core plugin and the introspect tab, on ``logdir``."""
+    from tensorboard import program
+    from tensorboard.backend import application
+    from tensorboard.plugins.core import core_plugin
+
+    from introspect_tab.plugin import IntrospectLoader
+
+    board = program.TensorBoard(plugins=[core_plugin.CorePluginLoader(include_debug_info=False), IntrospectLoader()])
+    board.configure(logdir=str(logdir))
+    return application.TensorBoardWSGIApp(board.flags, board.plugin_loaders, None, board.assets_zip_provider)
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory, sample_cat) -> Path:
+    """Two runs of resnet18 (weights from a file) on the cat; the second one's file is deleted afterwards."""
+    root = tmp_path_factory.mktemp("tab")
+    torch.manual_seed(0)
+    weights = root / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    gone = root / "gone.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), gone)
+    logs = root / "logs"
+    for name, path in (("r18", weights), ("gone", gone)):
+        introspect.report("resnet18", [sample_cat], logdir=logs, run_name=name, sections="cam",
+                          load=introspect.LoadOptions(weights=str(path), input_size=SIZE))
+    gone.unlink()
+    return logs
+
+
+@pytest.fixture(scope="module")
+def client(logdir):
+    from werkzeug.test import Client
+
+    return Client(tensorboard_app(logdir))
+
+
+@pytest.fixture(scope="module")
+def same_model(logdir):
+    record = json.loads((logdir / "r18" / "introspect.json").read_text())
+    return introspect.load_model("resnet18", weights=record["weights_path"], input_size=SIZE)
+
+
+def _get(client, route: str, **params):
+    from urllib.parse import urlencode
+
+    return client.get(f"{PREFIX}/{route}?{urlencode(params)}")
+
+
+def _run_image(client) -> Image.Image:
+    response = _get(client, "image", run="r18", name="cat")
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.get_data())).convert("RGB")
+
+
+def _png(response) -> np.ndarray:
+    assert response.status_code == 200, response.get_data()
+    assert response.headers["Content-Type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.get_data())).convert("RGB"))
+
+
+def _npy(response) -> np.ndarray:
+    assert response.status_code == 200, response.get_data()
+    return np.load(io.BytesIO(response.get_data()), allow_pickle=False)
+
+
+def test_the_run_record_says_how_to_load_the_model_again(logdir):
+    record = json.loads((logdir / "r18" / "introspect.json").read_text())
+    assert record["model"] == "resnet18"
+    assert Path(record["weights_path"]).is_absolute() and Path(record["weights_path"]).name == "resnet18.pth"
+    assert record["task"] == "classification" and record["input_size"] == SIZE
+    assert record["cam_layer"] == "layer4" and record["cam_methods"] == ["gradcam"]
+    assert len(record["categories"]) == 1000 and record["categories"][281] == "tabby"
+
+
+def test_the_tab_is_listed_and_its_module_served(client):
+    listing = json.loads(client.get("/data/plugins_listing").get_data())
+    assert listing["introspect"]["enabled"] is True
+    assert listing["introspect"]["loading_mechanism"] == {"type": "IFRAME", "module_path": f"{PREFIX}/index.js"}
+    script = client.get(f"{PREFIX}/index.js")
+    assert script.status_code == 200 and "export async function render" in script.get_data(as_text=True)
+    runs = {run["name"]: run for run in json.loads(client.get(f"{PREFIX}/runs").get_data())["runs"]}
+    assert runs["r18"]["model"] == "resnet18" and runs["r18"]["reloadable"] is True
+    assert runs["gone"]["reloadable"] is False and "is gone" in runs["gone"]["note"]
+    assert json.loads(_get(client, "images", run="r18").get_data()) == {"images": ["cat"]}
+
+
+def test_png_and_npy_equal_introspect_cam_for_a_layer_and_a_class(client, same_model):
+    params = dict(run="r18", image="run:cat", methods="gradcam,layercam", layer="layer3", target="tabby")
+    found = json.loads(_get(client, "explain", **params).get_data())
+    assert [m["method"] for m in found["maps"]] == ["gradcam", "layercam"]
+    assert {m["layer"] for m in found["maps"]} == {"layer3"}
+    assert found["subjects"][0]["name"] == "tabby" and found["subjects"][0]["index"] == 281
+    expected = introspect.cam(same_model, _run_image(client), "gradcam,layercam", layer="layer3", targets=["tabby"])
+    for result in expected:
+        heatmap = _npy(_get(client, "map.npy", method=result.method, **params))
+        np.testing.assert_array_equal(heatmap, result.maps[0].heatmap)
+        np.testing.assert_array_equal(_png(_get(client, "map.png", method=result.method, **params)),
+                                      result.maps[0].image)
+        shown = next(m for m in found["maps"] if m["method"] == result.method)
+        assert shown["min"] == pytest.approx(float(heatmap.min())) and shown["max"] == pytest.approx(float(heatmap.max()))
+    gradcam, layercam = (_npy(_get(client, "map.npy", method=m, **params)) for m in ("gradcam", "layercam"))
+    assert not np.allclose(gradcam, layercam)  # side by side: two methods, two maps
+
+
+def test_the_top_k_subjects_and_a_pick_among_them_equal_introspect_cam(client, same_model):
+    found = json.loads(_get(client, "explain", run="r18", image="run:cat", subject=2).get_data())
+    expected = introspect.cam(same_model, _run_image(client), "gradcam", topk=5)[0]
+    assert [s["index"] for s in found["subjects"]] == [m.subject.index for m in expected.maps]
+    assert found["chosen"] == 2 and found["maps"][0]["layer"] == "layer4"  # the run's CAM layer by default
+    heatmap = _npy(_get(client, "map.npy", run="r18", image="run:cat", subject=2))
+    np.testing.assert_array_equal(heatmap, expected.maps[2].heatmap)
+    again = json.loads(_get(client, "explain", run="r18", image="run:cat", subject=3).get_data())
+    assert again["cached"] is True  # another of the top-k: computed by the first request
+    raw = _png(_get(client, "map.png", run="r18", image="run:cat", subject=2, kind="heatmap"))
+    from introspect.drawing import colorize
+
+    np.testing.assert_array_equal(raw, colorize(expected.maps[2].heatmap))
+
+
+def test_an_uploaded_photo_is_explained_like_the_library_does(client, same_model, sample_coffee):
+    body = Path(sample_coffee).read_bytes()
+    response = client.post(f"{PREFIX}/upload", data=body, content_type="image/png")
+    assert response.status_code == 200, response.get_data()
+    image = json.loads(response.get_data())["image"]
+    heatmap = _npy(_get(client, "map.npy", run="r18", image=image, target="281"))
+    expected = introspect.cam(same_model, Image.open(sample_coffee).convert("RGB"), "gradcam", targets=[281])[0]
+    np.testing.assert_array_equal(heatmap, expected.maps[0].heatmap)
+
+
+def test_the_warm_model_is_left_as_found(client):
+    from introspect_tab.plugin import workbench
+
+    _get(client, "explain", run="r18", image="run:cat")
+    bench = workbench()
+    loaded = bench.loaded("r18", bench._models["r18"].load)
+    before = model_state(loaded.model)
+    response = _get(client, "explain", run="r18", image="run:cat", methods="gradcam++,eigencam", layer="layer2")
+    assert response.status_code == 200, response.get_data()
+    assert_untouched(before, loaded.model)
+
+
+def _error(response, status: int) -> str:
+    assert response.status_code == status, response.get_data()
+    assert response.headers["Content-Type"].startswith("application/json")
+    message = json.loads(response.get_data())["error"]
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize(("params", "status", "words"), [
+    (dict(run="nope", image="run:cat"), 404, "unknown run"),
+    (dict(run="../r18", image="run:cat"), 404, "unknown run"),
+    (dict(run="r18", image="run:dog"), 404, "no image"),
+    (dict(run="r18", image="/etc/passwd"), 400, "image="),
+    (dict(run="r18", image="upload:0123"), 404, "no upload"),
+    (dict(run="r18", image="run:cat", layer="layer9"), 400, "unknown layer"),
+    (dict(run="r18", image="run:cat", target="not a class"), 400, "unknown class"),
+    (dict(run="r18", image="run:cat", target="1000"), 400, "1000"),
+    (dict(run="r18", image="run:cat", subject="7"), 400, "subject=7"),
+    (dict(run="r18", image="run:cat", methods="nocam"), 400, "nocam"),
+    (dict(run="r18", image="run:cat", topk="0"), 400, "topk"),
+    (dict(run="gone", image="run:cat"), 409, "is gone"),
+])
+def test_bad_requests_get_a_4xx_with_one_line(client, params, status, words):
+    assert words in _error(_get(client, "explain", **params), status)
+
+
+def test_bad_uploads_get_a_4xx_and_the_server_keeps_serving(client, monkeypatch, sample_cat):
+    import introspect_tab.plugin as plugin
+
+    body = Path(sample_cat).read_bytes()
+    assert "not an image" in _error(client.post(f"{PREFIX}/upload", data=b"MZ\x90\x00 an exe", content_type="image/png"),
+                                    415)
+    assert "not an image" in _error(client.post(f"{PREFIX}/upload", data=body, content_type="text/plain"), 415)
+    assert "POST" in _error(client.get(f"{PREFIX}/upload"), 405)
+    monkeypatch.setattr(plugin, "MAX_UPLOAD_BYTES", len(body) - 1)
+    assert "MiB" in _error(client.post(f"{PREFIX}/upload", data=body, content_type="image/png"), 413)
+    monkeypatch.setattr(plugin, "MAX_UPLOAD_BYTES", 8 << 20)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own bomb guard: the cat is far more
+    assert "decompression-bomb" in _error(client.post(f"{PREFIX}/upload", data=body, content_type="image/png"), 413)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
+    monkeypatch.setattr(plugin, "MAX_UPLOAD_PIXELS", 1000)
+    assert "pixels" in _error(client.post(f"{PREFIX}/upload", data=body, content_type="image/png"), 413)
+    assert client.get(f"{PREFIX}/runs").status_code == 200
+
+
+def test_the_workbench_drops_the_least_recently_used_model(logdir):
+    from introspect.tab import Workbench
+    from introspect_tab.runs import RunCatalogue
+
+    load = RunCatalogue(logdir).run("r18").load
+    bench = Workbench(max_models=1)
+    first = bench.loaded("a", load)
+    assert bench.loaded("a", load) is first and bench.warm_keys() == ["a"]
+    bench.loaded("b", load)
+    assert bench.warm_keys() == ["b"]
+    assert Workbench(max_bytes=1).loaded("c", load) is not None  # the newest stays, whatever its size
+
+
+def test_tensorboard_starts_without_torch():
+    code = ("import sys; from introspect_tab.plugin import IntrospectLoader; "
+            "from tensorboard.plugins.base_plugin import TBContext; "
+            "plugin = IntrospectLoader().load(TBContext(logdir='.')); plugin.get_plugin_apps(); plugin.frontend_metadata(); "
+            "print('torch' in sys.modules, 'introspect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_package_declares_the_entry_point_and_ships_the_module():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    target = project["project"]["entry-points"]["tensorboard_plugins"]["introspect"]
+    module, _, name = target.partition(":")
+    from importlib import import_module
+
+    from tensorboard.plugins.base_plugin import TBLoader
+
+    assert issubclass(getattr(import_module(module), name), TBLoader)
+    assert "static/*" in project["tool"]["setuptools"]["package-data"]["introspect_tab"]
+    assert (REPO / "introspect_tab" / "static" / "index.js").is_file()
