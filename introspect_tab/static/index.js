@@ -50,7 +50,7 @@ const TEMPLATE = `
 `;
 
 const state = {
-  run: null, model: null, image: null, layer: "", target: null, subject: 0, subjects: [], request: 0,
+  run: null, runToken: 0, model: null, image: null, layer: "", target: null, subject: 0, subjects: [], request: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -116,21 +116,24 @@ async function loadRuns() {
 function describeRun(run) {
   const info = $("run-info");
   info.innerHTML = "";
-  info.append(`${run.model} · ${run.task} · input ${run.input_size} px · weights ${run.weights} (${run.weights_from}) · `);
-  info.append(element("span", { class: run.reloadable && run.weights !== "random" ? "" : "note" }, run.note));
+  info.append(`${run.model} · ${run.task} · input ${run.input_size} px · weights ${run.weights} (${run.weights_from})`);
+  if (!run.reloadable || run.weights === "random") info.append(" · ", element("span", { class: "note" }, run.note));
 }
 
 async function chooseRun(name) {
+  const token = ++state.runToken;
   state.run = name;
   state.target = null;
   state.subject = 0;
   state.subjects = [];
+  state.model = null;
   $("run").value = name;
   describeRun(state.runs[name]);
   showError("");
   $("maps").innerHTML = "";
   $("subjects").innerHTML = "";
   const { images } = await getJSON("images", { run: name });
+  if (token !== state.runToken) return;
   const strip = $("images");
   strip.innerHTML = "";
   for (const image of images) {
@@ -145,14 +148,17 @@ async function chooseRun(name) {
     return;
   }
   const stop = watchProgress(name, "loading the model");
+  let model;
   try {
-    state.model = await getJSON("model", { run: name });
+    model = await getJSON("model", { run: name });
   } catch (error) {
-    showError(error.message);
+    if (token === state.runToken) showError(error.message);
     return;
   } finally {
     stop();
   }
+  if (token !== state.runToken) return;  // another run was chosen meanwhile
+  state.model = model;
   setStatus("idle", "");
   fillChoices(state.model, state.runs[name]);
   markImage();
@@ -273,8 +279,9 @@ async function explain() {
     stop();
     setStatus("ready", `${found.cached ? "from memory" : "computed"} in ${found.seconds.toFixed(2)} s${warnings}`);
   } catch (error) {
-    stop();
-    if (request === state.request) showError(error.message);
+    if (request === state.request) { stop(); showError(error.message); }
+  } finally {
+    stop();  // a request overtaken by a newer one stops its progress line too
   }
 }
 
