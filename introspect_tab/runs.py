@@ -45,10 +45,13 @@ class Run:
             weights = str(path)
         elif weights == "random":
             weights = "none"
-        elif not weights:
+        elif not weights.isidentifier():  # an enum name such as IMAGENET1K_V1; never a file named in the record
+            return None
+        size = record.get("input_size")
+        if size is not None and not isinstance(size, int):
             return None
         categories = record.get("categories")
-        return {"model": model, "weights": weights, "input_size": record.get("input_size"),
+        return {"model": model, "weights": weights, "input_size": size,
                 "device": record.get("device") or "cpu",
                 "categories": [str(c) for c in categories] if isinstance(categories, list) else None}
 
@@ -64,6 +67,8 @@ class Run:
             return f"cannot be loaded again: its weights file {path} is gone; put it back there"
         if weights == "random":
             return "random weights: the run's cannot be had again, the tab uses a fresh random initialisation"
+        if not path and not weights.isidentifier():
+            return f"cannot be loaded again: its weights {weights!r} name no file path or torchvision enum"
         if path:
             return f"weights from {path}"
         return f"weights {weights}"

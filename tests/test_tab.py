@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -55,6 +56,10 @@ def logdir(tmp_path_factory, sample_cat) -> Path:
         introspect.report("resnet18", [sample_cat], logdir=logs, run_name=name, sections="cam",
                           load=introspect.LoadOptions(weights=str(path), input_size=SIZE))
     gone.unlink()
+    tampered = logs / "tampered"  # a record naming a file by its weights, not its weights_path: never loaded
+    shutil.copytree(logs / "r18", tampered)
+    record = json.loads((tampered / "introspect.json").read_text())
+    (tampered / "introspect.json").write_text(json.dumps({**record, "weights": "../r18.pth", "weights_path": None}))
     return logs
 
 
@@ -191,6 +196,7 @@ def _error(response, status: int) -> str:
     (dict(run="r18", image="run:cat", methods="nocam"), 400, "nocam"),
     (dict(run="r18", image="run:cat", topk="0"), 400, "topk"),
     (dict(run="gone", image="run:cat"), 409, "is gone"),
+    (dict(run="tampered", image="run:cat"), 409, "name no file path"),
 ])
 def test_bad_requests_get_a_4xx_with_one_line(client, params, status, words):
     assert words in _error(_get(client, "explain", **params), status)
@@ -248,3 +254,57 @@ def test_the_package_declares_the_entry_point_and_ships_the_module():
     assert issubclass(getattr(import_module(module), name), TBLoader)
     assert "static/*" in project["tool"]["setuptools"]["package-data"]["introspect_tab"]
     assert (REPO / "introspect_tab" / "static" / "index.js").is_file()
+
+
+def _task_run(tmp_path: Path, model: str, image: Path, state: dict, size: int | None) -> tuple[Path, str]:
+    """A run of ``model`` whose weights are ``state`` saved to a file; the log dir and the file."""
+    weights = tmp_path / f"{model}.pth"
+    torch.save(state, weights)
+    introspect.report(model, [image], logdir=tmp_path / "logs", run_name=model, sections="cam",
+                      load=introspect.LoadOptions(weights=str(weights), input_size=size))
+    return tmp_path / "logs", str(weights)
+
+
+@pytest.mark.slow
+def test_a_detector_run_explains_a_detection_like_introspect_cam(tmp_path, sample_cat):
+    from werkzeug.test import Client
+
+    torch.manual_seed(0)
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    net = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+    state = net.state_dict()
+    head = "roi_heads.box_predictor.cls_score"
+    state[f"{head}.weight"] = torch.zeros_like(state[f"{head}.weight"])
+    state[f"{head}.bias"] = torch.full_like(state[f"{head}.bias"], -10.0)
+    state[f"{head}.bias"][17] = 10.0  # every box a confident "cat": detections to explain
+    logs, weights = _task_run(tmp_path, name, sample_cat, state, None)
+    client = Client(tensorboard_app(logs))
+    found = json.loads(_get(client, "explain", run=name, image="run:cat", topk=3, subject=1).get_data())
+    assert [s["kind"] for s in found["subjects"]] == ["box"] * 3 and found["chosen"] == 1
+    assert found["subjects"][1]["name"] == "cat" and len(found["subjects"][1]["box"]) == 4
+    loaded = introspect.load_model(name, weights=weights)
+    image = Image.open(io.BytesIO(_get(client, "image", run=name, name="cat").get_data())).convert("RGB")
+    expected = introspect.cam(loaded, image, "gradcam", topk=3)[0].maps[1]
+    heatmap = _npy(_get(client, "map.npy", run=name, image="run:cat", topk=3, subject=1))
+    np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-5)
+    assert "subject=3" in _error(_get(client, "explain", run=name, image="run:cat", topk=3, subject=3), 400)
+
+
+@pytest.mark.slow
+def test_a_segmenter_run_explains_a_class_present_like_introspect_cam(tmp_path, sample_cat):
+    from werkzeug.test import Client
+
+    torch.manual_seed(0)
+    name = "lraspp_mobilenet_v3_large"
+    state = torchvision.models.get_model(name, weights=None, weights_backbone=None).state_dict()
+    logs, weights = _task_run(tmp_path, name, sample_cat, state, 96)
+    client = Client(tensorboard_app(logs))
+    found = json.loads(_get(client, "explain", run=name, image="run:cat").get_data())
+    assert found["subjects"] and {s["kind"] for s in found["subjects"]} == {"mask class"}
+    loaded = introspect.load_model(name, weights=weights, input_size=96)
+    image = Image.open(io.BytesIO(_get(client, "image", run=name, name="cat").get_data())).convert("RGB")
+    expected = introspect.cam(loaded, image, "gradcam")[0].maps[0]
+    assert found["subjects"][0]["index"] == expected.subject.index
+    heatmap = _npy(_get(client, "map.npy", run=name, image="run:cat"))
+    np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-5)
+    assert "does not apply" in _error(_get(client, "explain", run=name, image="run:cat", target="cat"), 400)
