@@ -308,3 +308,48 @@ def test_a_segmenter_run_explains_a_class_present_like_introspect_cam(tmp_path, 
     heatmap = _npy(_get(client, "map.npy", run=name, image="run:cat"))
     np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-5)
     assert "does not apply" in _error(_get(client, "explain", run=name, image="run:cat", target="cat"), 400)
+
+
+def test_one_request_at_a_time_per_model_and_its_progress_state(logdir, monkeypatch, sample_cat):
+    import threading
+    import time
+
+    import introspect.analyzers.cam as cam_module
+    from introspect.tab import Workbench
+    from introspect_tab.runs import RunCatalogue
+
+    load = RunCatalogue(logdir).run("r18").load
+    bench = Workbench()
+    real_cam, seen, active, second_started = cam_module.cam, [], [0], threading.Event()
+
+    def watched(*args, **kwargs):
+        active[0] += 1
+        seen.append((active[0], bench.status("r18")))
+        if len(seen) == 1:  # hold the model while a second request arrives
+            second_started.wait(30)
+            time.sleep(0.5)
+        try:
+            return real_cam(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(cam_module, "cam", watched)
+    image = Image.open(sample_cat).convert("RGB")
+    bench.loaded("r18", load)
+    assert bench.status("r18") == {"warm": True, "state": "idle"}
+
+    def ask(target: str) -> None:
+        bench.explain("r18", load, image, "cat", methods=["gradcam"], target=target)
+
+    first = threading.Thread(target=ask, args=("tabby",))
+    first.start()
+    while not seen:
+        time.sleep(0.01)
+    second = threading.Thread(target=ask, args=("tiger cat",))
+    second.start()
+    second_started.set()
+    first.join(60)
+    second.join(60)
+    assert [count for count, _ in seen] == [1, 1]  # never two maps of one model at once
+    assert all(status == {"warm": True, "state": "computing"} for _, status in seen)
+    assert bench.status("r18") == {"warm": True, "state": "idle"}
