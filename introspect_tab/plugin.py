@@ -167,10 +167,15 @@ class IntrospectPlugin(base_plugin.TBPlugin):
         key = request.args.get("image", "")
         kind, _, name = key.partition(":")
         if kind == "run":
-            data = self.catalogue.images(run).get(name)
-            if data is None:
+            images = self.catalogue.images(run)
+            if name not in images:
                 raise HttpError(404, f"run {run.name!r} has no image {name!r}: pick one of its images or upload one")
-            return Image.open(io.BytesIO(data)).convert("RGB"), key
+            photo = run.image_file(name, images)
+            if photo is not None:  # the photo itself, read as the command line read it (resize and crop again)
+                from introspect.images import load_image
+
+                return load_image(photo), f"{key}@{photo.stat().st_mtime_ns}"
+            return Image.open(io.BytesIO(images[name])).convert("RGB"), key  # the input as the model saw it
         if kind == "upload":
             with self._uploads_lock:
                 image = self._uploads.get(name)
@@ -182,7 +187,7 @@ class IntrospectPlugin(base_plugin.TBPlugin):
 
     def keep_upload(self, body: bytes, content_type: str) -> tuple[str, Any]:
         """Decode an uploaded photo (bounded, a known type, PIL's bomb guard) and keep it; its id and image."""
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         if not content_type.startswith("image/"):
             raise HttpError(415, f"upload type {content_type or 'none'!r} is not an image: send a PNG, JPEG, WebP, "
@@ -196,7 +201,7 @@ class IntrospectPlugin(base_plugin.TBPlugin):
                 if image.width * image.height > MAX_UPLOAD_PIXELS:
                     raise HttpError(413, f"upload of {image.width}x{image.height} pixels is over "
                                          f"{MAX_UPLOAD_PIXELS:,}: send a smaller photo")
-                image = image.convert("RGB")
+                image = ImageOps.exif_transpose(image).convert("RGB")
         except HttpError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):

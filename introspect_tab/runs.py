@@ -73,6 +73,15 @@ class Run:
             return f"weights from {path}"
         return f"weights {weights}"
 
+    def image_file(self, name: str, names: Any) -> Path | None:
+        """The photo the run's input ``name`` was read from (its record's ``image_files``), where it still
+        exists and the record's names are the run's own (``names``: the ``input/`` images found)."""
+        files = self.record.get("image_files")
+        if not isinstance(files, dict) or set(files) != set(names) or not isinstance(files.get(name), str):
+            return None
+        path = Path(files[name])
+        return path if path.is_absolute() and path.is_file() else None
+
     def summary(self) -> dict[str, Any]:
         """What the tab lists for the run."""
         record = self.record

@@ -60,6 +60,9 @@ def logdir(tmp_path_factory, sample_cat) -> Path:
     shutil.copytree(logs / "r18", tampered)
     record = json.loads((tampered / "introspect.json").read_text())
     (tampered / "introspect.json").write_text(json.dumps({**record, "weights": "../r18.pth", "weights_path": None}))
+    moved = logs / "moved"  # its photo is gone: the tab explains the input as the model saw it (input/cat)
+    shutil.copytree(logs / "r18", moved)
+    (moved / "introspect.json").write_text(json.dumps({**record, "image_files": {"cat": str(root / "gone.png")}}))
     return logs
 
 
@@ -99,8 +102,9 @@ def _npy(response) -> np.ndarray:
     return np.load(io.BytesIO(response.get_data()), allow_pickle=False)
 
 
-def test_the_run_record_says_how_to_load_the_model_again(logdir):
+def test_the_run_record_says_how_to_load_the_model_again(logdir, sample_cat):
     record = json.loads((logdir / "r18" / "introspect.json").read_text())
+    assert record["image_files"] == {"cat": str(Path(sample_cat).resolve())}
     assert record["model"] == "resnet18"
     assert Path(record["weights_path"]).is_absolute() and Path(record["weights_path"]).name == "resnet18.pth"
     assert record["task"] == "classification" and record["input_size"] == SIZE
@@ -120,13 +124,13 @@ def test_the_tab_is_listed_and_its_module_served(client):
     assert json.loads(_get(client, "images", run="r18").get_data()) == {"images": ["cat"]}
 
 
-def test_png_and_npy_equal_introspect_cam_for_a_layer_and_a_class(client, same_model):
+def test_png_and_npy_equal_introspect_cam_for_a_layer_and_a_class(client, same_model, sample_cat):
     params = dict(run="r18", image="run:cat", methods="gradcam,layercam", layer="layer3", target="tabby")
     found = json.loads(_get(client, "explain", **params).get_data())
     assert [m["method"] for m in found["maps"]] == ["gradcam", "layercam"]
     assert {m["layer"] for m in found["maps"]} == {"layer3"}
     assert found["subjects"][0]["name"] == "tabby" and found["subjects"][0]["index"] == 281
-    expected = introspect.cam(same_model, _run_image(client), "gradcam,layercam", layer="layer3", targets=["tabby"])
+    expected = introspect.cam(same_model, sample_cat, "gradcam,layercam", layer="layer3", targets=["tabby"])
     for result in expected:
         heatmap = _npy(_get(client, "map.npy", method=result.method, **params))
         np.testing.assert_array_equal(heatmap, result.maps[0].heatmap)
@@ -138,9 +142,9 @@ def test_png_and_npy_equal_introspect_cam_for_a_layer_and_a_class(client, same_m
     assert not np.allclose(gradcam, layercam)  # side by side: two methods, two maps
 
 
-def test_the_top_k_subjects_and_a_pick_among_them_equal_introspect_cam(client, same_model):
+def test_the_top_k_subjects_and_a_pick_among_them_equal_introspect_cam(client, same_model, sample_cat):
     found = json.loads(_get(client, "explain", run="r18", image="run:cat", subject=2).get_data())
-    expected = introspect.cam(same_model, _run_image(client), "gradcam", topk=5)[0]
+    expected = introspect.cam(same_model, sample_cat, "gradcam", topk=5)[0]
     assert [s["index"] for s in found["subjects"]] == [m.subject.index for m in expected.maps]
     assert found["chosen"] == 2 and found["maps"][0]["layer"] == "layer4"  # the run's CAM layer by default
     heatmap = _npy(_get(client, "map.npy", run="r18", image="run:cat", subject=2))
@@ -151,6 +155,12 @@ def test_the_top_k_subjects_and_a_pick_among_them_equal_introspect_cam(client, s
     from introspect.drawing import colorize
 
     np.testing.assert_array_equal(raw, colorize(expected.maps[2].heatmap))
+
+
+def test_a_run_whose_photo_is_gone_explains_its_input_as_the_model_saw_it(client, same_model):
+    heatmap = _npy(_get(client, "map.npy", run="moved", image="run:cat", target="tabby"))
+    expected = introspect.cam(same_model, _run_image(client), "gradcam", targets=["tabby"])[0]
+    np.testing.assert_array_equal(heatmap, expected.maps[0].heatmap)
 
 
 def test_an_uploaded_photo_is_explained_like_the_library_does(client, same_model, sample_coffee):
@@ -283,8 +293,7 @@ def test_a_detector_run_explains_a_detection_like_introspect_cam(tmp_path, sampl
     assert [s["kind"] for s in found["subjects"]] == ["box"] * 3 and found["chosen"] == 1
     assert found["subjects"][1]["name"] == "cat" and len(found["subjects"][1]["box"]) == 4
     loaded = introspect.load_model(name, weights=weights)
-    image = Image.open(io.BytesIO(_get(client, "image", run=name, name="cat").get_data())).convert("RGB")
-    expected = introspect.cam(loaded, image, "gradcam", topk=3)[0].maps[1]
+    expected = introspect.cam(loaded, sample_cat, "gradcam", topk=3)[0].maps[1]
     heatmap = _npy(_get(client, "map.npy", run=name, image="run:cat", topk=3, subject=1))
     np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-5)
     assert "subject=3" in _error(_get(client, "explain", run=name, image="run:cat", topk=3, subject=3), 400)
@@ -302,8 +311,7 @@ def test_a_segmenter_run_explains_a_class_present_like_introspect_cam(tmp_path, 
     found = json.loads(_get(client, "explain", run=name, image="run:cat").get_data())
     assert found["subjects"] and {s["kind"] for s in found["subjects"]} == {"mask class"}
     loaded = introspect.load_model(name, weights=weights, input_size=96)
-    image = Image.open(io.BytesIO(_get(client, "image", run=name, name="cat").get_data())).convert("RGB")
-    expected = introspect.cam(loaded, image, "gradcam")[0].maps[0]
+    expected = introspect.cam(loaded, sample_cat, "gradcam")[0].maps[0]
     assert found["subjects"][0]["index"] == expected.subject.index
     heatmap = _npy(_get(client, "map.npy", run=name, image="run:cat"))
     np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-5)
