@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +253,7 @@ def test_tensorboard_starts_without_torch():
 
 
 def test_the_package_declares_the_entry_point_and_ships_the_module():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     target = project["project"]["entry-points"]["tensorboard_plugins"]["introspect"]
     module, _, name = target.partition(":")
