@@ -37,7 +37,7 @@ class Run:
         """How to load the run's model again (``load_model``'s arguments), or None where it cannot be."""
         record = self.record
         model, weights, path = record.get("model"), str(record.get("weights") or ""), record.get("weights_path")
-        if not isinstance(model, str) or not model or model.startswith("hf:") or weights == "as given":
+        if not isinstance(model, str) or not _by_name(model) or weights == "as given":
             return None
         if path:
             if not Path(path).is_file():
@@ -60,9 +60,9 @@ class Run:
         """Whether the tab's maps come from the run's own weights, in words."""
         record = self.record
         model, weights, path = str(record.get("model") or ""), str(record.get("weights") or ""), record.get("weights_path")
-        if model.startswith("hf:") or weights == "as given" or not model:
-            return ("cannot be loaded again: the model was given as a module or a Hugging Face folder; "
-                    "run it again by name to explain it here")
+        if not _by_name(model) or weights == "as given":
+            return ("cannot be loaded again here: the model was given as a module, a Hugging Face folder or an "
+                    "import path (the tab runs no code a run names); run a torchvision or timm model by name")
         if path and not Path(path).is_file():
             return f"cannot be loaded again: its weights file {path} is gone; put it back there"
         if weights == "random":
@@ -90,6 +90,15 @@ class Run:
                 "input_size": record.get("input_size"), "cam_layer": record.get("cam_layer"),
                 "cam_methods": record.get("cam_methods") or [], "reloadable": self.load is not None,
                 "note": self.note}
+
+
+def _by_name(model: str) -> bool:
+    """Whether the tab may load ``model`` again: a torchvision name or ``timm:NAME`` (never ``hf:`` folders, nor
+    ``package.module:callable`` import paths, whose code the tab does not run)."""
+    prefix, colon, rest = model.partition(":")
+    if colon:
+        return prefix == "timm" and bool(rest)
+    return bool(model) and model.replace("_", "").isalnum()
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

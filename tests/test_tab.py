@@ -59,6 +59,9 @@ def logdir(tmp_path_factory, sample_cat) -> Path:
     shutil.copytree(logs / "r18", tampered)
     record = json.loads((tampered / "introspect.json").read_text())
     (tampered / "introspect.json").write_text(json.dumps({**record, "weights": "../r18.pth", "weights_path": None}))
+    imported = logs / "imported"  # an import-path model: the tab runs no code a record names
+    shutil.copytree(logs / "r18", imported)
+    (imported / "introspect.json").write_text(json.dumps({**record, "model": "os:system"}))
     moved = logs / "moved"  # its photo is gone: the tab explains the input as the model saw it (input/cat)
     shutil.copytree(logs / "r18", moved)
     (moved / "introspect.json").write_text(json.dumps({**record, "image_files": {"cat": str(root / "gone.png")}}))
@@ -206,6 +209,7 @@ def _error(response, status: int) -> str:
     (dict(run="r18", image="run:cat", topk="0"), 400, "topk"),
     (dict(run="gone", image="run:cat"), 409, "is gone"),
     (dict(run="tampered", image="run:cat"), 409, "name no file path"),
+    (dict(run="imported", image="run:cat"), 409, "runs no code"),
 ])
 def test_bad_requests_get_a_4xx_with_one_line(client, params, status, words):
     assert words in _error(_get(client, "explain", **params), status)
