@@ -293,6 +293,8 @@ def test_a_detector_run_explains_a_detection_like_introspect_cam(tmp_path, sampl
     state[f"{head}.bias"][17] = 10.0  # every box a confident "cat": detections to explain
     logs, weights = _task_run(tmp_path, name, sample_cat, state, None)
     client = Client(tensorboard_app(logs))
+    model = json.loads(_get(client, "model", run=name).get_data())
+    assert model["task"] == "detection" and model["layers"] and "tabby" not in model["categories"]
     found = json.loads(_get(client, "explain", run=name, image="run:cat", topk=3, subject=1).get_data())
     assert [s["kind"] for s in found["subjects"]] == ["box"] * 3 and found["chosen"] == 1
     assert found["subjects"][1]["name"] == "cat" and len(found["subjects"][1]["box"]) == 4
@@ -312,6 +314,8 @@ def test_a_segmenter_run_explains_a_class_present_like_introspect_cam(tmp_path, 
     state = torchvision.models.get_model(name, weights=None, weights_backbone=None).state_dict()
     logs, weights = _task_run(tmp_path, name, sample_cat, state, 96)
     client = Client(tensorboard_app(logs))
+    model = json.loads(_get(client, "model", run=name).get_data())
+    assert model["task"] == "segmentation" and model["layers"]
     found = json.loads(_get(client, "explain", run=name, image="run:cat").get_data())
     assert found["subjects"] and {s["kind"] for s in found["subjects"]} == {"mask class"}
     loaded = introspect.load_model(name, weights=weights, input_size=96)
