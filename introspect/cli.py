@@ -202,7 +202,7 @@ def _audit(args: argparse.Namespace) -> int:
     from .models import load_model
     from .options import LoadOptions
     from .tensorboard import Reporter, new_run_dir
-    from .run_scope import recorded_run
+    from .run_scope import audit_facts, recorded_run, run_record
     from .tasks import task_of
 
     if not args.dataset:
@@ -245,8 +245,9 @@ def _audit(args: argparse.Namespace) -> int:
                                    "device": str(world.device), "processes": world.size}
         if args.resume:
             info["resumed"] = "yes: this run continues an earlier one in the same folder"
-        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started) if reporter is not None \
-            else nullcontext()
+        record = run_record("audit", loaded, dataset=str(Path(args.dataset).resolve()))
+        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started, record=record) \
+            if reporter is not None else nullcontext()
         with scope as end:
             if world.is_main:
                 print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
@@ -256,6 +257,7 @@ def _audit(args: argparse.Namespace) -> int:
             if result is None:  # not rank 0: rank 0 writes
                 return 0
             reporter.audit(result)
+            record.update(audit_facts(result, args.dataset))
             info.update({**result.settings, "images": result.images, "skipped": result.skipped,
                          "table": result.table})
         for line in result.summary_lines():
