@@ -8,6 +8,7 @@ line; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -248,12 +249,12 @@ def _audit(args: argparse.Namespace) -> int:
         world.close()
 
 
-def _list_layers(model_name: str, weights: str) -> None:
+def _list_layers(model_name: str, weights: str, input_size: int | None = None) -> None:
     from .layers import layer_table
     from .models import load_model
     from .tasks import TASKS
 
-    loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
+    loaded = load_model(model_name, weights="none" if weights == "auto" else weights, input_size=input_size)
     task = TASKS[loaded.task]
     if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
         rows = layer_table(loaded.model, loaded.input_size)
@@ -288,10 +289,26 @@ def _one_line(exc: BaseException | str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _library_chatter(debug: bool) -> None:
+    """transformers' log lines and progress bars off the console unless --debug (the CLI owns the process)."""
+    from .notices import DEBUG_ENV
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = sys.modules.get("transformers")  # already imported (in process, as in tests): tell it directly
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _library_chatter(args.debug)
     try:
         if args.list_models:
             from .tasks import TASKS, models_by_task
@@ -305,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("introspect: error: give a MODEL (see --list-models)", file=sys.stderr)
             return 2
         if args.list_layers:
-            _list_layers(args.model, args.weights)
+            _list_layers(args.model, args.weights, args.input_size)
             return 0
         if args.dataset or args.resume:
             return _audit(args)

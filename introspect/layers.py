@@ -203,20 +203,31 @@ def _torchvision_features(model: nn.Module, family: str) -> list[str] | None:
 
 # ---------------------------------------------------------------- the structural rules
 
-_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
 
 
 def _is_aux(name: str) -> bool:
     return any("aux" in part.lower() for part in name.split("."))
 
 
+def _is_attention(module: nn.Module | None) -> bool:
+    return module is not None and any(word in type(module).__name__.lower() for word in ("attention", "attn"))
+
+
+def _in_attention(modules: dict[str, nn.Module], name: str) -> bool:
+    """Whether ``name`` is an attention module or inside one (its q/k/v projections, its output dense)."""
+    parts = name.split(".")
+    return any(_is_attention(modules.get(".".join(parts[:depth]))) for depth in range(1, len(parts) + 1))
+
+
 def _eligible(model: nn.Module, found: Probe) -> list[LayerOutput]:
-    """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling."""
+    """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling,
+    not a wrapper returning a ModelOutput, not inside an attention module."""
     modules = dict(model.named_modules())
     return [layer for layer in found.layers
             if layer.spatial and layer.calls == 1 and not layer.passthrough and not layer.rearranges
-            and not _is_aux(layer.name)
-            and not isinstance(modules.get(layer.name), _POOLS)]
+            and not layer.structured and not _is_aux(layer.name)
+            and not isinstance(modules.get(layer.name), _POOLS) and not _in_attention(modules, layer.name)]
 
 
 def _inside(name: str, ancestor: str) -> bool:
@@ -251,9 +262,18 @@ def _block_of(model: nn.Module, name: str) -> str | None:
     return None
 
 
-def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput]) -> LayerOutput | None:
-    """For tokens with a prefix: the last layer whose patch tokens reach the scores, at its block's level."""
-    tokens = [l for l in candidates if l.layout == "tokens"]
+def _reaches_scores(model: nn.Module, found: Probe, layer: LayerOutput) -> bool:
+    """Whether the layer's output reaches the scores (True when no real pass can tell)."""
+    try:
+        return patch_gradients(model, [layer.name], found.input_size)[layer.name]
+    except Exception:  # no real pass possible (weights on the meta device): trust the structure
+        return True
+
+
+def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput],
+                  tokens_only: bool = True) -> LayerOutput | None:
+    """The last layer whose patch tokens reach the scores, at its block's level (tokens with a prefix)."""
+    tokens = [l for l in candidates if l.layout == "tokens" or not tokens_only]
     flowing: list[LayerOutput] = []
     try:
         for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
@@ -268,6 +288,8 @@ def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput])
     if not flowing:
         return None
     last = flowing[-1]
+    if last.layout != "tokens" or last.prefix == 0:
+        return last
     block = _block_of(model, last.name)
     if block is None:
         return last
@@ -277,9 +299,11 @@ def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput])
 
 def _unexplained_after(found: Probe, layer: LayerOutput) -> list[LayerOutput]:
     """Later outputs that look like unrecognised feature maps: a sign the structure rule misread the model."""
+    positions = layer.grid[0] * layer.grid[1] if layer.grid else 0
     return [l for l in found.layers if l.end > layer.end and l.layout == "other" and len(l.shape) >= 3
             and l.shape[0] == 1 and math.prod(l.shape[1:-1]) > 1 and not _is_aux(l.name)
-            and min(l.shape[1:]) > 1 and not (len(l.shape) == 4 and l.shape[2] == l.shape[3])]
+            and min(l.shape[1:]) > 1 and not (len(l.shape) == 4 and l.shape[2] == l.shape[3])
+            and not (len(l.shape) == 3 and l.shape[1] * 4 <= positions)]  # a latent array (Perceiver's)
 
 
 def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
@@ -289,8 +313,9 @@ def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
         raise UnknownLayerError(f"cannot find a layer of {type(model).__name__} whose output is a map over the "
                                 f"image at input size {found.input_size}: {hint}", parameter="layer")
     chosen = last = candidates[-1]
-    if chosen.layout == "tokens" and chosen.prefix > 0:
-        picked = _token_target(model, found, candidates)
+    prefixed = chosen.layout == "tokens" and chosen.prefix > 0
+    if prefixed or not _reaches_scores(model, found, chosen):  # a class token, or a map the head never reads
+        picked = _token_target(model, found, candidates, tokens_only=prefixed)
         if picked is None:
             raise UnknownLayerError(f"no token layer of {type(model).__name__} passes its patch tokens on to the "
                                     f"scores: {hint}", parameter="layer")

@@ -60,6 +60,7 @@ class LayerOutput:
     passthrough: bool = False  # returned its input unchanged (Identity, eval-mode Dropout; not in-place ops)
     rearranges: bool = False  # no parameters, and only permutes its input's dimensions (a Permute module)
     alias_of: str | None = None  # the module that finished just before and returned the same tensor
+    structured: bool = False  # returned a ModelOutput (a wrapper: its first tensor is not what the head reads)
 
     @property
     def spatial(self) -> bool:
@@ -196,6 +197,11 @@ def _first(output: object) -> torch.Tensor | None:
         return None
 
 
+def _is_model_output(output: object) -> bool:
+    """A Hugging Face ``ModelOutput`` (a backbone wrapper's several named outputs), told by its class."""
+    return any(cls.__name__ == "ModelOutput" for cls in type(output).__mro__[1:])
+
+
 def _example(model: nn.Module, size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -253,6 +259,7 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
             record["rearranges"] = (first is not None and tensor is not None and first.shape != tensor.shape
                                     and sorted(first.shape) == sorted(tensor.shape)
                                     and next(module.parameters(), None) is None)
+            record["structured"] = _is_model_output(output)
             record["alias_of"] = previous[0] if tensor is not None and previous[1] is tensor else None
             previous[0], previous[1] = name, tensor
         return hook
@@ -301,7 +308,7 @@ def _build(records: dict[str, dict], size: tuple[int, int]) -> tuple[LayerOutput
         layers.append(LayerOutput(name=name, kind=r["kind"], shape=r["shape"], layout=layout, grid=grid,
                                   prefix=prefix, start=r["start"], end=r["end"], calls=r["calls"],
                                   passthrough=r["passthrough"], rearranges=r["rearranges"],
-                                  alias_of=r["alias_of"]))
+                                  alias_of=r["alias_of"], structured=r.get("structured", False)))
     return tuple(layers)
 
 

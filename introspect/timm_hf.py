@@ -26,7 +26,17 @@ from .errors import InputSizeError, IntrospectError, IntrospectWarning, UnknownM
 from .checkpoints import OFFLINE_ENV, load_checkpoint
 from .loaded import LoadedModel
 
-__all__ = ["HFClassifier", "load_timm", "load_hf", "module_categories"]
+__all__ = ["HFClassifier", "HF_NOT_APPLICABLE", "load_timm", "load_hf", "module_categories"]
+
+# Hugging Face image-classification architectures that cannot take an image batch alone (model_type: why)
+HF_NOT_APPLICABLE = {
+    "dinat": "needs the natten library (neighbourhood-attention kernels): pip install natten",
+    "imagegpt": "classifies colour-cluster token ids (input_ids), not pixel_values",
+    "shieldgemma2": "a vision-language safety classifier: it needs a text prompt (input_ids) beside the image",
+    "siglip2": "takes pre-patchified pixel_values with pixel_attention_mask and spatial_shapes (NaFlex), not an "
+               "image batch",
+    "timm_wrapper": "a wrapper around a timm model: load the timm model itself as timm:NAME",
+}
 
 
 def _need(package: str, extra: str):
@@ -211,7 +221,11 @@ class HFClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) of a (N, 3, H, W) batch."""
-        return self.model(pixel_values=pixel_values).logits
+        output = self.model(pixel_values=pixel_values)
+        logits = getattr(output, "logits", None)
+        if logits is None:  # PP-LCNet returns its scores as last_hidden_state
+            logits = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return logits
 
 
 def _hf_size(processor: Any, config: Any) -> tuple[int, int]:
@@ -219,15 +233,18 @@ def _hf_size(processor: Any, config: Any) -> tuple[int, int]:
     def side(value: Any) -> int | None:
         if isinstance(value, int):
             return value
-        if isinstance(value, dict):
-            for key in ("shortest_edge", "height", "width"):
-                if value.get(key):
-                    return int(value[key])
+        if value is None:
+            return None
+        for key in ("shortest_edge", "height", "width"):  # a dict (transformers 4) or a SizeDict (5)
+            found = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if found:
+                return int(found)
         return None
 
     crop = side(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
     resize = side(getattr(processor, "size", None))
-    image_size = getattr(config, "image_size", None)
+    image_size = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None),
+                                                                 "image_size", None)
     image_size = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
     crop = crop or resize or image_size or 224
     return crop, max(resize or crop, crop)
@@ -253,8 +270,20 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
         raise WeightsError(f"unknown weights {weights!r} for hf:{path}: use auto or none (the weights come "
                            "from the folder or hub id)")
     try:
+        config = AutoConfig.from_pretrained(path, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        if offline:
+            raise UnknownModelError(f"hf:{path} is not a folder and not in the local Hugging Face cache "
+                                    f"({OFFLINE_ENV} is set): download it first with `huggingface-cli download "
+                                    f"{path}` (or save_pretrained it to a folder) and pass that") from None
+        raise UnknownModelError(f"cannot load Hugging Face model {path!r} ({first}): give a folder written by "
+                                "save_pretrained or a hub id") from None
+    model_type = getattr(config, "model_type", "")
+    if model_type in HF_NOT_APPLICABLE:
+        raise UsageError(f"hf:{path} ({model_type}) cannot be introspected: {HF_NOT_APPLICABLE[model_type]}")
+    try:
         if choice == "none":
-            config = AutoConfig.from_pretrained(path, local_files_only=offline)
             model = AutoModelForImageClassification.from_config(config)
             source, weights_name = "random initialisation (weights='none')", "random"
         else:
@@ -276,7 +305,8 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
         resize = round(resize * input_size / default)
     mean = getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5)
     std = getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)
-    transform = _preset(size, resize, mean, std, "bilinear")
+    resample = getattr(processor, "resample", None)  # PIL's codes: 3 bicubic, 0 nearest, else bilinear
+    transform = _preset(size, resize, mean, std, {3: "bicubic", 0: "nearest"}.get(int(resample or 2), "bilinear"))
     net = HFClassifier(model).to(device).eval()
     count = int(getattr(config, "num_labels", 0) or 0)
     names = tuple(categories) if categories else _hf_categories(config, count)

@@ -188,3 +188,11 @@ def test_a_timm_vit_built_on_the_meta_device_gets_its_layer_without_running():
         model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False).eval()
     choice = pick_cam_layer(model)
     assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.11.norm1", "tokens", 2, (14, 14))
+
+
+def test_crossvit_layer_is_a_block_input_norm_not_a_projection_inside_attention():
+    model = _timm("crossvit_tiny_240")
+    choice = pick_cam_layer(model)
+    # the last multi-scale block's last transformer block (large-patch branch: 224 / 16 = 14): its norm1
+    assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.2.blocks.1.3.norm1", "tokens", 1,
+                                                                        (14, 14))
