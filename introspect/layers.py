@@ -38,6 +38,7 @@ __all__ = [
     "layer_choice",
     "default_feature_layers",
     "pick_cam_layer",
+    "head_input_layer",
     "layer_table",
     "to_nchw",
     "conv_layers",
@@ -362,6 +363,24 @@ def pick_cam_layer(model: nn.Module, layer: str | None = None, *,
     return _structural_cam(model, found)
 
 
+def head_input_layer(model: nn.Module, *, input_size: int | Sequence[int] | None = None,
+                     head: str = "classifier") -> LayerChoice:
+    """The map a dense-prediction head's last layer reads: the last map-shaped output (not a pass-through, not a
+    ModelOutput wrapper, not inside attention) that finishes before the last module called ``head`` starts
+    (Hugging Face segmentation heads: SegFormer's ``decode_head.classifier``, UperNet's, BEiT's, MobileViT's).
+
+    Raises:
+        UnknownLayerError: no module called ``head``, or no map before it (then pass ``layer=``).
+    """
+    found = probe(model, input_size)
+    heads = [l for l in found.layers if l.name.rsplit(".", 1)[-1] == head]
+    before = [l for l in _eligible(model, found) if heads and l.end < heads[-1].start]
+    if not before:
+        raise UnknownLayerError(f"cannot find the map {type(model).__name__}'s {head} reads: pass the layer to "
+                                "explain as layer=NAME", parameter="layer")
+    return _choice(before[-1])
+
+
 def _table_layout(model: nn.Module, family: str, name: str) -> LayerChoice:
     if family == "SwinTransformer":
         return LayerChoice(name, layout="nhwc")
@@ -416,9 +435,11 @@ def _largest_child(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list[LayerOutput]:
-    """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks."""
-    candidates = _eligible(model, found)
+def _structural_features(model: nn.Module, found: Probe, limit: int = 6, within: str | None = None
+                         ) -> list[LayerOutput]:
+    """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks
+    (``within``: only modules inside that one, e.g. a segmenter's encoder)."""
+    candidates = [l for l in _eligible(model, found) if within is None or _inside(l.name, within)]
     spans: dict[str, set] = {}  # module -> the grids its spatial outputs (and its descendants') take
     ends: dict[str, tuple[int, int] | None] = {l.name: l.grid for l in found.layers}
     for layer in found.spatial:
@@ -456,12 +477,13 @@ def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list
     return stages
 
 
-def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] | None = None) -> list[LayerChoice]:
+def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] | None = None,
+                           within: str | None = None) -> list[LayerChoice]:
     """Four to six layers that end the model's stages (where the spatial size changes).
 
     torchvision's families keep their hand-picked stage outputs; any other model gets them from
     the probe: for each spatial size, the outermost module that ends it; for a trunk that keeps
-    one size (a ViT), four evenly spaced blocks.
+    one size (a ViT), four evenly spaced blocks. ``within``: only modules inside that module (an encoder).
     """
     found = _probe(model, input_size)
     family = _torchvision_family(model)
@@ -473,7 +495,7 @@ def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] 
             return [_choice(r) if r is not None and r.spatial else _table_layout(model, family, n)
                     for n, r in zip(names, records)]
     if found is not None:
-        chosen = _structural_features(model, found)
+        chosen = _structural_features(model, found, within=within)
         if chosen:
             return [_choice(l) for l in chosen]
     inner = _largest_child(model)

@@ -220,13 +220,23 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwar
                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
+def _computes(hook: object) -> bool:
+    """A hook that is part of how the model computes its output (transformers 5 records hidden states with
+    forward hooks that its heads then read), not an observer of the caller's."""
+    function = getattr(hook, "func", hook)  # functools.partial
+    return getattr(function, "__module__", "").startswith("transformers")
+
+
 def _quiet(scope, model: nn.Module) -> None:
-    """Set the model's own hooks aside for the scope: the probe's extra pass is not the caller's forward."""
+    """Set the model's own hooks aside for the scope (the probe's extra pass is not the caller's forward), all
+    but those the model computes with."""
     for module in model.modules():
         for name in _HOOK_DICTS:
             current = getattr(module, name, None)
             if isinstance(current, dict) and current:
-                scope.set_attribute(module, name, type(current)())
+                kept = type(current)()
+                kept.update((key, hook) for key, hook in current.items() if _computes(hook))
+                scope.set_attribute(module, name, kept)
 
 
 def _run_hooked(model: nn.Module, run) -> dict[str, dict]:

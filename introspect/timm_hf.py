@@ -26,7 +26,7 @@ from .errors import InputSizeError, IntrospectError, IntrospectWarning, UnknownM
 from .checkpoints import OFFLINE_ENV, load_checkpoint
 from .loaded import LoadedModel
 
-__all__ = ["HFClassifier", "HF_NOT_APPLICABLE", "load_timm", "load_hf", "module_categories"]
+__all__ = ["HFClassifier", "HFSegmenter", "HF_NOT_APPLICABLE", "load_timm", "load_hf", "module_categories"]
 
 # Hugging Face image-classification architectures that cannot take an image batch alone (model_type: why)
 HF_NOT_APPLICABLE = {
@@ -85,7 +85,7 @@ def _hf_categories(config: Any, count: int) -> tuple[str, ...]:
 
 def module_categories(model: nn.Module, count: int) -> tuple[str, ...] | None:
     """Class names a timm or Hugging Face module carries itself (None for any other module)."""
-    inner = model.model if isinstance(model, HFClassifier) else model
+    inner = model.model if isinstance(model, (HFClassifier, HFSegmenter)) else model
     if getattr(inner, "config", None) is not None and getattr(inner.config, "id2label", None):
         return _hf_categories(inner.config, count)
     if type(model).__module__.startswith("timm.") and getattr(model, "pretrained_cfg", None) is not None:
@@ -228,6 +228,45 @@ class HFClassifier(nn.Module):
         return logits
 
 
+class HFSegmenter(nn.Module):
+    """A transformers semantic segmenter whose forward returns ``{"out": scores}`` at the input's size, as
+    torchvision's segmenters do (bilinear, as transformers' own post-processing); its layers stay ``model.*``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config."""
+        return self.model.config
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"out": (N, classes, H, W)}`` per-pixel class scores of a (N, 3, H, W) batch."""
+        logits = self.model(pixel_values=pixel_values).logits
+        if logits.shape[-2:] != pixel_values.shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        return {"out": logits}
+
+
+def _hf_head(config: Any) -> str:
+    """What the config's architecture does: "segmentation", "detection" or "classification"."""
+    from transformers.models.auto import modeling_auto
+
+    named = set(getattr(config, "architectures", None) or ())
+
+    def among(mapping: dict) -> bool:
+        return any(name in named for value in mapping.values()
+                   for name in (value if isinstance(value, (tuple, list)) else (value,)))
+
+    if among(modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES):
+        return "segmentation"
+    if among(modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES):
+        return "detection"
+    return "classification"
+
+
 def _hf_size(processor: Any, config: Any) -> tuple[int, int]:
     """(crop, resize) from an image processor's config, else the model config's image_size."""
     def side(value: Any) -> int | None:
@@ -280,14 +319,22 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
         raise UnknownModelError(f"cannot load Hugging Face model {path!r} ({first}): give a folder written by "
                                 "save_pretrained or a hub id") from None
     model_type = getattr(config, "model_type", "")
-    if model_type in HF_NOT_APPLICABLE:
+    head = _hf_head(config)
+    if head == "detection":
+        raise UsageError(f"hf:{path} is an object detector ({', '.join(config.architectures)}): Hugging Face "
+                         "detectors are not supported yet; torchvision's are (e.g. fasterrcnn_resnet50_fpn)")
+    if head == "segmentation":
+        from transformers import AutoModelForSemanticSegmentation as auto_class
+    else:
+        auto_class = AutoModelForImageClassification
+    if head == "classification" and model_type in HF_NOT_APPLICABLE:
         raise UsageError(f"hf:{path} ({model_type}) cannot be introspected: {HF_NOT_APPLICABLE[model_type]}")
     try:
         if choice == "none":
-            model = AutoModelForImageClassification.from_config(config)
+            model = auto_class.from_config(config)
             source, weights_name = "random initialisation (weights='none')", "random"
         else:
-            model = AutoModelForImageClassification.from_pretrained(path, local_files_only=offline)
+            model = auto_class.from_pretrained(path, local_files_only=offline)
             source, weights_name = f"transformers from_pretrained({path})", "pretrained"
     except (OSError, ValueError) as exc:
         first = " ".join(str(exc).split())[:200]
@@ -307,9 +354,10 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
     std = getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)
     resample = getattr(processor, "resample", None)  # PIL's codes: 3 bicubic, 0 nearest, else bilinear
     transform = _preset(size, resize, mean, std, {3: "bicubic", 0: "nearest"}.get(int(resample or 2), "bilinear"))
-    net = HFClassifier(model).to(device).eval()
+    net = (HFSegmenter if head == "segmentation" else HFClassifier)(model).to(device).eval()
     count = int(getattr(config, "num_labels", 0) or 0)
     names = tuple(categories) if categories else _hf_categories(config, count)
     short = Path(path).name if Path(path).is_dir() else path.replace("/", "--")  # the run folder's name: no "/"
     return LoadedModel(model=net, name=f"hf:{short}", weights=weights_name, weights_source=source,
-                       transform=transform, categories=names, input_size=size, device=device, warnings=[])
+                       transform=transform, categories=names, input_size=size, device=device, warnings=[],
+                       task="hf_segmentation" if head == "segmentation" else "classification")

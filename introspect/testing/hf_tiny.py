@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_SIZE", "tiny_config", "save_tiny", "classification_architectures"]
+__all__ = ["IMAGE_SIZE", "tiny_config", "save_tiny", "classification_architectures", "segmentation_architectures"]
 
 IMAGE_SIZE = 64
 
@@ -49,7 +49,7 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "regnet": {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "embedding_size": 8, "groups_width": 8},
     "resnet": {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "embedding_size": 8},
     "segformer": {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
-                  "decoder_hidden_size": 16},
+                  "decoder_hidden_size": 24},
     "swiftformer": {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1]},
     "textnet": {},
     "imagegpt": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "vocab_size": 513},
@@ -88,6 +88,13 @@ def tiny_config(model_type: str, num_labels: int = 3) -> Any:
     labels = {i: f"thing{i}" for i in range(num_labels)}
     return config_class(**_small_settings(config_class, model_type), id2label=labels,
                         label2id={v: k for k, v in labels.items()})
+
+
+def segmentation_architectures() -> list[tuple[str, str]]:
+    """(model_type, class name) for every semantic segmenter in the installed transformers' auto mapping."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
+
+    return [(t, n) for t, n in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.items() if isinstance(n, str)]
 
 
 def classification_architectures() -> list[tuple[str, str]]:
