@@ -153,16 +153,16 @@ def _whole_patch_grids(size: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _token_grid(length: int, size: tuple[int, int], grids: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], int] | None:
-    """(grid, prefix) for ``length`` tokens: a grid seen before, else one a whole patch size implies."""
+    """(grid, prefix) for ``length`` tokens: the fewest prefix tokens over the grids seen before and those a
+    whole patch size implies (a seen grid first on a tie: Cvt's 1 + 4x4 tokens are not 13 + a 2x2 grid seen
+    in its attention's strided keys)."""
+    best = None
     for candidates, limit in ((grids, MAX_PREFIX), (_whole_patch_grids(size), 8)):
-        best = None
         for gh, gw in candidates:
             prefix = length - gh * gw
             if 0 <= prefix <= limit and gh > 1 and gw > 1 and (best is None or prefix < best[1]):
                 best = ((gh, gw), prefix)
-        if best is not None:
-            return best
-    return None
+    return best
 
 
 def _classify(shape: tuple[int, ...], batch: int, size: tuple[int, int], grids: list[tuple[int, int]],

@@ -31,6 +31,7 @@ __all__ = ["HFClassifier", "HFSegmenter", "HF_NOT_APPLICABLE", "load_timm", "loa
 # Hugging Face image-classification architectures that cannot take an image batch alone (model_type: why)
 HF_NOT_APPLICABLE = {
     "dinat": "needs the natten library (neighbourhood-attention kernels): pip install natten",
+    "nat": "needs the natten library (neighbourhood-attention kernels): pip install natten",
     "imagegpt": "classifies colour-cluster token ids (input_ids), not pixel_values",
     "shieldgemma2": "a vision-language safety classifier: it needs a text prompt (input_ids) beside the image",
     "siglip2": "takes pre-patchified pixel_values with pixel_attention_mask and spatial_shapes (NaFlex), not an "

@@ -58,7 +58,7 @@ def test_cli_writes_an_hf_segmentation_and_its_class_cams(segformer, tmp_path):
 
 def test_hf_detectors_are_refused_in_one_line_before_anything_is_written(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+    config = transformers.DetrConfig(use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
                                      backbone_config=transformers.ResNetConfig(hidden_sizes=[8, 8, 8, 8],
                                                                                embedding_size=8, depths=[1, 1, 1, 1]),
                                      d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,

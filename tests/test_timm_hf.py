@@ -163,8 +163,8 @@ def test_hf_vit_from_a_folder_right_layer_and_maps_equal_pytorch_grad_cam(hf_fol
     assert loaded.categories == ("apple", "pear", "plum", "fig")
     assert loaded.input_size == 32 and tuple(round(v, 3) for v in loaded.transform.mean) == (0.4, 0.5, 0.6)
     model = loaded.model
-    blocks = [n for n, _ in model.named_modules() if n.count(".") == 3 and n.startswith("model.vit.") and
-              n.split(".")[-1].isdigit()]
+    blocks = [n for n, m in model.named_modules() if n.startswith("model.vit.") and n.split(".")[-1].isdigit()
+              and hasattr(m, "layernorm_before")]  # model.vit.layers.N (transformers 5), .encoder.layer.N (4)
     choice = pick_cam_layer(model, input_size=32)
     # the last block's input norm (its output feeds the attention that the class token reads)
     assert choice.name == f"{blocks[-1]}.layernorm_before"

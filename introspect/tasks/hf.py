@@ -32,22 +32,42 @@ class HFSegmentationTask(SegmentationTask):
         return layer or head_input_layer(loaded.model, input_size=loaded.input_size).name
 
     def feature_layer_names(self, loaded: Any) -> list[str]:
+        return [choice.name for choice in self._feature_choices(loaded)]
+
+    def _feature_choices(self, loaded: Any) -> list:
         from ..layers import default_feature_layers
 
         inner = getattr(loaded.model, "model", loaded.model)
         encoder = next((name for name, child in inner.named_children() if next(child.parameters(), None) is not None),
                        None)  # transformers' segmenters hold their encoder first, their decode head after
         within = f"model.{encoder}" if encoder and inner is not loaded.model else None
-        return [c.name for c in default_feature_layers(loaded.model, input_size=loaded.input_size, within=within)]
+        return default_feature_layers(loaded.model, input_size=loaded.input_size, within=within)
 
     def prepare_features(self, ctx: Any) -> None:
         from ..layers import resolve_layer
 
-        layers = list(ctx.features.layers or self.feature_layer_names(ctx.loaded))
+        from ..layers import layer_choice
+
+        size = ctx.loaded.input_size
+        choices = [layer_choice(ctx.model, name, input_size=size) for name in ctx.features.layers] \
+            if ctx.features.layers else self._feature_choices(ctx.loaded)
+        layers = [choice.name for choice in choices]
         for name in layers:
             resolve_layer(ctx.model, name)
         ctx.keep(*layers)
         ctx.state["feature_capture"] = layers
+        ctx.state["feature_choices"] = {choice.name: choice for choice in choices}
+
+    def feature_maps(self, ctx: Any) -> list:
+        """The encoder's stages, tokens folded on their grid (transformers 4's SegFormer stages end in tokens)."""
+        from ..layers import to_nchw
+        from .common import feature_records
+
+        choices = ctx.state.get("feature_choices", {})
+        activations = ctx.forward.forward.activations
+        found = {name: to_nchw(activations[name], choices.get(name)) for name in ctx.state.get("feature_capture", ())
+                 if name in activations}
+        return feature_records(found, ctx.batch.names, list(found), ctx.features.max_channels)
 
     def run_pass(self, ctx: Any, batch: Any, methods: Sequence[str], capture: Sequence[str]) -> Any:
         layer = self.cam_layer_name(ctx.loaded, ctx.cam.layer) if methods else ctx.cam.layer
