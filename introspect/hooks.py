@@ -124,9 +124,10 @@ class ModelScope:
         """Register ``hook(module, args, output)`` for the scope's lifetime."""
         self._handles.append(module.register_forward_hook(hook))
 
-    def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
-        """Register ``hook(module, args)`` for the scope's lifetime."""
-        self._handles.append(module.register_forward_pre_hook(hook))
+    def forward_pre_hook(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> None:
+        """Register ``hook(module, args)`` (``with_kwargs``: ``hook(module, args, kwargs)``) for the scope's
+        lifetime."""
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
 
     def full_backward_hook(self, module: nn.Module, hook: Callable) -> None:
         """Register ``hook(module, grad_input, grad_output)`` for the scope's lifetime."""

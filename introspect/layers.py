@@ -223,11 +223,12 @@ def _in_attention(modules: dict[str, nn.Module], name: str) -> bool:
 
 def _eligible(model: nn.Module, found: Probe) -> list[LayerOutput]:
     """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling,
-    not a wrapper returning a ModelOutput, not inside an attention module."""
+    not a wrapper returning a ModelOutput, not inside an attention module, made from a tensor (not from sizes
+    alone: DETR's sine position embedding)."""
     modules = dict(model.named_modules())
     return [layer for layer in found.layers
             if layer.spatial and layer.calls == 1 and not layer.passthrough and not layer.rearranges
-            and not layer.structured and not _is_aux(layer.name)
+            and not layer.structured and layer.fed and not _is_aux(layer.name)
             and not isinstance(modules.get(layer.name), _POOLS) and not _in_attention(modules, layer.name)]
 
 

@@ -61,6 +61,7 @@ class LayerOutput:
     rearranges: bool = False  # no parameters, and only permutes its input's dimensions (a Permute module)
     alias_of: str | None = None  # the module that finished just before and returned the same tensor
     structured: bool = False  # returned a ModelOutput (a wrapper: its first tensor is not what the head reads)
+    fed: bool = True  # was given a float tensor (False: made from sizes and masks, as DETR's sine position embedding)
 
     @property
     def spatial(self) -> bool:
@@ -246,9 +247,11 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
     previous: list = [None, None]  # (name, output tensor) of the module that finished last
 
     def pre(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             counter[0] += 1
             record = records.setdefault(name, {"calls": 0})
+            record["fed"] = any(isinstance(a, torch.Tensor) and a.is_floating_point()
+                                for a in (*args, *kwargs.values()))
             record["start"] = counter[0]
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
             record["version"] = _version(first)
@@ -278,7 +281,7 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
         _quiet(scope, model)
         for name, module in model.named_modules():
             if name:
-                scope.forward_pre_hook(module, pre(name))
+                scope.forward_pre_hook(module, pre(name), with_kwargs=True)
                 scope.forward_hook(module, post(name))
         run()
     previous[1] = None
@@ -318,7 +321,8 @@ def _build(records: dict[str, dict], size: tuple[int, int]) -> tuple[LayerOutput
         layers.append(LayerOutput(name=name, kind=r["kind"], shape=r["shape"], layout=layout, grid=grid,
                                   prefix=prefix, start=r["start"], end=r["end"], calls=r["calls"],
                                   passthrough=r["passthrough"], rearranges=r["rearranges"],
-                                  alias_of=r["alias_of"], structured=r.get("structured", False)))
+                                  alias_of=r["alias_of"], structured=r.get("structured", False),
+                                  fed=r.get("fed", True)))
     return tuple(layers)
 
 

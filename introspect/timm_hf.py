@@ -26,7 +26,8 @@ from .errors import InputSizeError, IntrospectError, IntrospectWarning, UnknownM
 from .checkpoints import OFFLINE_ENV, load_checkpoint
 from .loaded import LoadedModel
 
-__all__ = ["HFClassifier", "HFSegmenter", "HF_NOT_APPLICABLE", "load_timm", "load_hf", "module_categories"]
+__all__ = ["HFClassifier", "HFSegmenter", "HFDetector", "HF_NOT_APPLICABLE", "load_timm", "load_hf",
+           "module_categories"]
 
 # Hugging Face image-classification architectures that cannot take an image batch alone (model_type: why)
 HF_NOT_APPLICABLE = {
@@ -86,7 +87,7 @@ def _hf_categories(config: Any, count: int) -> tuple[str, ...]:
 
 def module_categories(model: nn.Module, count: int) -> tuple[str, ...] | None:
     """Class names a timm or Hugging Face module carries itself (None for any other module)."""
-    inner = model.model if isinstance(model, (HFClassifier, HFSegmenter)) else model
+    inner = model.model if isinstance(model, (HFClassifier, HFSegmenter, HFDetector)) else model
     if getattr(inner, "config", None) is not None and getattr(inner.config, "id2label", None):
         return _hf_categories(inner.config, count)
     if type(model).__module__.startswith("timm.") and getattr(model, "pretrained_cfg", None) is not None:
@@ -251,6 +252,56 @@ class HFSegmenter(nn.Module):
         return {"out": logits}
 
 
+class HFDetector(nn.Module):
+    """A transformers DETR-style object detector taking what torchvision's detectors take: a list of (3, H, W)
+    images in [0, 1] (or one (N, 3, H, W) batch), each resized to ``size`` x ``size`` and normalised here; it
+    returns one ``{"boxes" (x1, y1, x2, y2 in the image's pixels), "labels", "scores"}`` per image, a detection
+    per query scoring ``score_thresh`` or more (scores: the softmax without the no-object class, or the sigmoid
+    of focal-loss heads), differentiable back to the query logits. Its layers stay ``model.*``."""
+
+    def __init__(self, model: nn.Module, size: int, mean: Any, std: Any, score_thresh: float = 0.5) -> None:
+        super().__init__()
+        self.model = model
+        self.size = int(size)
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.score_thresh = float(score_thresh)
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config."""
+        return self.model.config
+
+    def forward(self, images: Any) -> list[dict[str, torch.Tensor]]:
+        """Detections of each image (see the class)."""
+        images = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
+        sizes = [tuple(int(s) for s in image.shape[-2:]) for image in images]
+        batch = torch.stack([torch.nn.functional.interpolate(image[None], size=(self.size, self.size),
+                                                             mode="bilinear", align_corners=False)[0]
+                             for image in images])
+        batch = (batch - self.mean.to(batch)) / self.std.to(batch)
+        output = self.model(pixel_values=batch)
+        logits, boxes = output.logits, output.pred_boxes  # (N, Q, classes[+1]), (N, Q, 4) cx, cy, w, h in [0, 1]
+        labels_count = int(getattr(self.model.config, "num_labels", logits.shape[-1]))
+        if logits.shape[-1] == labels_count + 1:  # DETR, YOLOS: a softmax with a last "no object" class
+            probs = logits.softmax(-1)[..., :-1]
+        else:  # Deformable / Conditional DETR, RT-DETR: sigmoid (focal loss) heads
+            probs = logits.sigmoid()
+        scores, labels = probs.max(-1)
+        found = []
+        for n, (height, width) in enumerate(sizes):
+            cx, cy, w, h = boxes[n].unbind(-1)
+            xyxy = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
+                                (cy + h / 2) * height], -1)
+            keep = (scores[n] >= self.score_thresh).nonzero().flatten()
+            keep = keep[scores[n][keep].argsort(descending=True)]
+            found.append({"boxes": xyxy[keep], "labels": labels[n][keep], "scores": scores[n][keep]})
+        return found
+
+
+_HF_TASKS = {"segmentation": "hf_segmentation", "detection": "hf_detection"}  # head -> introspect task
+
+
 def _hf_head(config: Any) -> str:
     """What the config's architecture does: "segmentation", "detection" or "classification"."""
     from transformers.models.auto import modeling_auto
@@ -322,9 +373,8 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
     model_type = getattr(config, "model_type", "")
     head = _hf_head(config)
     if head == "detection":
-        raise UsageError(f"hf:{path} is an object detector ({', '.join(config.architectures)}): Hugging Face "
-                         "detectors are not supported yet; torchvision's are (e.g. fasterrcnn_resnet50_fpn)")
-    if head == "segmentation":
+        from transformers import AutoModelForObjectDetection as auto_class
+    elif head == "segmentation":
         from transformers import AutoModelForSemanticSegmentation as auto_class
     else:
         auto_class = AutoModelForImageClassification
@@ -355,10 +405,14 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
     std = getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)
     resample = getattr(processor, "resample", None)  # PIL's codes: 3 bicubic, 0 nearest, else bilinear
     transform = _preset(size, resize, mean, std, {3: "bicubic", 0: "nearest"}.get(int(resample or 2), "bilinear"))
-    net = (HFSegmenter if head == "segmentation" else HFClassifier)(model).to(device).eval()
+    if head == "detection":  # [0, 1] pixels in, normalised inside (as torchvision's detectors)
+        transform = _preset(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+        net = HFDetector(model, size, mean, std).to(device).eval()
+    else:
+        net = (HFSegmenter if head == "segmentation" else HFClassifier)(model).to(device).eval()
     count = int(getattr(config, "num_labels", 0) or 0)
     names = tuple(categories) if categories else _hf_categories(config, count)
     short = Path(path).name if Path(path).is_dir() else path.replace("/", "--")  # the run folder's name: no "/"
     return LoadedModel(model=net, name=f"hf:{short}", weights=weights_name, weights_source=source,
                        transform=transform, categories=names, input_size=size, device=device, warnings=[],
-                       task="hf_segmentation" if head == "segmentation" else "classification")
+                       task=_HF_TASKS.get(head, "classification"))

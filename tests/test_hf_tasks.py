@@ -56,17 +56,58 @@ def test_cli_writes_an_hf_segmentation_and_its_class_cams(segformer, tmp_path):
     assert panel.std() > 0 and np.isfinite(panel).all()
 
 
-def test_hf_detectors_are_refused_in_one_line_before_anything_is_written(tmp_path):
+@pytest.fixture(scope="module")
+def detr(tmp_path_factory) -> Path:
     transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    backbone = transformers.ResNetConfig(hidden_sizes=[8, 8, 8, 16], embedding_size=8, depths=[1, 1, 1, 1],
+                                         out_features=["stage4"])
     config = transformers.DetrConfig(use_timm_backbone=False, backbone=None, use_pretrained_backbone=False,
-                                     backbone_config=transformers.ResNetConfig(hidden_sizes=[8, 8, 8, 8],
-                                                                               embedding_size=8, depths=[1, 1, 1, 1]),
-                                     d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                                     decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-                                     num_queries=5, num_labels=2)
-    folder = tmp_path / "detr"
-    transformers.DetrForObjectDetection(config).save_pretrained(folder)
-    code, out, err = run_cli([f"hf:{folder}", "--weights", "none", "--image", str(CAT), "--logdir",
-                              str(tmp_path / "runs")])
-    assert code == 2 and "object detector" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "runs").exists()
+                                     backbone_config=backbone, d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                                     decoder_ffn_dim=16, num_queries=4, num_labels=2,
+                                     id2label={0: "apple", 1: "pear"}, label2id={"apple": 0, "pear": 1})
+    folder = tmp_path_factory.mktemp("detr")
+    transformers.DetrForObjectDetection(config).eval().save_pretrained(folder)
+    return folder
+
+
+def test_hf_detector_loads_as_a_detection_task_and_its_cams_equal_pytorch_grad_cam(detr):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    import introspect
+    from introspect.layers import resolve_layer
+    from introspect.tasks import TASKS
+    from introspect.tasks.detection import detection_cams
+
+    loaded = introspect.load_model(f"hf:{detr}", input_size=96)
+    assert loaded.task == "hf_detection" and loaded.categories == ("apple", "pear")
+    layer = TASKS[loaded.task].cam_layer_name(loaded)
+    assert layer == "model.model.input_projection"  # the image map the transformer encoder reads
+    photo = torch.rand(3, 80, 112, generator=torch.Generator().manual_seed(0))
+    (result,) = detection_cams(loaded, photo, methods="gradcam", layer=layer, score_threshold=0.0, topk=2)
+    found = result.prediction
+    assert len(found.boxes) == 4 and set(found.names) <= {"apple", "pear"}  # a detection per query
+    assert (found.boxes[:, 2] <= 112 + 1e-3).all() and (found.boxes[:, 3] <= 80 + 1e-3).all()  # image pixels
+    loaded.model.score_thresh = 0.0  # the reference sees every query too (introspect lowers it for its own pass)
+    with GradCAM(model=loaded.model, target_layers=[resolve_layer(loaded.model, layer)]) as reference:
+        for entry in result.maps:
+            target = FasterRCNNBoxScoreTarget(labels=[entry.subject.index],
+                                              bounding_boxes=[np.array(entry.subject.box)])
+            expected = reference(input_tensor=photo[None], targets=[target])[0]
+            assert np.abs(entry.heatmap - expected).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_cli_writes_hf_detections_and_a_cam_per_detection(detr, tmp_path):
+    code, out, err = run_cli([f"hf:{detr}", "--weights", "none", "--image", str(CAT), "--logdir", str(tmp_path),
+                              "--input-size", "96", "--score-threshold", "0", "--sections", "features,cam"])
+    assert code == 0, err
+    acc = load_events(next(tmp_path.iterdir()))
+    tags = acc.Tags()["images"]
+    assert {"detections/cat", "cam/gradcam/cat", "input/cat"} <= set(tags)
+    assert "| cam layer | model.model.input_projection |" in text(acc, "run/info")
+    assert any(t.startswith("features/model.model.backbone.") for t in tags)
+    assert "4 detections" in out and ("apple" in out or "pear" in out)
+    assert image(acc, "cam/gradcam/cat").std() > 0
