@@ -365,20 +365,29 @@ def pick_cam_layer(model: nn.Module, layer: str | None = None, *,
 
 
 def head_input_layer(model: nn.Module, *, input_size: int | Sequence[int] | None = None,
-                     head: str = "classifier") -> LayerChoice:
+                     head: str | None = None) -> LayerChoice:
     """The map a dense-prediction head's last layer reads: the last map-shaped output (not a pass-through, not a
-    ModelOutput wrapper, not inside attention) that finishes before the last module called ``head`` starts
-    (Hugging Face segmentation heads: SegFormer's ``decode_head.classifier``, UperNet's, BEiT's, MobileViT's).
+    ModelOutput wrapper, not inside attention, not made from sizes alone) that finishes before the head starts.
+
+    ``head``: the last module of that name (DETR's transformer ``encoder``); None: the per-pixel classifier, the
+    last module with its own parameters and no children whose output is a feature map (Hugging Face segmenters:
+    SegFormer's ``decode_head.classifier``, UperNet's, DPT's ``head.head.4``, MobileViT's), auxiliary heads aside.
 
     Raises:
-        UnknownLayerError: no module called ``head``, or no map before it (then pass ``layer=``).
+        UnknownLayerError: no such head, or no map before it (then pass ``layer=``).
     """
     found = probe(model, input_size)
-    heads = [l for l in found.layers if l.name.rsplit(".", 1)[-1] == head]
+    modules = dict(model.named_modules())
+    if head is not None:
+        heads = [l for l in found.layers if l.name.rsplit(".", 1)[-1] == head]
+    else:
+        heads = [l for l in found.layers if l.layout == "nchw" and not _is_aux(l.name) and l.name in modules
+                 and next(modules[l.name].children(), None) is None
+                 and next(modules[l.name].parameters(recurse=False), None) is not None]
     before = [l for l in _eligible(model, found) if heads and l.end < heads[-1].start]
     if not before:
-        raise UnknownLayerError(f"cannot find the map {type(model).__name__}'s {head} reads: pass the layer to "
-                                "explain as layer=NAME", parameter="layer")
+        raise UnknownLayerError(f"cannot find the map {type(model).__name__}'s {head or 'classifier'} reads: pass "
+                                "the layer to explain as layer=NAME", parameter="layer")
     return _choice(before[-1])
 
 

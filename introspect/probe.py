@@ -166,13 +166,17 @@ def _token_grid(length: int, size: tuple[int, int], grids: Sequence[tuple[int, i
     return best
 
 
+_WEIGHT_MAKERS = ("dropout", "softmax", "identity", "attn", "attention")  # modules that give attention weights
+
+
 def _classify(shape: tuple[int, ...], batch: int, size: tuple[int, int], grids: list[tuple[int, int]],
-              lengths: set[int]) -> tuple[str, tuple[int, int] | None, int]:
+              lengths: set[int], kind: str = "") -> tuple[str, tuple[int, int] | None, int]:
     if len(shape) < 3 or shape[0] != batch:
         return "other", None, 0
     if len(shape) == 4:
         _, a, b, c = shape
-        attention = b == c and b in lengths  # (N, heads, L, L): attention weights, not a map
+        # (N, heads, L, L): attention weights, not a map (a convolution's or a norm's output is a map)
+        attention = b == c and b in lengths and (not kind or any(w in kind.lower() for w in _WEIGHT_MAKERS))
         nchw = _fits(b, c, size) and not attention
         nhwc = _fits(a, b, size) and not (a == b and a in lengths)
         if nchw and nhwc:  # (N, 7, 7, 7): believe the grid seen before, else NCHW
@@ -315,7 +319,7 @@ def _build(records: dict[str, dict], size: tuple[int, int]) -> tuple[LayerOutput
     layers = []
     for _, name in done:
         r = records[name]
-        layout, grid, prefix = _classify(r["shape"], 1, size, grids, lengths)
+        layout, grid, prefix = _classify(r["shape"], 1, size, grids, lengths, r.get("kind", ""))
         if layout in ("nchw", "nhwc") and grid not in grids:
             grids.append(grid)
         layers.append(LayerOutput(name=name, kind=r["kind"], shape=r["shape"], layout=layout, grid=grid,

@@ -32,7 +32,7 @@ __all__ = ["HFSegmentationTask", "HFDetectionTask"]
 class _HFLayers:
     """The layers of a wrapped transformers model: the CAM layer the task's rule finds, the encoder's stages."""
 
-    head_module = "classifier"  # the CAM layer is the last map that finishes before the last module of this name
+    head_module: str | None = None  # the CAM layer: the last map before this module (None: the pixel classifier)
 
     def cam_layer_name(self, loaded: Any, layer: str | None = None) -> str | None:
         from ..layers import head_input_layer

@@ -59,6 +59,20 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "imagegpt": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "vocab_size": 513},
 }
 
+# segmentation heads read several encoder stages: settings on top of the model type's (by model_type)
+_SEGMENTATION = {
+    "beit": {"num_hidden_layers": 4, "out_indices": [1, 2, 3, 4], "use_auxiliary_head": False,
+             "auxiliary_channels": 16, "pool_scales": [1, 2]},
+    "data2vec-vision": {"num_hidden_layers": 4, "out_indices": [1, 2, 3, 4], "use_auxiliary_head": False,
+                        "auxiliary_channels": 16, "pool_scales": [1, 2]},
+    "dpt": {"num_hidden_layers": 4, "backbone_out_indices": [0, 1, 2, 3], "neck_hidden_sizes": [8, 16, 24, 32],
+            "fusion_hidden_size": 16, "use_auxiliary_head": False},
+    "upernet": {"hidden_size": 16, "auxiliary_channels": 16, "use_auxiliary_head": False, "pool_scales": [1, 2],
+                "backbone_config": {"model_type": "resnet", "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1],
+                                    "embedding_size": 8,
+                                    "out_features": ["stage1", "stage2", "stage3", "stage4"]}},
+}
+
 _SCALARS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
             "projection_dim": 16, "num_key_value_heads": 2, "vocab_size": 99, "max_position_embeddings": 64}
 
@@ -84,14 +98,17 @@ def _small_settings(config_class: Any, model_type: str) -> dict[str, Any]:
     return settings
 
 
-def tiny_config(model_type: str, num_labels: int = 3) -> Any:
-    """A small config of ``model_type`` (a key of a transformers auto mapping) with ``num_labels`` classes."""
+def tiny_config(model_type: str, num_labels: int = 3, task: str = "classification") -> Any:
+    """A small config of ``model_type`` (a key of a transformers auto mapping) with ``num_labels`` classes
+    (``task``: "classification" or "segmentation", whose heads read several stages)."""
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[model_type]
     labels = {i: f"thing{i}" for i in range(num_labels)}
-    return config_class(**_small_settings(config_class, model_type), id2label=labels,
-                        label2id={v: k for k, v in labels.items()})
+    settings = _small_settings(config_class, model_type)
+    if task == "segmentation":
+        settings.update(_SEGMENTATION.get(model_type, {}))
+    return config_class(**settings, id2label=labels, label2id={v: k for k, v in labels.items()})
 
 
 def segmentation_architectures() -> list[tuple[str, str]]:
@@ -141,7 +158,7 @@ def save_tiny(model_type: str, class_name: str, folder: str | Path, num_labels: 
     import transformers
 
     torch.manual_seed(seed)
-    config = tiny_config(model_type, num_labels)
+    config = tiny_config(model_type, num_labels, "segmentation" if "Segmentation" in class_name else "classification")
     model = getattr(transformers, class_name)(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder)
