@@ -29,7 +29,7 @@ def test_hf_segmenter_loads_as_a_segmentation_task_with_its_own_names_and_layers
     import introspect
     from introspect.tasks import TASKS
 
-    loaded = introspect.load_model(f"hf:{segformer}", weights="none", input_size=512)
+    loaded = introspect.load_model(f"hf:{segformer}", weights="none", input_size=64)
     assert loaded.task == "hf_segmentation" and loaded.categories == ("thing0", "thing1", "thing2", "thing3")
     task = TASKS[loaded.task]
     # the decode head's fused map, the last map before its classifier (not a projection, not the wrapper)
@@ -43,7 +43,7 @@ def test_hf_segmenter_loads_as_a_segmentation_task_with_its_own_names_and_layers
 @pytest.mark.slow
 def test_cli_writes_an_hf_segmentation_and_its_class_cams(segformer, tmp_path):
     code, out, err = run_cli([f"hf:{segformer}", "--weights", "none", "--image", str(CAT), "--logdir", str(tmp_path),
-                              "--input-size", "512", "--sections", "features,cam"])
+                              "--input-size", "64", "--sections", "features,cam"])
     assert code == 0, err
     acc = load_events(next(tmp_path.iterdir()))
     tags = acc.Tags()["images"]
@@ -110,4 +110,50 @@ def test_cli_writes_hf_detections_and_a_cam_per_detection(detr, tmp_path):
     assert "| cam layer | model.model.input_projection |" in text(acc, "run/info")
     assert any(t.startswith("features/model.model.backbone.") for t in tags)
     assert "4 detections" in out and ("apple" in out or "pear" in out)
+    assert image(acc, "cam/gradcam/cat").std() > 0
+
+
+# dense architectures of the auto mappings built tiny here, with the layer their CAM must explain (under
+# "model."): the last map before the per-pixel classifier, or the image map DETR's transformer encoder reads
+DENSE_LAYER = {
+    "SegformerForSemanticSegmentation": "decode_head.activation",
+    "BeitForSemanticSegmentation": "decode_head.fpn_bottleneck",
+    "UperNetForSemanticSegmentation": "decode_head.fpn_bottleneck",
+    "DPTForSemanticSegmentation": r"head.head.2",
+    "MobileNetV2ForSemanticSegmentation": "segmentation_head.conv_projection",
+    "MobileViTForSemanticSegmentation": "segmentation_head.aspp",
+    "MobileViTV2ForSemanticSegmentation": "segmentation_head.aspp",
+    "DetrForObjectDetection": "model.input_projection",
+    "ConditionalDetrForObjectDetection": "model.input_projection",
+    "TableTransformerForObjectDetection": "model.input_projection",
+    "DeformableDetrForObjectDetection": r"model.input_proj.1",  # the last of its two levels
+}
+
+
+def _dense() -> list[tuple[str, str]]:
+    from introspect.testing.hf_tiny import detection_architectures, segmentation_architectures
+
+    return [pair for pair in segmentation_architectures() + detection_architectures() if pair[1] in DENSE_LAYER]
+
+
+DENSE = _dense()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,class_name", DENSE, ids=[c for _, c in DENSE])
+def test_cli_runs_hf_segmenters_and_detectors_with_their_cam_layer(model_type, class_name, tmp_path):
+    import re
+
+    folder = save_tiny(model_type, class_name, tmp_path / class_name)
+    code, out, err = run_cli([f"hf:{folder}", "--weights", "none", "--image", str(CAT), "--logdir",
+                              str(tmp_path / "runs"), "--input-size", "64", "--score-threshold", "0",
+                              "--sections", "features,cam"])
+    assert code == 0, err
+    acc = load_events(next((tmp_path / "runs").iterdir()))
+    tags = set(acc.Tags()["images"])
+    shown = "segmentation/cat" if "Segmentation" in class_name else "detections/cat"
+    assert {shown, "cam/gradcam/cat"} <= tags and any(t.startswith("features/") for t in tags)
+    info = text(acc, "run/info")
+    layer = next(line.split("|")[2].strip() for line in info.splitlines() if line.startswith("| cam layer |"))
+    assert re.fullmatch(f"model\\.{DENSE_LAYER[class_name]}", layer), layer
     assert image(acc, "cam/gradcam/cat").std() > 0

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_SIZE", "tiny_config", "save_tiny", "classification_architectures", "segmentation_architectures"]
+__all__ = ["IMAGE_SIZE", "tiny_config", "save_tiny", "classification_architectures", "segmentation_architectures",
+           "detection_architectures"]
 
 IMAGE_SIZE = 64
 
@@ -73,6 +74,18 @@ _SEGMENTATION = {
                                     "out_features": ["stage1", "stage2", "stage3", "stage4"]}},
 }
 
+_RESNET = {"model_type": "resnet", "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "embedding_size": 8}
+_DETR = {"use_timm_backbone": False, "backbone": None, "use_pretrained_backbone": False, "d_model": 16,
+         "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+         "encoder_ffn_dim": 16, "decoder_ffn_dim": 16, "num_queries": 4,
+         "backbone_config": {**_RESNET, "out_features": ["stage4"]}}
+# DETR-style detectors: a tiny ResNet backbone instead of a timm one
+_DETECTION = {
+    "detr": _DETR, "conditional_detr": _DETR, "table-transformer": _DETR,
+    "deformable_detr": {**_DETR, "d_model": 32, "decoder_layers": 2, "num_feature_levels": 2, "encoder_n_points": 2, "decoder_n_points": 2,
+                        "backbone_config": {**_RESNET, "out_features": ["stage3", "stage4"]}},
+}
+
 _SCALARS = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
             "projection_dim": 16, "num_key_value_heads": 2, "vocab_size": 99, "max_position_embeddings": 64}
 
@@ -100,7 +113,7 @@ def _small_settings(config_class: Any, model_type: str) -> dict[str, Any]:
 
 def tiny_config(model_type: str, num_labels: int = 3, task: str = "classification") -> Any:
     """A small config of ``model_type`` (a key of a transformers auto mapping) with ``num_labels`` classes
-    (``task``: "classification" or "segmentation", whose heads read several stages)."""
+    (``task``: "classification", "segmentation" or "detection": their heads read other stages)."""
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[model_type]
@@ -108,6 +121,8 @@ def tiny_config(model_type: str, num_labels: int = 3, task: str = "classificatio
     settings = _small_settings(config_class, model_type)
     if task == "segmentation":
         settings.update(_SEGMENTATION.get(model_type, {}))
+    elif task == "detection":
+        settings.update(_DETECTION.get(model_type, {}))
     return config_class(**settings, id2label=labels, label2id={v: k for k, v in labels.items()})
 
 
@@ -116,6 +131,13 @@ def segmentation_architectures() -> list[tuple[str, str]]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES
 
     return [(t, n) for t, n in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.items() if isinstance(n, str)]
+
+
+def detection_architectures() -> list[tuple[str, str]]:
+    """(model_type, class name) for every object detector in the installed transformers' auto mapping."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES
+
+    return [(t, n) for t, n in MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.items() if isinstance(n, str)]
 
 
 def classification_architectures() -> list[tuple[str, str]]:
@@ -158,7 +180,9 @@ def save_tiny(model_type: str, class_name: str, folder: str | Path, num_labels: 
     import transformers
 
     torch.manual_seed(seed)
-    config = tiny_config(model_type, num_labels, "segmentation" if "Segmentation" in class_name else "classification")
+    task = "segmentation" if "Segmentation" in class_name else "detection" if "Detection" in class_name \
+        else "classification"
+    config = tiny_config(model_type, num_labels, task)
     model = getattr(transformers, class_name)(config).eval()
     folder = Path(folder)
     model.save_pretrained(folder)
