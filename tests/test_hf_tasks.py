@@ -118,6 +118,7 @@ def test_cli_writes_hf_detections_and_a_cam_per_detection(detr, tmp_path):
 DENSE_LAYER = {
     "SegformerForSemanticSegmentation": "decode_head.activation",
     "BeitForSemanticSegmentation": "decode_head.fpn_bottleneck",
+    "Data2VecVisionForSemanticSegmentation": "decode_head.fpn_bottleneck",
     "UperNetForSemanticSegmentation": "decode_head.fpn_bottleneck",
     "DPTForSemanticSegmentation": r"head.head.2",
     "MobileNetV2ForSemanticSegmentation": "segmentation_head.conv_projection",
@@ -157,3 +158,45 @@ def test_cli_runs_hf_segmenters_and_detectors_with_their_cam_layer(model_type, c
     layer = next(line.split("|")[2].strip() for line in info.splitlines() if line.startswith("| cam layer |"))
     assert re.fullmatch(f"model\\.{DENSE_LAYER[class_name]}", layer), layer
     assert image(acc, "cam/gradcam/cat").std() > 0
+
+
+def test_an_uncached_hub_id_offline_says_how_to_get_it_in_one_line(tmp_path):
+    code, out, err = run_cli(["hf:no-such-org/no-such-vit", "--weights", "none", "--image", str(CAT), "--logdir",
+                              str(tmp_path / "runs")])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not in the local Hugging Face cache" in err and "huggingface-cli download no-such-org/no-such-vit" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_architecture_that_needs_more_than_an_image_is_refused_with_its_reason(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "ImageGPTForImageClassification"):
+        pytest.skip("this transformers has no ImageGPT")
+    config = transformers.ImageGPTConfig(n_embd=16, n_layer=1, n_head=2, n_positions=16, vocab_size=17,
+                                         num_labels=2)
+    folder = tmp_path / "imagegpt"
+    transformers.ImageGPTForImageClassification(config).save_pretrained(folder)
+    code, out, err = run_cli([f"hf:{folder}", "--weights", "none", "--image", str(CAT), "--logdir",
+                              str(tmp_path / "runs")])
+    assert code == 2 and "colour-cluster token ids" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_library_deprecation_notices_stay_off_the_console_unless_debug(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("the notice checked here (is_gradient_checkpointing) is transformers 5's")
+    from introspect.notices import DEBUG_ENV
+
+    folder = save_tiny("convnext", "ConvNextForImageClassification", tmp_path / "convnext")
+    argv = [f"hf:{folder}", "--weights", "none", "--logdir", str(tmp_path / "runs"), "--input-size", "64",
+            "--sections", "graph"]
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    assert "deprecated" not in err  # tracing reads a deprecated transformers property: its notice is not ours
+    monkeypatch.setenv(DEBUG_ENV, "")  # put back after the test (--debug sets it)
+    code, out, err = run_cli([*argv, "--debug"])
+    assert code == 0, err
+    assert "WARNING: `is_gradient_checkpointing` is deprecated" in err  # --debug shows it, once
+    assert err.count("is_gradient_checkpointing") == 1
