@@ -211,8 +211,14 @@ def _is_aux(name: str) -> bool:
     return any("aux" in part.lower() for part in name.split("."))
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
+
+
 def _is_attention(module: nn.Module | None) -> bool:
-    return module is not None and any(word in type(module).__name__.lower() for word in ("attention", "attn"))
+    """An attention module by its class name, unless it holds norms of its own: then it is a whole block
+    (CaiT's ``LayerScaleBlockClassAttn``: norm1, attn, norm2, mlp), whose pre-attention norm is a CAM layer."""
+    return module is not None and any(word in type(module).__name__.lower() for word in ("attention", "attn")) \
+        and not any(isinstance(child, _NORMS) for child in module.children())
 
 
 def _in_attention(modules: dict[str, nn.Module], name: str) -> bool:

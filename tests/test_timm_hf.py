@@ -190,9 +190,12 @@ def test_a_timm_vit_built_on_the_meta_device_gets_its_layer_without_running():
     assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.11.norm1", "tokens", 2, (14, 14))
 
 
-def test_crossvit_layer_is_a_block_input_norm_not_a_projection_inside_attention():
+def test_crossvit_and_cait_layers_are_a_block_input_norm_not_a_projection_inside_attention():
     model = _timm("crossvit_tiny_240")
     choice = pick_cam_layer(model)
-    # the last multi-scale block's last transformer block (large-patch branch: 224 / 16 = 14): its norm1
-    assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.2.blocks.1.3.norm1", "tokens", 1,
-                                                                        (14, 14))
+    # the last block that runs: the last fusion block (branch 1's class token attends to branch 0's 20 x 20
+    # patches, 240 / 12); its pre-attention norm, not the value projection inside its cross-attention
+    assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.2.fusion.1.norm1", "tokens", 1,
+                                                                        (20, 20))
+    choice = pick_cam_layer(_timm("cait_xxs24_224"))  # a class-attention block is a block (it has norms), not attn
+    assert (choice.name, choice.prefix, choice.grid) == ("blocks_token_only.1.norm1", 1, (14, 14))
