@@ -8,6 +8,7 @@ line; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -276,9 +277,10 @@ def _list_layers(args: argparse.Namespace) -> None:
     from .options import LoadOptions
     from .tasks import TASKS
 
-    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg)
+    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg,
+                    input_size=args.input_size)
     loaded = load_model(args.model, weights="none" if load.weights == "auto" else load.weights,
-                        categories=load.categories, model_args=load.model_args)
+                        categories=load.categories, model_args=load.model_args, input_size=load.input_size)
     task = TASKS[loaded.task]
     if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
         rows = layer_table(loaded.model, loaded.input_size)
@@ -313,10 +315,26 @@ def _one_line(exc: BaseException | str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _library_chatter(debug: bool) -> None:
+    """transformers' log lines and progress bars off the console unless --debug (the CLI owns the process)."""
+    from .notices import DEBUG_ENV
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = sys.modules.get("transformers")  # already imported (in process, as in tests): tell it directly
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _library_chatter(args.debug)
     try:
         if args.list_models:
             from .tasks import TASKS, models_by_task

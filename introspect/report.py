@@ -21,6 +21,7 @@ from .categories import given_names, name_classes
 from .context import RunContext
 from .errors import UsageError
 from .models import LoadedModel, load_model
+from .notices import quiet_library_notices
 from .options import BATCH_SIZE, DEFAULT_LOGDIR, CamOptions, DetectionOptions, FeatureOptions, FilterOptions, \
     LoadOptions, SaliencyOptions
 from .sections import SECTIONS, Section, parse_sections
@@ -98,6 +99,7 @@ def report(
     say = progress or (lambda message: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        quiet_library_notices()
         chosen_names = parse_sections(sections)
         loaded = model if isinstance(model, LoadedModel) else load_model(
             model, load.weights, load.device, load.input_size, categories=load.categories, model_args=load.model_args)
