@@ -26,7 +26,7 @@ import torch
 from ..errors import UsageError
 from ..records import ClassDetectionAudit, DetectionAuditResult, Gallery, PointingGame, PrCurve
 from .boxes import read_boxes
-from .kinds import AuditKind, KeyedAggregates, item_loader, pad_to_same
+from .kinds import AuditKind, KeyedAggregates, grid, item_loader
 
 __all__ = ["DetectionIndex", "DetectionAudit", "scan_detection_dataset", "coco_evaluation", "PROTOCOL"]
 
@@ -358,12 +358,12 @@ class DetectionAudit(AuditKind):
             key = (-float((x1 - x0) * (y1 - y0)), int(i), g)
             if aggregates.worth("missed", key):
                 heat = maps[self.methods[0]][0].numpy() if maps and picks else None
-                caption = f"best: {det.names[picks[0]]} {det.scores[picks[0]]:.2f}" if picks else "nothing found"
+                caption = f"found: {det.names[picks[0]]} {det.scores[picks[0]]:.2f}" if picks else "nothing found"
                 aggregates.offer("missed", {"key": list(key), "file": file, "what": self._name(int(gt_labels[g])),
                                             "image": torch.from_numpy(self._panel(
                                                 photo, gt_boxes[g:g + 1], gt_labels[g:g + 1], det,
                                                 list(np.nonzero(confident)[0]), heat,
-                                                f"missed {self._name(int(gt_labels[g]))}", caption))})
+                                                f"missed: {self._name(int(gt_labels[g]))}", caption))})
         for j, p in enumerate(picks):
             if matched[p] >= 0:
                 continue
@@ -372,37 +372,32 @@ class DetectionAudit(AuditKind):
                 heat = maps[self.methods[0]][j].numpy() if maps else None
                 aggregates.offer("false_positives", {
                     "key": list(key), "file": file, "what": f"{det.names[p]} {det.scores[p]:.2f}",
-                    "image": torch.from_numpy(self._panel(photo, gt_boxes, gt_labels, det, [p], heat, "ground truth",
-                                                          f"{det.names[p]} {det.scores[p]:.2f}"))})
+                    "image": torch.from_numpy(self._panel(photo, gt_boxes, gt_labels, det, [p], heat, "truth",
+                                                          f"false: {det.names[p]} {det.scores[p]:.2f}"))})
 
     def _panel(self, photo, gt_boxes, gt_labels, det, shown, heat, left, right) -> np.ndarray:
         """The photo with the ground-truth boxes, and beside it the CAM with the detections ``shown``."""
         import torch.nn.functional as F
 
         from ..drawing import labelled_row, overlay
-        from ..tasks.detection import draw_detections
 
         height, width = photo.shape[:2]
         scale = 200 / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         small = F.interpolate(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)[None].float(),
                               size=size, mode="area")[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        truth = _draw_truth(small, gt_boxes * scale, [self._name(int(c)) for c in gt_labels])
+        truth = _draw_boxes(small, gt_boxes * scale, TRUTH_COLOUR)
         if heat is not None:
             heat = F.interpolate(torch.from_numpy(np.ascontiguousarray(heat))[None, None].float(), size=size,
                                  mode="bilinear", align_corners=False)[0, 0].numpy()
             base = overlay(small, heat)
         else:
             base = small
-        shown = list(shown)
-        found = draw_detections(base, det.boxes[shown] * scale, tuple(det.names[s] for s in shown),
-                                det.scores[shown], det.labels[shown]) if shown else base
+        found = _draw_boxes(base, det.boxes[list(shown)] * scale, DETECTION_COLOUR)
         return labelled_row([truth, found], [left, right], padding=2)
 
     # -- the result ---------------------------------------------------------------------------------
     def result(self, settings, table, seconds, sanity) -> DetectionAuditResult:
-        from .figures import gallery_image
-
         a = self.aggregates
         d = a.dense
         o = self.options
@@ -431,13 +426,14 @@ class DetectionAudit(AuditKind):
         curves = tuple(replace(evaluation["curves"][c], class_name=self._name(c)) for c in sorted(by_objects)
                        if evaluation and c in evaluation["curves"])
         galleries = []
-        for name, title in (("missed_objects", "missed objects, largest first (ground truth | best detection's CAM)"),
-                            ("confident_false_positives", "confident false positives, best score first "
-                                                          "(ground truth | the detection's CAM)")):
+        for name, title in (("missed_objects", "missed objects, largest first (green: the object | red: the "
+                                              "detections found, over the best one's CAM)"),
+                            ("confident_false_positives", "confident false positives, best score first (green: the "
+                                                          "objects | red: the detection, over its CAM)")):
             entries = a.galleries["missed" if name == "missed_objects" else "false_positives"]
             if entries:
                 galleries.append(Gallery(name=name, title=title, items=(),
-                                         image=gallery_image(pad_to_same([e["image"].numpy() for e in entries]))))
+                                         image=grid([e["image"].numpy() for e in entries])))
         listed = {g: [(e["file"], e["what"]) for e in a.galleries[key]]
                   for g, key in (("missed_objects", "missed"), ("confident_false_positives", "false_positives"))}
         return DetectionAuditResult(
@@ -452,15 +448,18 @@ class DetectionAudit(AuditKind):
             table=table, seconds=seconds, category_names=self.names)
 
 
-def _draw_truth(photo: np.ndarray, boxes: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Ground-truth boxes drawn in green with their class names."""
+TRUTH_COLOUR = (0, 230, 0)
+DETECTION_COLOUR = (255, 40, 40)
+
+
+def _draw_boxes(photo: np.ndarray, boxes: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """Boxes drawn 2 px wide in one colour (green: ground truth, red: detections; the captions name them)."""
     from torchvision.utils import draw_bounding_boxes
 
     if not len(boxes):
         return photo
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
-    drawn = draw_bounding_boxes(image, torch.from_numpy(np.asarray(boxes, dtype=np.float32)), labels=list(names),
-                                colors=(0, 220, 0), width=2)
+    drawn = draw_bounding_boxes(image, torch.from_numpy(np.asarray(boxes, dtype=np.float32)), colors=colour, width=2)
     return drawn.permute(1, 2, 0).contiguous().numpy()
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import StateError
 
-__all__ = ["AuditKind", "KeyedAggregates", "ItemBatch", "collate_items", "item_loader", "pad_to_same"]
+__all__ = ["AuditKind", "KeyedAggregates", "ItemBatch", "collate_items", "item_loader", "pad_to_same", "grid"]
 
 
 class AuditKind(ABC):
@@ -160,6 +160,16 @@ class KeyedAggregates:
         self.galleries = {name: list(entries) for name, entries in state["galleries"].items()}
         self.plain = {name: list(values) for name, values in state["plain"].items()}
         self.skipped_files, self.skipped = list(state["skipped_files"]), int(state["skipped"])
+
+
+def grid(panels: Sequence[Any], columns: int = 2) -> Any:
+    """Gallery panels (uint8, any sizes) padded to one size and tiled ``columns`` per row (legible at
+    TensorBoard's default card size)."""
+    from ..drawing import tile_grid
+
+    import numpy as np
+
+    return tile_grid(np.stack(pad_to_same(panels)), ncols=min(columns, len(panels)), padding=6)
 
 
 def pad_to_same(panels: Sequence[Any]) -> list[Any]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..records import ClassSegmentationAudit, Gallery, MeanCam, SegmentationAuditResult
-from .kinds import AuditKind, KeyedAggregates, item_loader
+from .kinds import AuditKind, KeyedAggregates, grid, item_loader
 
 __all__ = ["MaskIndex", "scan_mask_dataset", "read_mask", "SegmentationAudit", "PROTOCOL", "IGNORE"]
 
@@ -319,15 +319,21 @@ class SegmentationAudit(AuditKind):
 
         c = len(self.names)
         t, p = truth.numpy(), predicted.numpy()
-        shown = lambda classes: ", ".join(self._name(k) for k in classes[:3])  # noqa: E731
-        true_classes = [int(k) for k in np.unique(t) if k < c]
-        predicted_classes = [int(k) for k in np.unique(p) if k < c]
-        return labelled_row([photo, draw_class_map(photo, t, c), draw_class_map(photo, p, c)],
-                            [file.rsplit("/", 1)[-1][:24], f"truth: {shown(true_classes)}",
-                             f"IoU {iou:.2f}: {shown(predicted_classes)}"], padding=2)
+        zoom = max(1, -(-160 // max(photo.shape[:2])))  # small inputs drawn at 160 px or more, nearest
+        photo, t, p = (np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) for a in (photo, t, p))
+        background = [k for k in range(c) if self.names[k].lower() in ("__background__", "background")]
+        t_shown, p_shown = (np.where(np.isin(a, background), IGNORE, a) for a in (t, p))  # background undrawn
+
+        def listed(a: np.ndarray) -> str:
+            classes = [int(k) for k in np.unique(a) if k < c]
+            return ", ".join(self._name(k) for k in classes[:2]) + (" ..." if len(classes) > 2 else "") or "-"
+
+        return labelled_row([photo, draw_class_map(photo, t_shown, c), draw_class_map(photo, p_shown, c)],
+                            [file.rsplit("/", 1)[-1][:20], f"truth: {listed(t_shown)}",
+                             f"IoU {iou:.2f}: {listed(p_shown)}"], padding=2)
 
     def result(self, settings, table, seconds, sanity) -> SegmentationAuditResult:
-        from .figures import confusion_figure, gallery_image, mean_cam_panel
+        from .figures import confusion_figure, mean_cam_panel
 
         a = self.aggregates
         d = a.dense
@@ -365,7 +371,7 @@ class SegmentationAudit(AuditKind):
         if a.galleries["worst"]:
             entries = a.galleries["worst"]
             galleries.append(Gallery(name="worst_iou", title="worst images by IoU (photo | truth | prediction)",
-                                     items=(), image=gallery_image([e["image"].numpy() for e in entries])))
+                                     items=(), image=grid([e["image"].numpy() for e in entries])))
             listed["worst_iou"] = tuple((e["file"], e["what"]) for e in entries)
         return SegmentationAuditResult(
             settings=settings, methods=self.methods, images=int(d["counts"][0]), skipped=a.skipped,
