@@ -66,7 +66,8 @@ def scan_detection_dataset(root: Path, boxes: str | Path | None, categories: Seq
     from ..images import IMAGE_SUFFIXES
 
     if not Path(root).is_dir():
-        raise UsageError(f"dataset folder {root} does not exist or is not a folder: check dataset=", parameter="dataset")
+        raise UsageError(f"dataset folder {root} does not exist or is not a folder: check dataset=",
+                         parameter="dataset")
     if boxes is None:
         classes = sorted({p.parent.name for p in Path(root).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES})
         hint = f" ({root} holds class folders, which a classifier audit reads)" if classes else ""
@@ -236,9 +237,9 @@ class DetectionAudit(AuditKind):
         return item_loader(_Photos(self.index), batches, num_workers)
 
     def schema(self):
-        from .table import _pyarrow
+        from .table import arrow
 
-        pa, _ = _pyarrow()
+        pa = arrow()
         fields = [("index", pa.int64()), ("file", pa.string()), ("detection", pa.int32()), ("label", pa.int64()),
                   ("label_name", pa.string()), ("score", pa.float32()), ("x0", pa.float32()), ("y0", pa.float32()),
                   ("x1", pa.float32()), ("y1", pa.float32()), ("matched", pa.int32()), ("iou", pa.float64()),

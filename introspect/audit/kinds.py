@@ -94,7 +94,8 @@ def collate_items(items: list[tuple[Any, int, Any]]) -> ItemBatch:
 
 def item_loader(dataset: torch.utils.data.Dataset, batches: Sequence[Sequence[int]],
                 num_workers: int) -> torch.utils.data.DataLoader:
-    """A DataLoader over exactly ``batches``, decoded by ``num_workers`` processes, collated by :func:`collate_items`."""
+    """A DataLoader over exactly ``batches``, decoded by ``num_workers`` processes, collated by
+    :func:`collate_items`."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=num_workers,
                                        collate_fn=collate_items, prefetch_factor=2 if num_workers else None)
 

@@ -79,7 +79,8 @@ def scan_mask_dataset(root: Path, masks: str | Path | None, num_classes: int) ->
 
     root = Path(root)
     if not root.is_dir():
-        raise UsageError(f"dataset folder {root} does not exist or is not a folder: check dataset=", parameter="dataset")
+        raise UsageError(f"dataset folder {root} does not exist or is not a folder: check dataset=",
+                         parameter="dataset")
     if masks is None:
         raise UsageError(f"a segmentation model's audit needs the ground-truth masks: give masks=DIR, a folder of mask "
                          f"PNGs named as the images under {root} (Pascal VOC's SegmentationClass layout)",
@@ -220,9 +221,9 @@ class SegmentationAudit(AuditKind):
         return item_loader(_ImagesAndMasks(self.index, self.loaded.transform, self.geometry), batches, num_workers)
 
     def schema(self):
-        from .table import _pyarrow
+        from .table import arrow
 
-        pa, _ = _pyarrow()
+        pa = arrow()
         return pa.schema([("index", pa.int64()), ("file", pa.string()), ("mask", pa.string()),
                           ("pixels", pa.int64()), ("pixel_accuracy", pa.float64()), ("iou", pa.float64()),
                           ("classes", pa.list_(pa.int64())), ("class_names", pa.list_(pa.string())),

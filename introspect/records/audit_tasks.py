@@ -169,7 +169,7 @@ class SegmentationAuditResult:
     def headline(self) -> dict[str, float]:
         """The figures worth comparing across runs, by TensorBoard tag."""
         out = {"audit/miou": self.mean_iou, "audit/pixel_accuracy": self.pixel_accuracy}
-        out.update({f"audit/iou/{c.name}": c.iou for c in self.classes})
+        out.update({f"audit/iou/{'_'.join(c.name.split())}": c.iou for c in self.classes})
         return out
 
     def per_class_markdown(self) -> str:

@@ -274,7 +274,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
 
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
-    forward, batch, logits, segs = found.forward, found.batch, found.logits, found.segmentations
+    forward, batch, segs = found.forward, found.batch, found.segmentations
     chosen = []
     for seg in segs:
         classes = list(seg.classes)

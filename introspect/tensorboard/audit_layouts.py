@@ -1,5 +1,6 @@
-"""Records -> tags for the detection and segmentation audits (registered in :data:`~introspect.tensorboard.layouts.LAYOUTS`
-beside the classifier audit's; the parts they share, PR curves, mean CAMs and galleries, keep their own layouts)."""
+"""Records -> tags for the detection and segmentation audits (registered in
+:data:`~introspect.tensorboard.layouts.LAYOUTS` beside the classifier audit's; the parts they share, PR curves,
+mean CAMs and galleries, keep their own layouts)."""
 
 from __future__ import annotations
 
