@@ -273,16 +273,14 @@ class SegmentationAudit(AuditKind):
                                                  "class_names", "class_iou", "true_classes", "predicted_classes")}
         for n, i in enumerate(batch.indices):
             t, p, v = truth[n], predicted[n], valid[n]
-            pixels = int(v.sum())
-            correct = int(((t == p) & v).sum())
-            true_classes = sorted(set(torch.unique(t[v]).tolist()))
-            predicted_classes = sorted(set(torch.unique(p[v]).tolist()))
+            own = torch.bincount(t[v] * c + p[v], minlength=c * c).reshape(c, c)  # this image's confusion
+            pixels = int(own.sum())
+            correct = int(own.diagonal().sum())
+            in_truth, in_prediction = own.sum(1), own.sum(0)
+            true_classes = torch.nonzero(in_truth).flatten().tolist()
+            predicted_classes = torch.nonzero(in_prediction).flatten().tolist()
             classes = sorted(set(true_classes) | set(predicted_classes))
-            ious = []
-            for k in classes:
-                inter = int(((t == k) & (p == k) & v).sum())
-                union = int((((t == k) | (p == k)) & v).sum())
-                ious.append(inter / union if union else math.nan)
+            ious = [int(own[k, k]) / int(in_truth[k] + in_prediction[k] - own[k, k]) for k in classes]
             image_iou = float(np.mean(ious)) if ious else math.nan
             if true_classes:
                 d["class_images"].index_add_(0, torch.tensor(true_classes), torch.ones(len(true_classes),
