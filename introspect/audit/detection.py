@@ -358,44 +358,21 @@ class DetectionAudit(AuditKind):
             x0, y0, x1, y1 = gt_boxes[g]
             key = (-float((x1 - x0) * (y1 - y0)), int(i), g)
             if aggregates.worth("missed", key):
-                heat = maps[self.methods[0]][0].numpy() if maps and picks else None
+                heat = maps[self.methods[0]][0] if maps and picks else None
                 caption = f"found: {det.names[picks[0]]} {det.scores[picks[0]]:.2f}" if picks else "nothing found"
                 aggregates.offer("missed", {"key": list(key), "file": file, "what": self._name(int(gt_labels[g])),
-                                            "image": torch.from_numpy(self._panel(
-                                                photo, gt_boxes[g:g + 1], gt_labels[g:g + 1], det,
-                                                list(np.nonzero(confident)[0]), heat,
-                                                f"missed: {self._name(int(gt_labels[g]))}", caption))})
+                                            **_pieces(photo, gt_boxes[g:g + 1], det.boxes[np.nonzero(confident)[0]],
+                                                      heat, f"missed: {self._name(int(gt_labels[g]))}", caption)})
         for j, p in enumerate(picks):
             if matched[p] >= 0:
                 continue
             key = (-float(det.scores[p]), int(i), int(p))
             if aggregates.worth("false_positives", key):
-                heat = maps[self.methods[0]][j].numpy() if maps else None
+                heat = maps[self.methods[0]][j] if maps else None
                 aggregates.offer("false_positives", {
                     "key": list(key), "file": file, "what": f"{det.names[p]} {det.scores[p]:.2f}",
-                    "image": torch.from_numpy(self._panel(photo, gt_boxes, gt_labels, det, [p], heat, "truth",
-                                                          f"false: {det.names[p]} {det.scores[p]:.2f}"))})
-
-    def _panel(self, photo, gt_boxes, gt_labels, det, shown, heat, left, right) -> np.ndarray:
-        """The photo with the ground-truth boxes, and beside it the CAM with the detections ``shown``."""
-        import torch.nn.functional as F
-
-        from ..drawing import labelled_row, overlay
-
-        height, width = photo.shape[:2]
-        scale = 200 / max(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        small = F.interpolate(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)[None].float(),
-                              size=size, mode="area")[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        truth = _draw_boxes(small, gt_boxes * scale, TRUTH_COLOUR)
-        if heat is not None:
-            heat = F.interpolate(torch.from_numpy(np.ascontiguousarray(heat))[None, None].float(), size=size,
-                                 mode="bilinear", align_corners=False)[0, 0].numpy()
-            base = overlay(small, heat)
-        else:
-            base = small
-        found = _draw_boxes(base, det.boxes[list(shown)] * scale, DETECTION_COLOUR)
-        return labelled_row([truth, found], [left, right], padding=2)
+                    **_pieces(photo, gt_boxes, det.boxes[p:p + 1], heat, "truth",
+                              f"false: {det.names[p]} {det.scores[p]:.2f}")})
 
     # -- the result ---------------------------------------------------------------------------------
     def result(self, settings, table, seconds, sanity) -> DetectionAuditResult:
@@ -434,7 +411,7 @@ class DetectionAudit(AuditKind):
             entries = a.galleries["missed" if name == "missed_objects" else "false_positives"]
             if entries:
                 galleries.append(Gallery(name=name, title=title, items=(),
-                                         image=grid([e["image"].numpy() for e in entries])))
+                                         image=grid([_panel(e) for e in entries])))
         listed = {g: [(e["file"], e["what"]) for e in a.galleries[key]]
                   for g, key in (("missed_objects", "missed"), ("confident_false_positives", "false_positives"))}
         return DetectionAuditResult(
@@ -447,6 +424,34 @@ class DetectionAudit(AuditKind):
             protocol=PROTOCOL.format(min_score=o.min_score, iou=o.iou_threshold, explained=o.max_explained,
                                      threshold=o.score_threshold, tolerance=o.tolerance),
             table=table, seconds=seconds, category_names=self.names)
+
+
+def _pieces(photo: np.ndarray, truth: np.ndarray, found: np.ndarray, heat: torch.Tensor | None, left: str,
+            right: str, side: int = 200) -> dict:
+    """What a gallery panel is drawn from, at ``side`` px (the longer side): the photo (uint8), the CAM (half), the
+    ground-truth and detected boxes scaled to it, the captions. Drawn only for the entries kept (:func:`_panel`)."""
+    import torch.nn.functional as F
+
+    height, width = photo.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = F.interpolate(torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)[None].float(), size=size,
+                          mode="area")[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    if heat is not None:
+        heat = F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].half()
+    return {"photo": small, "heat": heat, "truth": torch.from_numpy(np.asarray(truth, np.float32) * scale),
+            "found": torch.from_numpy(np.asarray(found, np.float32) * scale), "captions": [left, right]}
+
+
+def _panel(entry: dict) -> np.ndarray:
+    """A gallery entry drawn: the photo with the ground-truth boxes (green), and beside it the CAM with the
+    detections (red)."""
+    from ..drawing import labelled_row, overlay
+
+    photo = entry["photo"].numpy()
+    base = overlay(photo, entry["heat"].float().numpy()) if entry["heat"] is not None else photo
+    return labelled_row([_draw_boxes(photo, entry["truth"].numpy(), TRUTH_COLOUR),
+                         _draw_boxes(base, entry["found"].numpy(), DETECTION_COLOUR)], entry["captions"], padding=2)
 
 
 TRUTH_COLOUR = (0, 230, 0)

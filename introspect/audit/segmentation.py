@@ -295,8 +295,8 @@ class SegmentationAudit(AuditKind):
             key = (image_iou if not math.isnan(image_iou) else 2.0, int(i))
             if self.aggregates.worth("worst", key):
                 self.aggregates.offer("worst", {"key": list(key), "file": files[n], "what": f"{image_iou:.3f}",
-                                                "image": torch.from_numpy(self._panel(photos[n], t, p, files[n],
-                                                                                      image_iou))})
+                                                "iou": image_iou, "photo": torch.from_numpy(photos[n].copy()),
+                                                "truth": t.to(torch.uint8), "predicted": p.to(torch.uint8)})
             rows["index"].append(int(i))
             rows["file"].append(files[n])
             rows["mask"].append(str(self.index.masks[i]))
@@ -310,14 +310,14 @@ class SegmentationAudit(AuditKind):
             rows["predicted_classes"].append(predicted_classes)
         return rows
 
-    def _panel(self, photo: np.ndarray, truth: torch.Tensor, predicted: torch.Tensor, file: str,
-               iou: float) -> np.ndarray:
-        """The photo, the true mask over it, and the predicted one, labelled."""
+    def _panel(self, entry: dict) -> np.ndarray:
+        """A kept image drawn: the photo, the true mask over it, and the predicted one, labelled."""
         from ..drawing import labelled_row
         from ..tasks.segmentation import draw_class_map
 
         c = len(self.names)
-        t, p = truth.numpy(), predicted.numpy()
+        photo, t, p = entry["photo"].numpy(), entry["truth"].numpy(), entry["predicted"].numpy()
+        file, iou = entry["file"], entry["iou"]
         zoom = max(1, -(-160 // max(photo.shape[:2])))  # small inputs drawn at 160 px or more, nearest
         photo, t, p = (np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) for a in (photo, t, p))
         background = [k for k in range(c) if self.names[k].lower() in ("__background__", "background")]
@@ -370,7 +370,7 @@ class SegmentationAudit(AuditKind):
         if a.galleries["worst"]:
             entries = a.galleries["worst"]
             galleries.append(Gallery(name="worst_iou", title="worst images by IoU (photo | truth | prediction)",
-                                     items=(), image=grid([e["image"].numpy() for e in entries])))
+                                     items=(), image=grid([self._panel(e) for e in entries])))
             listed["worst_iou"] = tuple((e["file"], e["what"]) for e in entries)
         return SegmentationAuditResult(
             settings=settings, methods=self.methods, images=int(d["counts"][0]), skipped=a.skipped,
