@@ -22,6 +22,10 @@ EXAMPLES = """examples:
   python -m introspect mobilenet_v2 --weights my_mobilenet_v2.pth --image sample_images/cat.png
       (a file saved with torch.save(model.state_dict(), "my_mobilenet_v2.pth"))
   python -m introspect resnet18 --weights none --sections structure,kernels,histograms
+  python -m introspect resnet18 --weights finetuned.pth --labels labels.txt --image photo.jpg
+      (a resnet18 whose head was replaced: its class count is read from the file, names one a line)
+  python -m introspect my_project.models:build_net --model-arg depth=18 --weights ckpt.pth --image photo.jpg
+      (a function or class of your own that returns the nn.Module, imported from the current folder)
   python -m introspect resnet18 --list-layers
   python -m introspect --list-models
   python -m introspect resnet50 --dataset val/ --boxes val_boxes.json --cam gradcam,layercam --workers 8
@@ -48,6 +52,8 @@ FLAGS: dict[tuple[str, str], str] = {
     ("load", "weights"): "--weights",
     ("load", "device"): "--device",
     ("load", "input_size"): "--input-size",
+    ("load", "categories"): "--labels",
+    ("load", "model_args"): "--model-arg",
     ("run", "images"): "--image",
     ("run", "sections"): "--sections",
     ("run", "logdir"): "--logdir",
@@ -84,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                              for name in selectable_sections())
     parser.add_argument("model", nargs="?",
                         help="any torchvision model name (see --list-models), e.g. resnet18, fasterrcnn_resnet50_fpn, "
-                             "deeplabv3_resnet50, r3d_18, raft_small, quantized_resnet18")
+                             "deeplabv3_resnet50, r3d_18, raft_small, quantized_resnet18; timm:NAME; hf:PATH_OR_ID; "
+                             "or your own, package.module:callable (a function or class returning the nn.Module, "
+                             "imported from the current folder first)")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="a photo or a folder of photos; repeat for several (e.g. --image sample_images/cat.png); "
                              "video models: a clip each (animated GIF, folder of frames, video file with "
@@ -94,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=LoadOptions.weights,
                         help="auto (default: DEFAULT weights if cached or downloadable, else random with a warning), "
                              "DEFAULT, an enum name like IMAGENET1K_V1, none (random), or a state_dict file PATH")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one a line (class 0 first) or a JSON list; as many as the model's "
+                             "output classes (default: the checkpoint's 'classes'/'idx_to_class'/'id2label' entry, "
+                             "else the weights' own names, else 'class N')")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                        help="a keyword argument of a package.module:callable model, repeatable (values read as "
+                             "Python literals where they parse, else strings), e.g. --model-arg num_classes=3")
     parser.add_argument("--sections", default=None, metavar="NAME[,NAME]",
                         help=f"comma list of sections, or all (default: {','.join(default_sections())}). "
                              f"{section_help}".replace("%", "%%"))
@@ -190,7 +205,7 @@ def _audit(args: argparse.Namespace) -> int:
     from .models import load_model
     from .options import LoadOptions
     from .tensorboard import Reporter, new_run_dir
-    from .run_scope import recorded_run
+    from .run_scope import audit_facts, recorded_run, run_record
     from .tasks import task_of
 
     if not args.dataset:
@@ -209,13 +224,16 @@ def _audit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     world = init_world(args.device)
     try:
-        load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size)
+        load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size,
+                        categories=args.labels, model_args=args.model_arg)
         options = _options("audit", options_from, methods=args.cam or (task and task.default_cam),
                            layer=args.cam_layer, batch_size=args.batch_size, num_workers=args.workers,
                            boxes=args.boxes, sanity=args.sanity or None, masks=args.masks,
                            score_threshold=args.score_threshold)
-        loaded = load_model(args.model, load.weights, world.device, load.input_size)
-        # --cam its task cannot run, a bad dataset, boxes or masks: refused now, before the run folder exists
+        loaded = load_model(args.model, load.weights, world.device, load.input_size, categories=load.categories,
+                            model_args=load.model_args)
+        # --cam its task cannot run, a bad dataset (class folders), boxes or masks: refused now, before the run
+        # folder exists
         prepared = _options("audit", prepare_audit, model=loaded, dataset=args.dataset, options=options)
         if args.resume:
             run_dir = Path(args.resume)
@@ -227,12 +245,14 @@ def _audit(args: argparse.Namespace) -> int:
                                 world)
         reporter = Reporter(run_dir) if world.is_main else None
         info: dict[str, object] = {"model": loaded.name, "weights": loaded.weights,
-                                   "weights from": loaded.weights_source, "dataset": str(args.dataset),
+                                   "weights from": loaded.weights_source, "class names": loaded.categories_source,
+                                   "dataset": str(args.dataset),
                                    "device": str(world.device), "processes": world.size}
         if args.resume:
             info["resumed"] = "yes: this run continues an earlier one in the same folder"
-        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started) if reporter is not None \
-            else nullcontext()
+        record = run_record("audit", loaded, dataset=str(Path(args.dataset).resolve()))
+        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started, record=record) \
+            if reporter is not None else nullcontext()
         with scope as end:
             if world.is_main:
                 print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
@@ -242,6 +262,7 @@ def _audit(args: argparse.Namespace) -> int:
             if result is None:  # not rank 0: rank 0 writes
                 return 0
             reporter.audit(result)
+            record.update(audit_facts(result, args.dataset))
             info.update({**result.settings, "images": result.images, "skipped": result.skipped,
                          "table": result.table})
         for line in result.summary_lines():
@@ -254,12 +275,15 @@ def _audit(args: argparse.Namespace) -> int:
         world.close()
 
 
-def _list_layers(model_name: str, weights: str) -> None:
+def _list_layers(args: argparse.Namespace) -> None:
     from .layers import layer_table
     from .models import load_model
+    from .options import LoadOptions
     from .tasks import TASKS
 
-    loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
+    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg)
+    loaded = load_model(args.model, weights="none" if load.weights == "auto" else load.weights,
+                        categories=load.categories, model_args=load.model_args)
     task = TASKS[loaded.task]
     if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
         rows = layer_table(loaded.model, loaded.input_size)
@@ -311,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("introspect: error: give a MODEL (see --list-models)", file=sys.stderr)
             return 2
         if args.list_layers:
-            _list_layers(args.model, args.weights)
+            _list_layers(args)
             return 0
         if args.dataset or args.resume:
             return _audit(args)
@@ -330,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logdir=args.logdir,
             run_name=args.run_name,
             sections=args.sections,
-            load=_options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size),
+            load=_options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size,
+                          categories=args.labels, model_args=args.model_arg),
             cam=_options("cam", CamOptions, methods=args.cam, layer=args.cam_layer, topk=args.topk,
                          targets=args.target),
             features=_options("features", FeatureOptions, layers=args.layers),

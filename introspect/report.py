@@ -17,12 +17,14 @@ from pathlib import Path
 
 from torch import nn
 
+from .categories import given_names, name_classes
 from .context import RunContext
 from .errors import UsageError
 from .models import LoadedModel, load_model
 from .options import BATCH_SIZE, DEFAULT_LOGDIR, CamOptions, DetectionOptions, FeatureOptions, FilterOptions, \
     LoadOptions, SaliencyOptions
 from .sections import SECTIONS, Section, parse_sections
+from .run_scope import image_files, run_record
 from .run_scope import recorded_run as _recorded
 from .tasks import TASKS
 from .tasks.base import Task
@@ -97,8 +99,10 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen_names = parse_sections(sections)
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, load.weights, load.device,
-                                                                             load.input_size)
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, load.weights, load.device, load.input_size, categories=load.categories, model_args=load.model_args)
+        if isinstance(model, LoadedModel) and load.categories is not None:
+            loaded = name_classes(loaded, given_names(load.categories))
         task = TASKS[loaded.task]
         skipped = {name: reason for name in chosen_names
                    if (reason := task.skip_reason(name, SECTIONS[name].requires))}
@@ -131,7 +135,7 @@ def report(
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
-        with _recorded(ctx.reporter, info, summary, caught, started):
+        with _recorded(ctx.reporter, info, summary, caught, started, record=_run_record(loaded, info, image_list)):
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
                 section.run(ctx)
@@ -160,12 +164,22 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
         "model": loaded.name,
         "weights": loaded.weights,
         "weights from": loaded.weights_source,
+        "class names": loaded.categories_source or "the model's own",
         "images": ", ".join(str(p) for p in image_list) or "none",
         "input size": loaded.input_size,
         "device": str(loaded.device),
         "sections": ", ".join(chosen),
         **_task_info(task, skipped),
     }
+
+
+def _run_record(loaded: LoadedModel, info: dict[str, object], image_list: list) -> dict[str, object]:
+    """The run's ``introspect.json`` (:func:`~introspect.run_scope.run_record`): the CAM layer and methods
+    and each input's photo (its tag name -> absolute path) besides the model's facts."""
+    methods = str(info.get("cam methods") or "")
+    return run_record("report", loaded, cam_layer=info.get("cam layer"),
+                      cam_methods=[m.strip() for m in methods.split(",") if m.strip()],
+                      image_files=image_files(image_list))
 
 
 def _task_info(task: Task, skipped: dict[str, str]) -> dict[str, object]:

@@ -394,8 +394,9 @@ class ClassifierAudit(AuditKind):
 
     def __init__(self, module: nn.Module, loaded: LoadedModel, dataset: Path, options: AuditOptions) -> None:
         self.module, self.loaded, self.options, self.dataset = module, loaded, options, dataset
-        self.names = tuple(loaded.categories)
-        self.index = scan_dataset(dataset, self.names)
+        self.index = scan_dataset(dataset, tuple(loaded.categories))
+        # a model with numbered classes takes its class folders' names
+        self.names = self.index.class_names or tuple(loaded.categories)
         self.table: BoxTable | None = read_boxes(options.boxes) if options.boxes is not None else None
         self.geometry = input_geometry(loaded.transform) if self.table is not None else None
         self.choice = pick_cam_layer(module, options.layer)

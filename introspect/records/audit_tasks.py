@@ -54,6 +54,8 @@ class DetectionAuditResult:
     """What a detection audit found: COCO mAP, per-class AP and recall, where the detector looked, PR curves,
     galleries of missed objects and confident false positives."""
 
+    sample = None  # no projector sample (the classifier audit's AuditResult has one)
+
     settings: dict
     methods: tuple[str, ...]
     images: int
@@ -145,6 +147,8 @@ class ClassSegmentationAudit:
 class SegmentationAuditResult:
     """What a segmentation audit found: mIoU, per-class IoU, pixel accuracy, the confusion matrix, per-class mean
     CAMs, the worst images."""
+
+    sample = None  # no projector sample (the classifier audit's AuditResult has one)
 
     settings: dict
     methods: tuple[str, ...]

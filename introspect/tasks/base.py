@@ -13,6 +13,7 @@ loaded model, the options, and (per batch) the batch and its forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ NEEDS: dict[str, frozenset[str]] = {
     "saliency": _CLASSIFIER,
     "quality": _CLASSIFIER,
     "embeddings": frozenset({"images", "class_scores"}),
+    "tab": frozenset({"images", "targets"}),  # the TensorBoard tab: a map of one photo, on demand
 }
 
 #: Where a task's trunk lives, by input kind, first match wins: a detector's or segmenter's backbone body,
@@ -145,7 +147,9 @@ class Task(ABC):
         """Why ``section`` (which needs ``requires``) does not run for this task, or None when it does."""
         if section in self.not_applicable:
             return self.not_applicable[section]
-        missing = [c for c in requires if c not in self.capabilities]
+        order = list(CAPABILITIES)  # the same words in the same order in every process (a frozenset's is not)
+        missing = sorted((c for c in requires if c not in self.capabilities),
+                         key=lambda c: (order.index(c) if c in order else len(order), c))
         if missing:
             return f"needs {' and '.join(CAPABILITIES.get(c, c) for c in missing)}, which {self.name} models do " \
                    "not give"
@@ -157,6 +161,24 @@ class Task(ABC):
         return UsageError(f"{what} does not apply to {self.name} models: {reason}", parameter=parameter)
 
     # -- loading -----------------------------------------------------------------------------
+
+    def recognizes(self, module: Any) -> bool:
+        """True when a bare module's structure says it is one of this task's models (a library call or an
+        import-path model, where there is no torchvision name to look up)."""
+        return False
+
+    def class_count(self, module: Any) -> int:
+        """How many classes a bare module of this task scores (0: unknown)."""
+        return 0
+
+    def module_recipe(self, module: Any, input_size: int | None) -> InputRecipe:
+        """How a bare module of this task is fed (no torchvision weights to take a preset from)."""
+        recipe = self.input_recipe(type(module).__name__, module, None, input_size)
+        return dataclasses.replace(recipe, classes=self.class_count(module))
+
+    def default_categories(self, classes: int) -> tuple[str, ...] | None:
+        """The class names this task's torchvision models use for ``classes`` classes (None: none known)."""
+        return None
 
     def check_device(self, model_name: str, device: torch.device) -> None:
         """Refuse a device the task's models cannot run on (before anything is built)."""
