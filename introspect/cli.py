@@ -67,6 +67,7 @@ FLAGS: dict[tuple[str, str], str] = {
     ("audit", "sanity"): "--sanity",
     ("audit", "dataset"): "--dataset",
     ("audit", "resume"): "--resume",
+    ("audit", "masks"): "--masks",
 }
 # Parameters that only one group has: an error raised deep in the library names them alone.
 _UNAMBIGUOUS = {field: flag for (group, field), flag in FLAGS.items()
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--boxes", metavar="FILE_OR_DIR",
                        help="object boxes for the pointing game: COCO JSON, a folder of Pascal VOC XML, or a CSV "
                             "file,x0,y0,x1,y1,label")
+    audit.add_argument("--masks", metavar="DIR",
+                       help="segmentation models: the ground-truth mask PNGs, one per image named as it (Pascal VOC's "
+                            "SegmentationClass: pixel = class index, 255 = ignore); detectors take --boxes")
     audit.add_argument("--sanity", action="store_true",
                        help=f"model-parameter randomisation check on {AuditOptions.sanity_samples} images: flags CAM "
                             "methods whose maps do not change when the weights are random")
@@ -197,8 +201,7 @@ def _audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .audit.distributed import broadcast, init_world
-    from .audit.dataset import scan_dataset
-    from .audit.run import audit, check_auditable, options_from
+    from .audit.run import audit, options_from, prepare_audit
     from .errors import ArgumentError
     from .models import load_model
     from .options import LoadOptions
@@ -226,11 +229,13 @@ def _audit(args: argparse.Namespace) -> int:
                         categories=args.labels, model_args=args.model_arg)
         options = _options("audit", options_from, methods=args.cam or (task and task.default_cam),
                            layer=args.cam_layer, batch_size=args.batch_size, num_workers=args.workers,
-                           boxes=args.boxes, sanity=args.sanity or None)
+                           boxes=args.boxes, sanity=args.sanity or None, masks=args.masks,
+                           score_threshold=args.score_threshold)
         loaded = load_model(args.model, load.weights, world.device, load.input_size, categories=load.categories,
                             model_args=load.model_args)
-        _options("audit", check_auditable, loaded=loaded, options=options)  # --cam its task cannot run: refused now
-        _options("audit", scan_dataset, root=args.dataset, categories=loaded.categories)  # class folders: now
+        # --cam its task cannot run, a bad dataset (class folders), boxes or masks: refused now, before the run
+        # folder exists
+        prepared = _options("audit", prepare_audit, model=loaded, dataset=args.dataset, options=options)
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "audit").is_dir():
@@ -253,7 +258,7 @@ def _audit(args: argparse.Namespace) -> int:
             if world.is_main:
                 print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
                       f"table and state in {run_dir}", file=sys.stderr)
-            result = audit(loaded, args.dataset, options=options, out_dir=run_dir, resume=bool(args.resume),
+            result = audit(loaded, prepared, options=options, out_dir=run_dir, resume=bool(args.resume),
                            world=world)
             if result is None:  # not rank 0: rank 0 writes
                 return 0
@@ -353,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dataset or args.resume:
             return _audit(args)
         for flag, value in (("--boxes", args.boxes), ("--sanity", args.sanity), ("--batch-size", args.batch_size),
-                            ("--workers", args.workers)):
+                            ("--workers", args.workers), ("--masks", args.masks)):
             if value:
                 print(f"introspect: error: {flag} belongs to a dataset audit: add --dataset DIR", file=sys.stderr)
                 return 2

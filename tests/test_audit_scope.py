@@ -33,8 +33,7 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("model, task", [("fasterrcnn_mobilenet_v3_large_320_fpn", "detection"),
-                                         ("raft_small", "optical_flow")])
+@pytest.mark.parametrize("model, task", [("r3d_18", "video"), ("raft_small", "optical_flow")])
 def test_cli_refuses_a_task_without_an_audit_before_loading(dataset, tmp_path, monkeypatch, model, task) -> None:
     import introspect.models
 
@@ -51,25 +50,39 @@ def test_cli_refuses_a_task_without_an_audit_before_loading(dataset, tmp_path, m
     assert not logdir.exists()
 
 
-def test_library_refuses_a_detector_naming_the_model(dataset, tmp_path) -> None:
+def test_library_refuses_a_flow_model_naming_the_model(dataset, tmp_path) -> None:
+    from introspect import load_model
+    from introspect.audit import AuditOptions, audit
+
+    loaded = load_model("raft_small", weights="none")
+    with pytest.raises(UsageError) as caught:
+        audit(loaded, dataset, options=AuditOptions(num_workers=0, progress=False), out_dir=tmp_path / "run")
+    assert caught.value.parameter == "model"
+    message = str(caught.value)
+    assert message.startswith("model='raft_small' cannot be audited (optical_flow model)")
+    assert "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_library_refuses_a_detector_without_boxes_naming_the_parameter(dataset, tmp_path) -> None:
+    """A detector given a class-folder dataset and no boxes: one line naming boxes=, nothing written."""
     from introspect import load_model
     from introspect.audit import AuditOptions, audit
 
     loaded = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="none")
     with pytest.raises(UsageError) as caught:
         audit(loaded, dataset, options=AuditOptions(num_workers=0, progress=False), out_dir=tmp_path / "run")
-    assert caught.value.parameter == "model"
-    message = str(caught.value)
-    assert message.startswith("model='fasterrcnn_mobilenet_v3_large_320_fpn' cannot be audited (detection model)")
-    assert "\n" not in message
-    assert not (tmp_path / "run").exists()
+    assert caught.value.parameter == "boxes" and "class folders" in str(caught.value)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
 
 
 def test_every_task_says_whether_it_can_be_audited() -> None:
     from introspect.tasks import TASKS
 
     auditable = {name for name, task in TASKS.items() if task.skip_reason("audit") is None}
-    assert auditable == {"classification", "quantized"}
+    assert auditable == {"classification", "quantized", "detection", "segmentation"}
+    assert {name: task.audit_kind for name, task in TASKS.items() if name in auditable} == {
+        "classification": "classes", "quantized": "classes", "detection": "boxes", "segmentation": "masks"}
     for task in TASKS.values():
         reason = task.skip_reason("audit")
         assert reason is None or (reason and "\n" not in reason and "does not apply" not in reason)

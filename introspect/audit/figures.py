@@ -52,13 +52,14 @@ def mean_cam_panel(photo: np.ndarray, maps: np.ndarray, label: str, methods: Seq
     return draw.labelled_row(panels, [label] + list(methods))
 
 
-def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float) -> np.ndarray:
+def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float, measure: str = "top-1") -> np.ndarray:
     """The confusion matrix as an RGB image: rows true class, columns predicted, colours row-normalised.
 
     Args:
-        counts: int (K, K) images per (true, predicted) class.
+        counts: int (K, K) images (or pixels) per (true, predicted) class.
         names: the K class names, in the matrix's order.
         top1: the accuracy, for the title.
+        measure: what the accuracy is called in the title.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -83,7 +84,7 @@ def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float) -> n
                                   color="white" if shares[i, j] > 0.5 else "black")
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
-    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {top1:.1%}", fontsize=10)
+    axes.set_title(f"confusion matrix: {k} classes present,\n{measure} {top1:.1%}", fontsize=10)
     figure.tight_layout()
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()

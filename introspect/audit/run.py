@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -37,10 +38,14 @@ from .aggregate import Aggregates, batch_stats, sample_indices
 from .boxes import BoxTable, input_geometry, map_boxes, read_boxes
 from .dataset import AuditImages, DatasetIndex, make_loader, scan_dataset
 from .distributed import World, all_reduce_sum, barrier, gather_to_zero, init_world, shard
+from .detection import DetectionAudit
+from .kinds import AuditKind
+from .segmentation import SegmentationAudit
 from .figures import confusion_figure, draw_entry, gallery_image, mean_cam_panel, pr_curve
 from .table import merge_parts, table_rows, table_schema, write_part
 
-__all__ = ["AuditOptions", "audit", "check_auditable", "PROTOCOL"]
+__all__ = ["AuditOptions", "audit", "prepare_audit", "PreparedAudit", "check_auditable", "AUDIT_KINDS",
+           "ClassifierAudit", "PROTOCOL"]
 
 STATE_VERSION = 1
 
@@ -65,6 +70,15 @@ class AuditOptions:
         max_classes: classes that get a mean-CAM image and a precision-recall curve (most images first).
         checkpoint_every: batches between saved states (with out_dir).
         progress: a tqdm bar on rank 0.
+        masks: segmentation: the folder of mask PNGs (VOC layout: ``<image stem>.png``, pixel = class index,
+            255 = ignore).
+        score_threshold: detection: the lowest score of a detection that is explained (CAM), counted as found
+            or as a false positive in the galleries.
+        min_score: detection: the lowest score kept for mAP (torchvision's ``box_score_thresh``; the detector's
+            own cut-off is lowered to it where higher).
+        max_explained: detection: detections explained per image (best first, scoring ``score_threshold`` or more).
+        iou_threshold: detection: the IoU at which a detection matches a ground-truth box (table, CAM figures,
+            galleries; mAP takes COCO's thresholds).
     """
 
     methods: tuple[str, ...] | str = ("gradcam",)
@@ -82,6 +96,11 @@ class AuditOptions:
     max_classes: int = 20
     checkpoint_every: int = 8
     progress: bool = True
+    masks: str | Path | None = None
+    score_threshold: float = 0.5
+    min_score: float = 0.05
+    max_explained: int = 10
+    iou_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(parse_cam_methods(self.methods)))
@@ -89,10 +108,13 @@ class AuditOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ArgumentError(f"{name}={value!r} must be a whole number, 1 or more", parameter=name)
-        for name in ("num_workers", "gallery_size", "projector_size", "max_classes"):
+        for name in ("num_workers", "gallery_size", "projector_size", "max_classes", "max_explained"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ArgumentError(f"{name}={value!r} must be a whole number, 0 or more", parameter=name)
+        for name in ("score_threshold", "min_score", "iou_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ArgumentError(f"{name}={getattr(self, name)!r} must be from 0 to 1", parameter=name)
         if not self.tolerance >= 0:
             raise ArgumentError(f"tolerance={self.tolerance} must be a distance in pixels, 0 or more",
                                 parameter="tolerance")
@@ -109,11 +131,10 @@ of the frame. **Energy in box**: the share of the normalised map's sum that fall
 it). Accuracy counts labelled images only; top-5 is the label among the five most probable classes."""
 
 
-def _fingerprint(index: DatasetIndex, options: AuditOptions, world: World, layer: str, boxes: bool) -> dict:
-    return {"version": STATE_VERSION, "images": len(index), "world": world.size, "batch_size": options.batch_size,
-            "methods": list(options.methods), "layer": layer, "boxes": boxes, "map_size": options.map_size,
-            "projector_size": options.projector_size, "gallery_size": options.gallery_size,
-            "tolerance": float(options.tolerance)}
+def _fingerprint(kind: AuditKind, options: AuditOptions, world: World) -> dict:
+    return {"version": STATE_VERSION, "images": len(kind.index), "world": world.size,
+            "batch_size": options.batch_size, "methods": list(options.methods), "layer": kind.layer,
+            **kind.fingerprint()}
 
 
 @dataclass
@@ -149,44 +170,73 @@ def _un_normalise(transform) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+@dataclass(frozen=True)
+class PreparedAudit:
+    """A dataset read and checked for a model (:func:`prepare_audit`): what :func:`audit` runs, so that a caller
+    can refuse bad input before it creates a run folder."""
+
+    module: nn.Module
+    loaded: LoadedModel
+    dataset: Path
+    options: AuditOptions
+    kind: AuditKind
+
+
+def prepare_audit(model: nn.Module | LoadedModel, dataset: str | Path,
+                  options: AuditOptions = AuditOptions()) -> PreparedAudit:
+    """Check that ``model`` can be audited with ``options`` and read ``dataset`` and its ground truth (boxes,
+    masks), before anything is written: every bad input is a one-line :class:`UsageError` here.
+
+    Returns:
+        A :class:`PreparedAudit` for :func:`audit`.
+    """
+    module, loaded = unwrap(model)
+    if loaded is None:
+        loaded = load_model(module)
+    check_auditable(loaded, options)
+    kind = AUDIT_KINDS[TASKS[loaded.task].audit_kind](module, loaded, Path(dataset), options)
+    return PreparedAudit(module, loaded, Path(dataset), options, kind)
+
+
 def audit(
     model: nn.Module | LoadedModel,
-    dataset: str | Path,
+    dataset: str | Path | PreparedAudit,
     *,
     options: AuditOptions = AuditOptions(),
     out_dir: str | Path | None = None,
     resume: bool = False,
     world: World | None = None,
     on_batch: Callable[[int, int], None] | None = None,
-) -> AuditResult | None:
-    """Audit ``model`` over every image under ``dataset``: accuracy, pointing game, per-class figures, galleries.
+) -> Any:
+    """Audit ``model`` over every image under ``dataset``, as its task audits (``Task.audit_kind``): a classifier's
+    accuracy and pointing game, a detector's mAP with a CAM per detection, a segmenter's mIoU and confusion matrix.
 
     Args:
         model: a module or a :class:`LoadedModel` (its ``transform`` preprocesses, its ``categories`` name
             the classes and the class folders).
-        dataset: an ImageFolder tree (class folders named by category, WordNet id or index) or a flat folder.
+        dataset: classifiers: an ImageFolder tree (class folders named by category, WordNet id or index) or a
+            flat folder; detectors: the images ``options.boxes`` names; segmenters: the images, whose masks are
+            in ``options.masks``; or a :class:`PreparedAudit` (then ``model`` and ``options`` are its own).
         options: :class:`AuditOptions`.
-        out_dir: the run folder for the per-image table (``audit.parquet``) and the resumable state
-            (``audit/``); None: nothing is written.
+        out_dir: the run folder for the table (``audit.parquet``: a row per image, or per detection) and the
+            resumable state (``audit/``); None: nothing is written.
         resume: continue the run in ``out_dir`` where it stopped (same settings and number of processes).
         world: the process group (default: from torchrun's environment variables, or one process).
         on_batch: called after each batch as ``on_batch(batches_done, images_done)`` (this rank's).
     Returns:
-        The :class:`AuditResult` on rank 0 (None on the other ranks). The model comes back untouched.
+        The result record on rank 0 (:class:`AuditResult`, :class:`DetectionAuditResult` or
+        :class:`SegmentationAuditResult`; None on the other ranks). The model comes back untouched.
 
     Raises:
-        UsageError: before anything is read or written, a model whose task has no audit (detection,
-            segmentation, video, optical flow) or a method its task cannot run (see :func:`check_auditable`);
-            a bad dataset, boxes file or out_dir.
+        UsageError: before anything is read or written, a model whose task has no audit (video, optical
+            flow) or a method its task cannot run (see :func:`check_auditable`); a bad dataset, ground truth or
+            out_dir.
     """
-    module, loaded = unwrap(model)
-    if loaded is None:
-        loaded = load_model(module)
-    check_auditable(loaded, options)
+    prepared = dataset if isinstance(dataset, PreparedAudit) else prepare_audit(model, dataset, options)
     own_world = world is None
-    world = world or init_world(loaded.device)
+    world = world or init_world(prepared.loaded.device)
     try:
-        return _audit(module, loaded, dataset, options, out_dir, resume, world, on_batch)
+        return _audit(prepared, out_dir, resume, world, on_batch)
     finally:
         if own_world:
             world.close()
@@ -195,16 +245,17 @@ def audit(
 def check_auditable(loaded: LoadedModel, options: AuditOptions = AuditOptions()) -> None:
     """Refuse a model the audit cannot take, before anything is read or written.
 
-    What a task can audit is on its registry entry (:data:`introspect.tasks.TASKS`): ``skip_reason("audit")``
-    says why a task has no audit (detection, segmentation, video, optical flow), and ``cam_methods`` which CAM
-    methods its models can run (int8 quantized classifiers: the activation-only ones).
+    What a task can audit is on its registry entry (:data:`introspect.tasks.TASKS`): ``audit_kind`` names its
+    audit (None: ``skip_reason("audit")`` says why it has none: video, optical flow), and ``cam_methods`` which
+    CAM methods its models can run (int8 quantized classifiers: the activation-only ones).
 
     Raises:
         UsageError: the model's task has no audit (``parameter="model"``).
         UnknownMethodError: a method its task cannot run (``parameter="methods"``).
     """
     task = TASKS[loaded.task]
-    refusal = task.skip_reason("audit")
+    refusal = task.skip_reason("audit") or (None if task.audit_kind in AUDIT_KINDS else
+                                            f"its task names no audit (audit_kind={task.audit_kind!r})")
     if refusal:
         raise UsageError(f"model={loaded.name!r} cannot be audited ({task.name} model): {refusal}",
                          parameter="model")
@@ -213,31 +264,22 @@ def check_auditable(loaded: LoadedModel, options: AuditOptions = AuditOptions())
         raise UnknownMethodError(f"methods={','.join(options.methods)}: {refused[0]} cannot run on {loaded.name} "
                                  f"({task.name} model): use {' or '.join(sorted(task.cam_methods))}",
                                  parameter="methods")
+    AUDIT_KINDS[task.audit_kind].check_options(loaded, options)
 
 
-def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options: AuditOptions,
-           out_dir: str | Path | None, resume: bool, world: World,
-           on_batch: Callable[[int, int], None] | None) -> AuditResult | None:
+def _audit(prepared: PreparedAudit, out_dir: str | Path | None, resume: bool, world: World,
+           on_batch: Callable[[int, int], None] | None) -> Any:
     started = time.perf_counter()
-    names = tuple(loaded.categories)
-    index = scan_dataset(dataset, names)
-    names = index.class_names or names  # a model with numbered classes takes its class folders' names
-    table: BoxTable | None = read_boxes(options.boxes) if options.boxes is not None else None
-    geometry = input_geometry(loaded.transform) if table is not None else None
-    methods = options.methods
-    choice = pick_cam_layer(module, options.layer)
-    needs_grad = needs_layer_gradient(methods)
+    module, loaded, options, kind = prepared.module, prepared.loaded, prepared.options, prepared.kind
+    index = kind.index
     if resume and out_dir is None:
         raise UsageError("resume=True needs out_dir=, the run folder to continue")
 
     mine = shard(len(index), world)
     bs = options.batch_size
     batches = [list(mine[i:i + bs]) for i in range(0, len(mine), bs)]
-    num_classes = len(names)
-    sample = sample_indices(len(index), options.projector_size)
-    aggregates = Aggregates(num_classes, methods, map_size=options.map_size, gallery_size=options.gallery_size,
-                            sample=sample)
-    fingerprint = _fingerprint(index, options, world, choice.name, table is not None)
+    aggregates = kind.aggregates
+    fingerprint = _fingerprint(kind, options, world)
     finished: set[int] = set()
     store = None
     if out_dir is not None:
@@ -251,9 +293,8 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
             store.tables.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise _oserror(store.tables, error, "nothing was written") from None
-    schema = table_schema(methods, table is not None) if store is not None else None
+    schema = kind.schema() if store is not None else None
     todo = [b for b in range(len(batches)) if b not in finished]
-    mean, std = _un_normalise(loaded.transform)
     pending: dict[str, list] = {}
     done_images = sum(len(batches[b]) for b in finished)
 
@@ -262,7 +303,7 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
             return
         kept = f"{sum(len(batches[b]) for b in finished)} finished images are kept in {store.folder}: " \
             "free space and resume"
-        if pending.get("index"):
+        if pending and next(iter(pending.values())):
             part = store.next_part()
             try:
                 write_part(part, pending, schema)
@@ -285,15 +326,11 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
 
         bar = tqdm(total=len(mine), initial=done_images, unit="image", file=sys.stderr, dynamic_ncols=True,
                    desc="audit" if not world.distributed else f"audit (rank 0 of {world.size})", smoothing=0.1)
-    images = AuditImages(index, loaded.transform)
-    loader = make_loader(images, [batches[b] for b in todo], options.num_workers,
-                         pin_memory=loaded.device.type == "cuda")
-    penultimate: dict[str, torch.Tensor] = {}
+    loader = kind.loader([batches[b] for b in todo], options.num_workers, loaded.device.type == "cuda")
     since = 0
     try:
         with inspecting(module) as scope:
-            if sample:
-                _hook_penultimate(module, scope, penultimate)
+            kind.hook(module, scope)
             for b, batch in zip(todo, loader):
                 files = [index.files[i] for i in batch.indices]
                 if batch.failed:
@@ -303,8 +340,9 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
                                       stacklevel=2)
                     aggregates.skip(bad)
                 if batch.indices:
-                    _one_batch(module, batch, files, index, names, choice, methods, needs_grad, table, geometry,
-                               options, aggregates, pending, mean, std, penultimate, sample)
+                    rows = kind.run_batch(module, batch, files)
+                    for key, values in rows.items():
+                        pending.setdefault(key, []).extend(values)
                 finished.add(b)
                 done_images += len(batches[b])
                 since += 1
@@ -340,16 +378,82 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
             table_path = str(target)
     sanity = None
     if options.sanity and world.is_main:
-        sanity = _sanity(module, images, index, choice, methods, options)
+        sanity = kind.sanity(module)
     barrier(world)
     if not world.is_main:
         return None
-    settings = {"model": loaded.name, "weights": loaded.weights, "dataset": str(Path(dataset)),
-                "labels": index.how, "boxes": f"{options.boxes} ({table.source})" if table is not None else "none",
-                "methods": ",".join(methods), "layer": choice.name, "tolerance_px": float(options.tolerance),
-                "batch_size": bs, "workers": options.num_workers, "processes": world.size,
-                "input_size": loaded.input_size}
-    return _result(aggregates, names, settings, options, table_path, time.perf_counter() - started, sanity)
+    settings = {"model": loaded.name, "weights": loaded.weights, "dataset": str(prepared.dataset), **kind.settings(),
+                "methods": ",".join(options.methods), "layer": kind.layer, "batch_size": bs,
+                "workers": options.num_workers, "processes": world.size, "input_size": loaded.input_size}
+    return kind.result(settings, table_path, time.perf_counter() - started, sanity)
+
+
+class ClassifierAudit(AuditKind):
+    """The classifier audit (``audit_kind="classes"``): accuracy, pointing game, per-class figures, galleries,
+    the projector sample; a table row per image."""
+
+    def __init__(self, module: nn.Module, loaded: LoadedModel, dataset: Path, options: AuditOptions) -> None:
+        self.module, self.loaded, self.options, self.dataset = module, loaded, options, dataset
+        self.index = scan_dataset(dataset, tuple(loaded.categories))
+        # a model with numbered classes takes its class folders' names
+        self.names = self.index.class_names or tuple(loaded.categories)
+        self.table: BoxTable | None = read_boxes(options.boxes) if options.boxes is not None else None
+        self.geometry = input_geometry(loaded.transform) if self.table is not None else None
+        self.choice = pick_cam_layer(module, options.layer)
+        self.layer = self.choice.name
+        self.needs_grad = needs_layer_gradient(options.methods)
+        self.sample = sample_indices(len(self.index), options.projector_size)
+        self.aggregates = Aggregates(len(self.names), options.methods, map_size=options.map_size,
+                                     gallery_size=options.gallery_size, sample=self.sample)
+        self.mean, self.std = _un_normalise(loaded.transform)
+        self.penultimate: dict[str, torch.Tensor] = {}
+        self.images = AuditImages(self.index, loaded.transform)
+
+    @staticmethod
+    def check_options(loaded: LoadedModel, options: AuditOptions) -> None:
+        """Refuse options of other audits (masks)."""
+        if options.masks is not None:
+            raise UsageError(f"masks={options.masks} belongs to a segmentation audit; {loaded.name} is a classifier: "
+                             "drop it "
+                             "(boxes= gives a classifier audit its pointing game)", parameter="masks")
+
+    def fingerprint(self) -> dict:
+        options = self.options
+        return {"boxes": self.table is not None, "map_size": options.map_size,
+                "projector_size": options.projector_size, "gallery_size": options.gallery_size,
+                "tolerance": float(options.tolerance)}
+
+    def loader(self, batches, num_workers, pin_memory):
+        return make_loader(self.images, batches, num_workers, pin_memory=pin_memory)
+
+    def schema(self):
+        return table_schema(self.options.methods, self.table is not None)
+
+    def hook(self, module, scope) -> None:
+        if self.sample:
+            _hook_penultimate(module, scope, self.penultimate)
+
+    def run_batch(self, module, batch, files) -> dict[str, list]:
+        pending: dict[str, list] = {}
+        _one_batch(module, batch, files, self.index, self.names, self.choice, self.options.methods, self.needs_grad,
+                   self.table, self.geometry, self.options, self.aggregates, pending, self.mean, self.std,
+                   self.penultimate, self.sample)
+        return pending
+
+    def sanity(self, module):
+        return _sanity(module, self.images, self.index, self.choice, self.options.methods, self.options)
+
+    def settings(self) -> dict:
+        table = self.table
+        return {"labels": self.index.how,
+                "boxes": f"{self.options.boxes} ({table.source})" if table is not None else "none",
+                "tolerance_px": float(self.options.tolerance)}
+
+    def result(self, settings, table, seconds, sanity) -> AuditResult:
+        ordered = {key: settings[key] for key in ("model", "weights", "dataset", "labels", "boxes", "methods",
+                                                  "layer", "tolerance_px", "batch_size", "workers", "processes",
+                                                  "input_size")}
+        return _result(self.aggregates, self.names, ordered, self.options, table, seconds, sanity)
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -532,3 +636,8 @@ def options_from(**kwargs) -> AuditOptions:
     """AuditOptions from keyword arguments, ignoring None values (the CLI's unset flags keep the defaults)."""
     known = {f.name for f in fields(AuditOptions)}
     return AuditOptions(**{k: v for k, v in kwargs.items() if k in known and v is not None})
+
+
+#: The dataset audits by ``Task.audit_kind``.
+AUDIT_KINDS: dict[str, type[AuditKind]] = {"classes": ClassifierAudit, "boxes": DetectionAudit,
+                                             "masks": SegmentationAudit}

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["table_rows", "table_schema", "write_part", "merge_parts", "read_table"]
+__all__ = ["table_rows", "table_schema", "write_part", "merge_parts", "read_table", "arrow"]
 
 
 def _pyarrow():
@@ -28,6 +28,11 @@ def _pyarrow():
         raise UsageError("the audit's per-image table needs pyarrow: pip install 'introspect[audit]' "
                          "(or pass out_dir=None for no table)") from None
     return pyarrow, pyarrow.parquet
+
+
+def arrow():
+    """The pyarrow module (a one-line UsageError naming the extra to install when it is missing)."""
+    return _pyarrow()[0]
 
 
 def table_rows(stats, files: Sequence[str], names: Sequence[str], methods: Sequence[str],

@@ -8,7 +8,8 @@ One module per domain, every name re-exported here (``from introspect.records im
 - :mod:`~introspect.records.explain`: CAM (one record for every task), saliency, filters, comparisons, quality,
   pointing, embeddings;
 - :mod:`~introspect.records.tasks`: predictions, detections, segmentation, optical flow;
-- :mod:`~introspect.records.audit`: the dataset audit.
+- :mod:`~introspect.records.audit`: the dataset audit;
+- :mod:`~introspect.records.audit_tasks`: the detection and segmentation audits.
 
 Records import nothing above them (no analyzer, task or model code): numbers and arrays in, Markdown and
 pictures out.
@@ -16,12 +17,14 @@ pictures out.
 
 from __future__ import annotations
 
-from . import audit, base, explain, model, run, tasks
+from . import audit, audit_tasks, base, explain, model, run, tasks
 from .audit import *  # noqa: F401,F403 - each module's __all__ is the one list of its names
+from .audit_tasks import *  # noqa: F401,F403
 from .base import *  # noqa: F401,F403
 from .explain import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
 from .run import *  # noqa: F401,F403
 from .tasks import *  # noqa: F401,F403
 
-__all__ = [*base.__all__, *run.__all__, *model.__all__, *explain.__all__, *tasks.__all__, *audit.__all__]
+__all__ = [*base.__all__, *run.__all__, *model.__all__, *explain.__all__, *tasks.__all__, *audit.__all__,
+           *audit_tasks.__all__]

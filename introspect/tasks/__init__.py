@@ -22,9 +22,8 @@ from .video import VideoTask
 __all__ = ["Task", "TASKS", "register_task", "task_of", "task_of_module", "models_by_task", "all_model_names"]
 
 _CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
-# not_applicable["audit"]: why the dataset audit (audit(), --dataset) refuses the task's models; a task whose
-# skip_reason("audit") is None (classifiers, quantized classifiers) can be audited.
-_AUDIT_CLASSIFIER_ONLY = "the dataset audit scores one class per image (accuracy, pointing game)"
+# audit_kind: which dataset audit (audit(), --dataset) a task's models take; not_applicable["audit"]: why a task
+# without one (video, optical flow) is refused.
 
 TASKS: dict[str, Task] = {}
 
@@ -44,6 +43,7 @@ register_task(ClassificationTask(
     input_kind="image",
     capabilities=frozenset({"images", "class_scores", "targets", "autograd", "graph"}),
     reads_class_count=True,
+    audit_kind="classes",
 ))
 register_task(QuantizedTask(
     name="quantized",
@@ -59,6 +59,7 @@ register_task(QuantizedTask(
     },
     cam_methods=frozenset({"eigencam", "fem"}),
     default_cam="eigencam",
+    audit_kind="classes",
     build_kwargs={"quantize": True},
     notes=("CAM: quantized int8 kernels have no autograd, so only the activation-only methods (eigencam, fem) "
            "run; the default is eigencam",),
@@ -75,9 +76,9 @@ register_task(DetectionTask(
                  "cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
-        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a detector gives boxes per object",
     },
     build_kwargs={"weights_backbone": None},
+    audit_kind="boxes",
     runs_on_meta=False,
 ))
 register_task(SegmentationTask(
@@ -91,9 +92,9 @@ register_task(SegmentationTask(
         "graph": "segmentation models return a dict, which the graph tracer cannot record",
         "saliency": _CLASSIFIER_ONLY, "filters": _CLASSIFIER_ONLY, "embeddings": _CLASSIFIER_ONLY,
         "quality": _CLASSIFIER_ONLY,
-        "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a segmentation model gives a class per pixel",
     },
     build_kwargs={"weights_backbone": None, "aux_loss": False},
+    audit_kind="masks",
 ))
 register_task(HFDetectionTask(
     name="hf_detection",

@@ -102,6 +102,9 @@ class Task(ABC):
             attributes, which a meta run would leave on the meta device).
         reads_class_count: a checkpoint's class count (its last 2-d weight) sets the head it is built with,
             and the model is built on the meta device and the state assigned (a fine-tuned classifier).
+        audit_kind: which dataset audit its models take (a key of ``introspect.audit.run.AUDIT_KINDS``:
+            ``"classes"``: labelled class folders; ``"boxes"``: object boxes, mAP; ``"masks"``: mask PNGs, mIoU);
+            None: no audit (``not_applicable["audit"]`` says why).
     """
 
     name: str
@@ -116,6 +119,7 @@ class Task(ABC):
     notes: tuple[str, ...] = ()
     runs_on_meta: bool = True
     reads_class_count: bool = False
+    audit_kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:

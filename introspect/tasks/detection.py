@@ -37,7 +37,7 @@ from .common import HeadsTask, TaskImages, task_images
 
 __all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_targets", "DetectionPass", "detection_pass",
-           "detection_cam_results", "DetectionTask"]
+           "detection_cam_results", "box_cam_maps", "DetectionTask"]
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 """Detections scoring less are not shown or explained."""
@@ -341,6 +341,39 @@ def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[st
                          score_threshold=score_threshold, gradients=needs_grad, roi=roi, layer=layer)
 
 
+def _box_gradients(module: nn.Module, found: DetectionPass, chosen: Sequence[Sequence[int]],
+                   iou_threshold: float) -> tuple[ForwardPass, dict[str, torch.Tensor] | None]:
+    """The pass the maps read and the gradients of the chosen detections' box-score targets (one backward)."""
+    forward, roi = found.forward, found.roi
+    k = max((len(c) for c in chosen), default=0)
+    if not (found.gradients and k):
+        return forward, None
+    sizes = [tuple(p.shape[:2]) for p in found.batch.photos]
+    box_scores = box_targets(found.detections, chosen, iou_threshold)
+    if roi is not None and forward.canvas is not None and forward.layer == _feeds(module, roi):
+        if any(m.training for m in roi.modules()):
+            with inspecting(roi):  # eval mode for the box path, put back after
+                return forward, _roi_box_gradients(roi, forward, box_scores, sizes)
+        # no hook, no mode change, nothing written to .grad: nothing to put back
+        return forward, _roi_box_gradients(roi, forward, box_scores, sizes)
+    if roi is not None:  # the features found are not what the box head reads: the whole graph
+        forward = _run(module, found.batch.tensors, found.layer, True, True, found.score_threshold)
+    return forward, forward.gradients(box_scores)
+
+
+def box_cam_maps(module: nn.Module, found: DetectionPass, methods: Sequence[str], chosen: Sequence[Sequence[int]],
+                 iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> dict[str, list[torch.Tensor]]:
+    """Each method's maps of the ``chosen`` detections (indices into each image's detections) of a
+    :func:`detection_pass`: one backward for all of them; ``maps[method][n]`` is (k, H, W), row j the j-th chosen
+    detection of image n (rows past its own count are blank)."""
+    k = max((len(c) for c in chosen), default=0)
+    sizes = [tuple(p.shape[:2]) for p in found.batch.photos]
+    if not k:
+        return {m: [torch.zeros((0, *size)) for size in sizes] for m in methods}
+    forward, grads = _box_gradients(module, found, chosen, iou_threshold)
+    return {m: list(scaled_maps(m, forward, grads, k, sizes)) for m in methods}
+
+
 def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequence[str], *, topk: int = 3,
                           targets: Sequence[int | str] | None = None,
                           iou_threshold: float = DEFAULT_IOU_THRESHOLD,
@@ -350,7 +383,7 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
 
     if topk < 1:
         raise UsageError(f"topk={topk} must be at least 1", parameter="topk")
-    forward, batch, detections, roi = found.forward, found.batch, found.detections, found.roi
+    batch, detections = found.batch, found.detections
     wanted = _resolve_targets(targets, found.categories)
     chosen = [[i for i in range(len(d)) if wanted is None or int(d.labels[i]) in wanted][:topk] for d in detections]
     k = max((len(c) for c in chosen), default=0)
@@ -359,19 +392,7 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
         notes.append(f"no detection scored {found.score_threshold:g} or more" +
                      (" in the classes asked for" if wanted else "") + ": nothing to explain")
     sizes = [tuple(p.shape[:2]) for p in batch.photos]
-    grads = None
-    if found.gradients and k:
-        box_scores = box_targets(detections, chosen, iou_threshold)
-        if roi is not None and forward.canvas is not None and forward.layer == _feeds(module, roi):
-            if any(m.training for m in roi.modules()):
-                with inspecting(roi):  # eval mode for the box path, put back after
-                    grads = _roi_box_gradients(roi, forward, box_scores, sizes)
-            else:  # no hook, no mode change, nothing written to .grad: nothing to put back
-                grads = _roi_box_gradients(roi, forward, box_scores, sizes)
-        else:
-            if roi is not None:  # the features found are not what the box head reads: the whole graph
-                forward = _run(module, batch.tensors, found.layer, True, True, found.score_threshold)
-            grads = forward.gradients(box_scores)
+    forward, grads = _box_gradients(module, found, chosen, iou_threshold)
     results = []
     for method in methods:
         maps = scaled_maps(method, forward, grads, k, sizes) if k else [None] * len(sizes)

@@ -37,8 +37,8 @@ from .base import InputRecipe
 from .common import HeadsTask, TaskImages, task_images
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_CLASSES", "voc_categories", "segment",
-           "segmentation_cams", "draw_segmentation", "SegmentationPass", "segmentation_pass",
-           "segmentation_cam_results", "SegmentationTask"]
+           "segmentation_cams", "draw_segmentation", "draw_class_map", "SegmentationPass", "segmentation_pass",
+           "segmentation_cam_results", "pixel_class_maps", "SegmentationTask"]
 
 DEFAULT_MAX_CLASSES = 5
 """At most this many classes present are explained per image (largest share first)."""
@@ -91,6 +91,19 @@ def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequenc
         draw.rectangle([4, y + 2, 4 + size, y + 2 + size], fill=c.color, outline=(0, 0, 0))
         draw.text((10 + size, y + 1), f"{c.name} {c.share:.1%}", fill=(0, 0, 0), font=font)
     return np.concatenate([drawn, np.asarray(legend, dtype=np.uint8)], axis=0)
+
+
+def draw_class_map(photo: np.ndarray, class_map: np.ndarray, num_classes: int, alpha: float = 0.6) -> np.ndarray:
+    """The photo with each class of ``class_map`` below ``num_classes`` drawn over it in Pascal VOC's colours
+    (other values, such as 255 = ignore, left undrawn); no legend. uint8 HWC."""
+    from torchvision.utils import draw_segmentation_masks
+
+    present = [int(c) for c in np.unique(class_map) if 0 <= c < num_classes]
+    image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
+    if present:
+        masks = torch.from_numpy(np.stack([class_map == c for c in present]))
+        image = draw_segmentation_masks(image, masks, alpha=alpha, colors=[_palette(c) for c in present])
+    return image.permute(1, 2, 0).contiguous().numpy()
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -232,6 +245,26 @@ def segmentation_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence
                             gradients=needs_grad)
 
 
+def pixel_class_maps(found: SegmentationPass, methods: Sequence[str],
+                     targets: Sequence[Sequence[PixelClass]]) -> dict[str, list[torch.Tensor]]:
+    """Each method's maps of the :class:`PixelClass` ``targets`` of each image of a :func:`segmentation_pass`
+    (any class map: the predicted one, or a ground-truth mask): one batched backward; ``maps[method][n]`` is
+    (k, H, W), row j the j-th target of image n."""
+    forward, logits = found.forward, found.logits
+    k = max((len(row) for row in targets), default=0)
+    sizes = [tuple(photo.shape[:2]) for photo in found.batch.photos]
+    if not k:
+        return {m: [torch.zeros((0, *size)) for size in sizes] for m in methods}
+    grads = None
+    if found.gradients:
+        head = _resized_head(forward, logits)
+        if head is not None:  # the same gradients through the head alone
+            grads = gradients(_pixel_class_scores(head, targets, tuple(logits.shape[-2:])), forward.leaves)
+        else:
+            grads = forward.gradients(targets)
+    return {m: list(scaled_maps(m, forward, grads, k, sizes)) for m in methods}
+
+
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                              max_classes: int = DEFAULT_MAX_CLASSES, skip_background: bool = True,
                              colormap: str = "jet") -> list[CamResult]:
@@ -241,7 +274,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
 
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
-    forward, batch, logits, segs = found.forward, found.batch, found.logits, found.segmentations
+    forward, batch, segs = found.forward, found.batch, found.segmentations
     chosen = []
     for seg in segs:
         classes = list(seg.classes)
@@ -250,16 +283,8 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
         chosen.append(classes[:max_classes])
     k = max(len(c) for c in chosen)
     notes: list[str] = []
-    grads = None
-    if found.gradients:
-        targets = [[PixelClass(c.index, found.class_maps[row]) for c in classes] for row, classes in enumerate(chosen)]
-        head = _resized_head(forward, logits)
-        if head is not None:  # the same gradients through the head alone
-            grads = gradients(_pixel_class_scores(head, targets, tuple(logits.shape[-2:])), forward.leaves)
-        else:
-            grads = forward.gradients(targets)
-    sizes = [tuple(photo.shape[:2]) for photo in batch.photos]
-    maps = {m: [t.numpy() for t in scaled_maps(m, forward, grads, k, sizes)] for m in methods}
+    targets = [[PixelClass(c.index, found.class_maps[row]) for c in classes] for row, classes in enumerate(chosen)]
+    maps = {m: [t.numpy() for t in per_image] for m, per_image in pixel_class_maps(found, methods, targets).items()}
     notes += [f"{m}: every map is zero at {forward.layer} (no gradient reaches it?): the maps are blank"
               for m in methods if k and not any(t.any() for t in maps[m])]
     results = []

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from .layouts import LAYOUTS, Layout, layout_for, register_layout, write_record, write_records
+from . import audit_layouts  # noqa: F401 - registers the detection and segmentation audits' layouts
 from .reporter import Reporter
 from .writer import RunWriter, new_run_dir
 
