@@ -200,3 +200,42 @@ def test_library_deprecation_notices_stay_off_the_console_unless_debug(tmp_path,
     assert code == 0, err
     assert "WARNING: `is_gradient_checkpointing` is deprecated" in err  # --debug shows it, once
     assert err.count("is_gradient_checkpointing") == 1
+
+
+@pytest.mark.slow
+def test_hf_detector_and_segmenter_take_the_dataset_audit(detr, segformer, tmp_path):
+    """The audits are the one path's: an hf: detector gets COCO mAP from its boxes, an hf: segmenter mIoU from
+    its masks, through the same CLI as torchvision's."""
+    import json
+
+    from PIL import Image
+
+    from conftest import text
+
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    entries, annotations = [], []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+        mask = rng.integers(0, 4, (64, 64), dtype=np.uint8)
+        mask[:4] = 255  # ignored
+        Image.fromarray(mask).save(masks / f"im{i}.png")
+        entries.append({"id": i + 1, "file_name": f"im{i}.png", "width": 64, "height": 64})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": [8, 8, 32, 24],
+                            "area": 32 * 24, "iscrowd": 0})
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"images": entries, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "apple"}, {"id": 2, "name": "pear"}]}))
+    logdir = tmp_path / "runs"
+    for model, truth, run, scalar in ((detr, ["--boxes", str(coco)], "det", "audit/map/map"),
+                                      (segformer, ["--masks", str(masks)], "seg", "audit/miou")):
+        code, out, err = run_cli([f"hf:{model}", "--weights", "none", "--dataset", str(images), *truth,
+                                  "--input-size", "64", "--workers", "0", "--batch-size", "2",
+                                  "--logdir", str(logdir), "--run-name", run])
+        assert code == 0, err
+        assert "4 images audited" in out
+        events = load_events(logdir / run)
+        assert "| status | completed" in text(events, "run/info")
+        assert scalar in events.Tags()["scalars"]

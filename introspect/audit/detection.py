@@ -211,7 +211,10 @@ class DetectionAudit(AuditKind):
             from ..layers import resolve_layer
 
             resolve_layer(module, options.layer)
-        self.layer = options.layer or "backbone (the maps the heads read)"
+        from ..tasks import TASKS
+
+        self.explained = TASKS[loaded.task].explained_layer(loaded, options.layer)  # None: the maps the heads read
+        self.layer = self.explained or "backbone (the maps the heads read)"
         self.aggregates = KeyedAggregates(_dense(len(self.names), len(self.methods)),
                                           ("missed", "false_positives"), ("detections", "audited"),
                                           limit=options.gallery_size)
@@ -265,7 +268,7 @@ class DetectionAudit(AuditKind):
         photos = tuple(t.permute(1, 2, 0).numpy() for t in uint8)
         tensors = tuple(t.float() / 255.0 for t in uint8)
         found = detection_pass(module, TaskImages(tensors, photos, tuple(files)), methods=self.methods,
-                               layer=o.layer, score_threshold=o.min_score, categories=self.names)
+                               layer=self.explained, score_threshold=o.min_score, categories=self.names)
         try:
             detections = found.detections  # best score first
             chosen = [[i for i in range(len(d)) if d.scores[i] >= o.score_threshold][:o.max_explained]

@@ -196,7 +196,10 @@ class SegmentationAudit(AuditKind):
             from ..layers import resolve_layer
 
             resolve_layer(module, options.layer)
-        self.layer = options.layer or "backbone (the maps the heads read)"
+        from ..tasks import TASKS
+
+        self.explained = TASKS[loaded.task].explained_layer(loaded, options.layer)  # None: the maps the heads read
+        self.layer = self.explained or "backbone (the maps the heads read)"
         self.mean = torch.tensor(list(getattr(loaded.transform, "mean", (0.485, 0.456, 0.406)))).view(1, 3, 1, 1)
         self.std = torch.tensor(list(getattr(loaded.transform, "std", (0.229, 0.224, 0.225)))).view(1, 3, 1, 1)
         self.aggregates = KeyedAggregates(_dense(len(self.names), len(self.methods), options.map_size),
@@ -248,7 +251,7 @@ class SegmentationAudit(AuditKind):
         images01 = (x.float() * self.std + self.mean).clamp(0, 1)
         photos = tuple((images01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
         found = segmentation_pass(module, TaskImages(tuple(x.unbind(0)), photos, tuple(files), normalized=True),
-                                  methods=self.methods, layer=o.layer, categories=self.names)
+                                  methods=self.methods, layer=self.explained, categories=self.names)
         try:
             predicted = found.class_maps.cpu()
             chosen = []

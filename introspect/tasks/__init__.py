@@ -104,6 +104,7 @@ register_task(HFDetectionTask(
     input_kind="image",
     capabilities=TASKS["detection"].capabilities,
     not_applicable=TASKS["detection"].not_applicable,
+    audit_kind=TASKS["detection"].audit_kind,
     runs_on_meta=False,
 ))
 register_task(HFSegmentationTask(
@@ -114,6 +115,7 @@ register_task(HFSegmentationTask(
     input_kind="image",
     capabilities=TASKS["segmentation"].capabilities,
     not_applicable=TASKS["segmentation"].not_applicable,
+    audit_kind=TASKS["segmentation"].audit_kind,
 ))
 register_task(VideoTask(
     name="video",

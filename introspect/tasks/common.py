@@ -152,6 +152,11 @@ class HeadsTask(Task):
         ctx.explain = True
         ctx.info["cam methods"] = ", ".join(methods)
 
+    def explained_layer(self, loaded: Any, layer: str | None = None) -> str | None:
+        """The layer a CAM pass explains, ``layer`` when the caller names one; None: the maps the heads read
+        (the pass finds them)."""
+        return layer
+
     def forward(self, ctx: Any) -> Any:
         methods = ctx.state.get("cam_methods", ()) if ctx.explain else ()
         return self.run_pass(ctx, task_images(ctx.batch), methods, ctx.capture)

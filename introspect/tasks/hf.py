@@ -39,6 +39,10 @@ class _HFLayers:
 
         return layer or head_input_layer(loaded.model, input_size=loaded.input_size, head=self.head_module).name
 
+    def explained_layer(self, loaded: Any, layer: str | None = None) -> str | None:
+        """The map the head reads, found from the structure (a wrapped transformers model has no dict of maps)."""
+        return self.cam_layer_name(loaded, layer)
+
     def feature_layer_names(self, loaded: Any) -> list[str]:
         return [choice.name for choice in self._feature_choices(loaded)]
 
@@ -88,7 +92,7 @@ class HFSegmentationTask(_HFLayers, SegmentationTask):
         return {}
 
     def run_pass(self, ctx: Any, batch: Any, methods: Sequence[str], capture: Sequence[str]) -> Any:
-        layer = self.cam_layer_name(ctx.loaded, ctx.cam.layer) if methods else ctx.cam.layer
+        layer = self.explained_layer(ctx.loaded, ctx.cam.layer) if methods else ctx.cam.layer
         return segmentation_pass(ctx.model, batch, methods=methods, layer=layer,
                                  categories=ctx.loaded.categories or voc_categories(), capture=capture)
 
@@ -103,7 +107,7 @@ class HFDetectionTask(_HFLayers, DetectionTask):
         return {}
 
     def run_pass(self, ctx: Any, batch: Any, methods: Sequence[str], capture: Sequence[str]) -> Any:
-        layer = self.cam_layer_name(ctx.loaded, ctx.cam.layer) if methods else ctx.cam.layer
+        layer = self.explained_layer(ctx.loaded, ctx.cam.layer) if methods else ctx.cam.layer
         return detection_pass(ctx.model, batch, methods=methods, layer=layer,
                               score_threshold=ctx.detection.score_threshold,
                               categories=ctx.loaded.categories or None, capture=capture)
