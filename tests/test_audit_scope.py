@@ -80,9 +80,10 @@ def test_every_task_says_whether_it_can_be_audited() -> None:
     from introspect.tasks import TASKS
 
     auditable = {name for name, task in TASKS.items() if task.skip_reason("audit") is None}
-    assert auditable == {"classification", "quantized", "detection", "segmentation"}
+    assert auditable == {"classification", "quantized", "detection", "segmentation", "hf_detection", "hf_segmentation"}
     assert {name: task.audit_kind for name, task in TASKS.items() if name in auditable} == {
-        "classification": "classes", "quantized": "classes", "detection": "boxes", "segmentation": "masks"}
+        "classification": "classes", "quantized": "classes", "detection": "boxes", "segmentation": "masks",
+        "hf_detection": "boxes", "hf_segmentation": "masks"}
     for task in TASKS.values():
         reason = task.skip_reason("audit")
         assert reason is None or (reason and "\n" not in reason and "does not apply" not in reason)
