@@ -40,8 +40,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     predictions: list = field(default_factory=list)
     seconds: float = 0.0
-
-
+    skipped: dict[str, str] = field(default_factory=dict)  # section -> why it was not run
 
 
 def _check_images(chosen: Sequence[Section], image_list: list, explicit: bool) -> None:
@@ -97,6 +96,12 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen_names = parse_sections(sections)
+        given = [images] if isinstance(images, (str, Path)) else images if isinstance(images, (list, tuple)) else []
+        paths = [p for p in given if isinstance(p, (str, Path))]
+        if paths:  # the caller's paths are checked before any weights are downloaded
+            from .images import expand_paths
+
+            expand_paths(paths)
         loaded = model if isinstance(model, LoadedModel) else load_model(model, load.weights, load.device,
                                                                              load.input_size)
         task = TASKS[loaded.task]
@@ -127,7 +132,8 @@ def report(
             ctx.state["example_input"] = inputs.tensor[:1]
         run_dir = new_run_dir(logdir, run_name, loaded.name)
 
-        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions)
+        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions,
+                             skipped=dict(skipped))
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)

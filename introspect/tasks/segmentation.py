@@ -237,7 +237,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                              colormap: str = "jet") -> list[CamResult]:
     """A CAM for each class present in each image of a :func:`segmentation_pass`: one batched backward, whose
     target per class is its logit summed over the pixels predicted as that class."""
-    from ..drawing import labelled_row, overlay
+    from ..drawing import labelled_panels, overlay
 
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
@@ -273,7 +273,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                                           photo, heat, colormap)))
             results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
                                      image_name=seg.image_name, prediction=seg, maps=tuple(entries),
-                                     image=lambda shown=tuple(entries): labelled_row(
+                                     image=lambda shown=tuple(entries): labelled_panels(
                                          [e.image for e in shown], [e.subject.caption for e in shown]),
                                      warnings=tuple(notes)))
     for note in notes:
