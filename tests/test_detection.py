@@ -77,7 +77,7 @@ def test_detect_records_boxes_names_scores_and_drawing(detector, image):
     assert d.image.shape == (SIZE * k, SIZE * k, 3) and d.image.dtype == np.uint8
     photo = enlarge((image.permute(1, 2, 0) * 255).round().byte().numpy(), SIZE * k)
     assert (d.image != photo).any()
-    assert d.to_markdown().splitlines()[2].startswith(f"| 1 | {d.names[0]} | {d.labels[0]} | {d.scores[0]:.4f} |")
+    assert d.to_markdown().splitlines()[4].startswith(f"| 1 | {d.names[0]} | {d.labels[0]} | {d.scores[0]:.4f} |")
     assert detector.roi_heads.score_thresh == 0.05
     none = detect(detector, image, score_threshold=0.9)[0]
     assert len(none) == 0 and "no detection scored 0.9" in none.to_markdown()

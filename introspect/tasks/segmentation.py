@@ -72,13 +72,15 @@ def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequenc
     from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import draw_segmentation_masks
 
+    from ..drawing import readable_font_px
+
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
     if classes:
         masks = torch.from_numpy(np.stack([class_map == c.index for c in classes]))
         image = draw_segmentation_masks(image, masks, alpha=0.6, colors=[c.color for c in classes])
     drawn = image.permute(1, 2, 0).contiguous().numpy()
     height, width = drawn.shape[:2]
-    size = max(10, min(width // 18, 20))
+    size = readable_font_px(width)  # readable once TensorBoard scales the image to its card
     try:
         font = ImageFont.load_default(size=size)
     except Exception:  # no FreeType: the fixed bitmap font
