@@ -42,19 +42,19 @@ def entry_pair(entry: dict, colormap: str = "jet") -> np.ndarray:
     return np.concatenate([sides[0], gap, sides[1]], axis=1)
 
 
-def entry_caption(entry: dict, names: Sequence[str]) -> str:
-    """Three short lines: the label, the prediction with its probability, and (with boxes) the energy in box."""
-    lines = [f"label: {_class_name(names, entry['label'])}",
-             f"model: {_class_name(names, entry['predicted'])} {entry['probability']:.0%}"]
+def entry_caption(entry: dict, names: Sequence[str], method: str) -> str:
+    """Three short lines: the label, the model's top class with its probability, and the method whose map is shown
+    (with boxes: the share of that map inside them)."""
     energy = entry["energy"]
-    if not math.isnan(energy):
-        lines.append(f"in box: {energy:.0%} of the map")
-    return "\n".join(lines)
+    return "\n".join([f"label: {_class_name(names, entry['label'])}",
+                      f"model: {_class_name(names, entry['predicted'])} {entry['probability']:.0%}",
+                      f"{method}: {energy:.0%} in box" if not math.isnan(energy) else f"right: {method}'s map"])
 
 
-def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.ndarray:
-    """A gallery entry on its own: the photo and its first CAM (boxes drawn), under its caption."""
-    return _drawing().labelled_panels([entry_pair(entry, colormap)], [entry_caption(entry, names)], max_lines=3)
+def draw_entry(entry: dict, names: Sequence[str], method: str, colormap: str = "jet") -> np.ndarray:
+    """A gallery entry on its own: the photo and ``method``'s map (boxes drawn), under its caption."""
+    return _drawing().labelled_panels([entry_pair(entry, colormap)], [entry_caption(entry, names, method)],
+                                      max_lines=3)
 
 
 def gallery_image(pairs: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:

@@ -507,11 +507,11 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
         items = tuple(GalleryItem(index=e["index"], file=e["file"], label=e["label"],
                                   label_name=_name(names, e["label"]), predicted=e["predicted"],
                                   predicted_name=_name(names, e["predicted"]), probability=e["probability"],
-                                  energy=e["energy"], hit=e["hit"], image=draw_entry(e, names))
+                                  energy=e["energy"], hit=e["hit"], image=draw_entry(e, names, first))
                       for e in entries)
         galleries.append(Gallery(name=key, title=title, items=items,
                                  image=gallery_image([entry_pair(e) for e in entries],
-                                                     [entry_caption(e, names) for e in entries])))
+                                                     [entry_caption(e, names, first) for e in entries])))
     sample = None
     if aggregates.samples:
         s = aggregates.samples

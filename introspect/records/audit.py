@@ -204,8 +204,10 @@ class AuditResult:
         return f"**{self.skipped} files could not be decoded and were skipped**; the first ones:\n\n{shown}"
 
     def galleries_markdown(self) -> str:
-        """Every gallery's table, one after the other."""
-        return "\n\n".join(g.to_markdown() for g in self.galleries)
+        """A first line naming every gallery (TensorBoard's text cards are short), then each one's table."""
+        listed = "; ".join(f"audit/{g.name} ({len(g.items)} images)" for g in self.galleries)
+        return markdown_text(f"Galleries (IMAGES tab): {listed}.") + "\n\n" + \
+            "\n\n".join(g.to_markdown() for g in self.galleries)
 
     def per_class_markdown(self) -> str:
         """Per-class accuracy and (with boxes) pointing, worst accuracy first."""
