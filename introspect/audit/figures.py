@@ -92,17 +92,18 @@ def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float) -> n
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
     if k <= 40:
-        axes.set_xticks(range(k), names, rotation=90, fontsize=8)
-        axes.set_yticks(range(k), names, fontsize=8)
+        ticks = 10 if k <= 20 else 8  # 10 pt at 100 dpi: 11 px and more once TensorBoard scales it to its card
+        axes.set_xticks(range(k), names, rotation=90, fontsize=ticks)
+        axes.set_yticks(range(k), names, fontsize=ticks)
         if k <= 20:
             for i in range(k):
                 for j in range(k):
                     if counts[i, j]:
-                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                                   color="white" if shares[i, j] > 0.5 else "black")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {top1:.1%}", fontsize=10)
+    axes.set_xlabel("predicted class", fontsize=11)
+    axes.set_ylabel("true class", fontsize=11)
+    axes.set_title(f"confusion matrix: {k} classes present,\ntop-1 {top1:.1%}", fontsize=11)
     figure.tight_layout()
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
