@@ -22,6 +22,10 @@ EXAMPLES = """examples:
   python -m introspect mobilenet_v2 --weights my_mobilenet_v2.pth --image sample_images/cat.png
       (a file saved with torch.save(model.state_dict(), "my_mobilenet_v2.pth"))
   python -m introspect resnet18 --weights none --sections structure,kernels,histograms
+  python -m introspect resnet18 --weights finetuned.pth --labels labels.txt --image photo.jpg
+      (a resnet18 whose head was replaced: its class count is read from the file, names one a line)
+  python -m introspect my_project.models:build_net --model-arg depth=18 --weights ckpt.pth --image photo.jpg
+      (a function or class of your own that returns the nn.Module, imported from the current folder)
   python -m introspect resnet18 --list-layers
   python -m introspect --list-models
   python -m introspect resnet50 --dataset val/ --boxes val_boxes.json --cam gradcam,layercam --workers 8
@@ -48,6 +52,8 @@ FLAGS: dict[tuple[str, str], str] = {
     ("load", "weights"): "--weights",
     ("load", "device"): "--device",
     ("load", "input_size"): "--input-size",
+    ("load", "categories"): "--labels",
+    ("load", "model_args"): "--model-arg",
     ("run", "images"): "--image",
     ("run", "sections"): "--sections",
     ("run", "logdir"): "--logdir",
@@ -83,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                              for name in selectable_sections())
     parser.add_argument("model", nargs="?",
                         help="any torchvision model name (see --list-models), e.g. resnet18, fasterrcnn_resnet50_fpn, "
-                             "deeplabv3_resnet50, r3d_18, raft_small, quantized_resnet18")
+                             "deeplabv3_resnet50, r3d_18, raft_small, quantized_resnet18; timm:NAME; hf:PATH_OR_ID; "
+                             "or your own, package.module:callable (a function or class returning the nn.Module, "
+                             "imported from the current folder first)")
     parser.add_argument("--image", action="append", default=[], metavar="PATH",
                         help="a photo or a folder of photos; repeat for several (e.g. --image sample_images/cat.png); "
                              "video models: a clip each (animated GIF, folder of frames, video file with "
@@ -93,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=LoadOptions.weights,
                         help="auto (default: DEFAULT weights if cached or downloadable, else random with a warning), "
                              "DEFAULT, an enum name like IMAGENET1K_V1, none (random), or a state_dict file PATH")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one a line (class 0 first) or a JSON list; as many as the model's "
+                             "output classes (default: the checkpoint's 'classes'/'idx_to_class'/'id2label' entry, "
+                             "else the weights' own names, else 'class N')")
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                        help="a keyword argument of a package.module:callable model, repeatable (values read as "
+                             "Python literals where they parse, else strings), e.g. --model-arg num_classes=3")
     parser.add_argument("--sections", default=None, metavar="NAME[,NAME]",
                         help=f"comma list of sections, or all (default: {','.join(default_sections())}). "
                              f"{section_help}".replace("%", "%%"))
@@ -183,6 +198,7 @@ def _audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .audit.distributed import broadcast, init_world
+    from .audit.dataset import scan_dataset
     from .audit.run import audit, check_auditable, options_from
     from .errors import ArgumentError
     from .models import load_model
@@ -211,12 +227,15 @@ def _audit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     world = init_world(args.device)
     try:
-        load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size)
+        load = _options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size,
+                        categories=args.labels, model_args=args.model_arg)
         options = _options("audit", options_from, methods=args.cam or (task and task.default_cam),
                            layer=args.cam_layer, batch_size=args.batch_size, num_workers=args.workers,
                            boxes=args.boxes, sanity=args.sanity or None)
-        loaded = load_model(args.model, load.weights, world.device, load.input_size)
+        loaded = load_model(args.model, load.weights, world.device, load.input_size, categories=load.categories,
+                            model_args=load.model_args)
         _options("audit", check_auditable, loaded=loaded, options=options)  # --cam its task cannot run: refused now
+        _options("audit", scan_dataset, root=args.dataset, categories=loaded.categories)  # class folders: now
         if args.resume:
             run_dir = Path(args.resume)
             if not (run_dir / "audit").is_dir():
@@ -227,7 +246,8 @@ def _audit(args: argparse.Namespace) -> int:
                                 world)
         reporter = Reporter(run_dir) if world.is_main else None
         info: dict[str, object] = {"model": loaded.name, "weights": loaded.weights,
-                                   "weights from": loaded.weights_source, "dataset": str(args.dataset),
+                                   "weights from": loaded.weights_source, "class names": loaded.categories_source,
+                                   "dataset": str(args.dataset),
                                    "device": str(world.device), "processes": world.size}
         if args.resume:
             info["resumed"] = "yes: this run continues an earlier one in the same folder"
@@ -267,12 +287,15 @@ def _audit_info(result) -> dict[str, object]:
     return info
 
 
-def _list_layers(model_name: str, weights: str) -> None:
+def _list_layers(args: argparse.Namespace) -> None:
     from .layers import layer_table
     from .models import load_model
+    from .options import LoadOptions
     from .tasks import TASKS
 
-    loaded = load_model(model_name, weights="none" if weights == "auto" else weights)
+    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg)
+    loaded = load_model(args.model, weights="none" if load.weights == "auto" else load.weights,
+                        categories=load.categories, model_args=load.model_args)
     task = TASKS[loaded.task]
     if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
         rows = layer_table(loaded.model, loaded.input_size)
@@ -349,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("introspect: error: give a MODEL (see --list-models)", file=sys.stderr)
             return 2
         if args.list_layers:
-            _list_layers(args.model, args.weights)
+            _list_layers(args)
             return 0
         if args.dataset or args.resume:
             with worded_as_flags(_UNAMBIGUOUS):
@@ -371,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_name=args.run_name,
                 sections=args.sections,
                 load=_options("load", LoadOptions, weights=args.weights, device=args.device,
-                              input_size=args.input_size),
+                              input_size=args.input_size, categories=args.labels, model_args=args.model_arg),
                 cam=_options("cam", CamOptions, methods=args.cam, layer=args.cam_layer, topk=args.topk,
                              targets=args.target),
                 features=_options("features", FeatureOptions, layers=args.layers),

@@ -34,6 +34,8 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     task: str = "classification"  # a key of introspect.tasks.TASKS
     clip_length: int | None = None  # frames per clip, for video models
+    categories_source: str = ""  # where the class names came from, in words (introspect.categories)
+    weights_path: str | None = None  # the absolute path of the weights file loaded, if one was
 
     @property
     def pretrained(self) -> bool:

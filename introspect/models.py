@@ -15,19 +15,23 @@ are assigned in place, so no time is spent on a random initialisation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import io
 import os
 import socket
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, WeightsError
-from .checkpoints import OFFLINE_ENV, load_checkpoint
+from .errors import ArgumentError, DeviceError, InputSizeError, IntrospectError, IntrospectWarning, UnknownModelError, \
+    WeightsError
+from .categories import ClassNames, given_names, name_classes, names_in_checkpoint, numbered
+from .checkpoints import OFFLINE_ENV, load_checkpoint, read_checkpoint
 from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, device_and_dtype, imagenet_transform, unwrap
 
 __all__ = ["LoadedModel", "list_models", "load_model", "resolve_device", "load_checkpoint", "imagenet_transform",
@@ -185,12 +189,42 @@ def _weights_enum(name: str):
         return None
 
 
-def _categories(enum: Any, num_classes: int) -> tuple[str, ...]:
+def _categories(enum: Any, num_classes: int) -> ClassNames:
     if enum is not None:
         categories = enum.DEFAULT.meta.get("categories")
         if categories and len(categories) == num_classes:
-            return tuple(categories)
-    return tuple(f"class {i}" for i in range(num_classes))
+            return ClassNames(tuple(categories), "the torchvision weights' categories")
+    return ClassNames(numbered(num_classes), "numbered (class 0 to class N-1): no names given")
+
+
+def _load_user_model(spec: str, model_args: Mapping[str, Any] | None, weights: str | os.PathLike | None,
+                     device: torch.device, input_size: int | None, given: ClassNames | None) -> LoadedModel:
+    """``package.module:callable``: build the user's module, load a state_dict into it, wrap it as a module."""
+    from .user_model import build_user_model
+
+    choice = "auto" if weights is None else str(weights)
+    is_file = Path(choice).suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"} or Path(choice).exists()
+    if not is_file and choice.lower() not in {"auto", "none"}:
+        raise WeightsError(f"weights={choice!r}: {spec} has no named weights: give a state_dict file, or none "
+                           "(as the function builds it)", parameter="weights")
+    state, entries = read_checkpoint(choice) if is_file else (None, None)  # a bad file fails before the build
+    net = build_user_model(spec, model_args)
+    shown = ", ".join(f"{k}={v!r}" for k, v in (model_args or {}).items())
+    built_by = f"{spec}({shown})"
+    if state is not None:
+        problem = _describe_mismatch(net, state, choice)
+        if problem:
+            raise WeightsError(problem + f": give the checkpoint of the model {built_by} builds, or the model "
+                               "arguments it was trained with", parameter="weights")
+        net.load_state_dict(state, strict=True)
+        weights_name, source = Path(choice).name, f"local file {choice}, into the model built by {built_by}"
+    else:
+        weights_name, source = "as built", f"as built by {built_by} (no weights file given)"
+    net = net.to(device).eval()
+    loaded = load_model(net, device=device, input_size=input_size)
+    loaded = dataclasses.replace(loaded, name=spec, weights=weights_name, weights_source=source)
+    carried = names_in_checkpoint(entries, choice) if given is None else None
+    return name_classes(loaded, given or carried)
 
 
 def load_model(
@@ -198,31 +232,40 @@ def load_model(
     weights: str | os.PathLike | None = "auto",
     device: str | torch.device | None = "cpu",
     input_size: int | None = None,
-    categories: tuple[str, ...] | list[str] | None = None,
+    categories: Sequence[str] | str | os.PathLike | None = None,
+    model_args: Mapping[str, Any] | Sequence[str] | None = None,
 ) -> LoadedModel:
     """Load a torchvision classifier by name (or wrap a module) with its weights, transform and class names.
 
     ``timm:NAME`` loads a timm model and ``hf:PATH_OR_ID`` a transformers image classifier (optional
-    extras ``introspect[timm]`` and ``introspect[hf]``).
+    extras ``introspect[timm]`` and ``introspect[hf]``); ``package.module:callable`` builds a model of the
+    user's own (a module on the path, the current folder first; ``model_args`` its keyword arguments).
     Example: ``introspect.load_model("resnet18", weights="none")``.
 
     Args:
-        model: a torchvision model name, ``timm:NAME``, ``hf:PATH_OR_ID``, or a module (wrapped as
-            given: not moved, not copied; its input size and class names read from a timm or HF
-            module's own metadata).
+        model: a torchvision model name, ``timm:NAME``, ``hf:PATH_OR_ID``, an import path
+            ``package.module:callable`` returning the module, or a module (wrapped as given: not moved,
+            not copied; its input size and class names read from a timm or HF module's own metadata).
         weights: ``"auto"`` (the default weights if cached or downloadable, else random with a
             warning), ``"DEFAULT"`` or an enum name such as ``"IMAGENET1K_V1"``, ``"none"``
             (random), or the path of a state_dict file (loaded with ``weights_only=True``).
         device: where to put a model loaded by name.
         input_size: side of the square input (default: the weights' own, or 224).
-        categories: class names (default: the weights' ImageNet names, or ``class N``).
+        categories: class names, one per output class, class 0 first: a list, or the path of a labels
+            file (one name a line, or a JSON list). Default: the names a checkpoint carries (its
+            ``classes``, ``idx_to_class``, ``class_to_idx`` or ``id2label`` entry), else the weights' own
+            names, else ``class N``. ``LoadedModel.categories_source`` says which.
+        model_args: keyword arguments of an import-path model's callable: a dict, or ``"key=value"``
+            strings (values read as Python literals where they parse).
 
     Returns:
         A :class:`LoadedModel` in eval mode.
 
     Raises:
-        UnknownModelError: ``model`` is not a torchvision model name.
-        WeightsError: the weights cannot be found, loaded safely or matched to the model.
+        UnknownModelError: ``model`` is not a torchvision model name, or an import path that does not import.
+        WeightsError: the weights cannot be found, loaded safely (a whole pickled model) or matched to the model.
+        ArgumentError: ``categories`` cannot be read or do not give one name per output class; bad
+            ``model_args``.
         IntrospectError: named weights are neither cached nor downloadable.
         DeviceError: ``device`` is unknown or unavailable.
         InputSizeError: ``input_size`` is not positive, or the model cannot take it.
@@ -231,22 +274,31 @@ def load_model(
     if input_size is not None and input_size < 1:
         raise InputSizeError(f"input_size={input_size} is not a size: give a positive number of pixels, e.g. 224",
                              parameter="input_size")
+    given = given_names(categories)  # a labels file is read before any model is built
+    from .user_model import is_import_path, parse_model_args
+
+    factory_args = parse_model_args(model_args)
+    if is_import_path(model):
+        return _load_user_model(model, factory_args, weights, target, input_size, given)
+    if factory_args:
+        key, value = next(iter(factory_args.items()))
+        named = model if isinstance(model, str) else type(model).__name__
+        raise ArgumentError(f"model_args='{key}={value}' is for a model given by import path "
+                            f"(package.module:callable), not {named}: drop it", parameter="model_args")
     notes: list[str] = []
     if isinstance(model, nn.Module):
-        from .probe import model_input_size
-        from .tasks.classification import output_classes
+        from .tasks import task_of_module
         from .timm_hf import module_categories
 
-        size = input_size or model_input_size(model)[0]
-        classes = output_classes(model) or 0
-        names = tuple(categories) if categories else (
-            module_categories(model, classes) or tuple(f"class {i}" for i in range(classes)))
-        quantized = any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
-                        for m in model.modules())
-        return LoadedModel(model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
-                           transform=imagenet_transform(size), categories=names, input_size=size,
-                           device=device_and_dtype(model, target)[0], warnings=notes,
-                           task="quantized" if quantized else "classification")
+        task = task_of_module(model)  # from the module's structure: there is no name to look up
+        recipe = task.module_recipe(model, input_size)
+        names = module_categories(model, recipe.classes) or task.default_categories(recipe.classes) \
+            or numbered(recipe.classes)
+        return name_classes(LoadedModel(
+            model=model, name=type(model).__name__, weights="as given", weights_source="the caller",
+            transform=recipe.transform, categories=names, input_size=recipe.size,
+            device=device_and_dtype(model, target)[0], warnings=notes, task=task.name,
+            clip_length=recipe.clip_length), given)
 
     from .tasks import task_of
 
@@ -254,13 +306,15 @@ def load_model(
         from .timm_hf import load_hf, load_timm
 
         prefix, _, rest = model.partition(":")
-        return (load_timm if prefix == "timm" else load_hf)(rest, weights, target, input_size, categories)
+        return name_classes((load_timm if prefix == "timm" else load_hf)(rest, weights, target, input_size, None),
+                            given)
     _check_model_name(model)
     enum = _weights_enum(model)
     choice = "auto" if weights is None else str(weights)
     lowered = choice.lower()
     chosen = None  # the weights enum member actually loaded
-    state = None
+    state = carried = None
+    weights_path = None  # the file loaded, if any
     if lowered == "none":
         source = "random initialisation (weights='none')"
     elif lowered == "auto" or lowered == "default" or (enum is not None and choice in enum.__members__):
@@ -283,8 +337,10 @@ def load_model(
                              f"of this run come from an untrained model. Put the file in the cache or pass "
                              f"weights=PATH.")
     elif Path(choice).suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"} or Path(choice).exists():
-        state = load_checkpoint(choice)
+        state, entries = read_checkpoint(choice)
+        carried = names_in_checkpoint(entries, choice) if given is None else None  # --labels wins
         source = f"local file {choice}"
+        weights_path = str(Path(choice).resolve())
     else:
         members = list(enum.__members__) if enum is not None else []
         valid = list(dict.fromkeys(["auto", "DEFAULT", "none", "PATH"] + members))
@@ -312,11 +368,13 @@ def load_model(
     meta_enum = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
     recipe = task.input_recipe(model, net, meta_enum, input_size)
     size, transform, clip_length = recipe.size, recipe.transform, recipe.clip_length
-    names = tuple(categories) if categories else _categories(enum, recipe.classes)
+    own = _categories(enum, recipe.classes)
     for note in notes:
         warnings.warn(note, IntrospectWarning, stacklevel=2)
     weights_name = str(chosen).split(".")[-1] if chosen is not None else (
         "random" if state is None else Path(choice).name)
-    return LoadedModel(model=net, name=model, weights=weights_name, weights_source=source, transform=transform,
-                       categories=names, input_size=size, device=target, warnings=notes, task=task.name,
-                       clip_length=clip_length)
+    loaded = LoadedModel(model=net, name=model, weights=weights_name, weights_source=source, transform=transform,
+                         categories=own.names, input_size=size, device=target, warnings=notes, task=task.name,
+                         clip_length=clip_length, categories_source=own.source,
+                         weights_path=weights_path)
+    return name_classes(loaded, given or carried)

@@ -13,8 +13,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ArgumentError
 
@@ -57,11 +59,25 @@ class LoadOptions:
             or the path of a state_dict file.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         input_size: the square input side (default: the weights' crop size).
+        categories: class names, one per output class, class 0 first: a list, or the path of a labels
+            file (one name a line, or a JSON list); default: the checkpoint's or the weights' own.
+        model_args: keyword arguments of a model given by import path (``package.module:callable``):
+            a dict, or ``"key=value"`` strings.
     """
 
     weights: str | None = "auto"
     device: str | None = "cpu"
     input_size: int | None = None
+    categories: Sequence[str] | str | os.PathLike | None = None
+    model_args: Mapping[str, Any] | Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        from .user_model import parse_model_args
+
+        if self.model_args is not None:  # "key=value" strings checked now: the CLI's --model-arg
+            object.__setattr__(self, "model_args", parse_model_args(self.model_args))
+        if isinstance(self.categories, list):
+            object.__setattr__(self, "categories", tuple(self.categories))
 
 
 @dataclass(frozen=True)

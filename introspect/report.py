@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .categories import given_names, name_classes
 from .context import RunContext
 from .errors import UsageError
 from .models import LoadedModel, load_model
@@ -96,14 +97,16 @@ def report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         chosen_names = parse_sections(sections)
-        given = [images] if isinstance(images, (str, Path)) else images if isinstance(images, (list, tuple)) else []
-        paths = [p for p in given if isinstance(p, (str, Path))]
+        named = [images] if isinstance(images, (str, Path)) else images if isinstance(images, (list, tuple)) else []
+        paths = [p for p in named if isinstance(p, (str, Path))]
         if paths:  # the caller's paths are checked before any weights are downloaded
             from .images import expand_paths
 
             expand_paths(paths)
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, load.weights, load.device,
-                                                                             load.input_size)
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, load.weights, load.device, load.input_size, categories=load.categories, model_args=load.model_args)
+        if isinstance(model, LoadedModel) and load.categories is not None:
+            loaded = name_classes(loaded, given_names(load.categories))
         task = TASKS[loaded.task]
         skipped = {name: reason for name in chosen_names
                    if (reason := task.skip_reason(name, SECTIONS[name].requires))}
@@ -137,6 +140,7 @@ def report(
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
+        ctx.reporter.run_record(_run_record(loaded, info, image_list))
         with _recorded(ctx.reporter, info, summary, caught, started):
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
@@ -166,11 +170,49 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
         "model": loaded.name,
         "weights": loaded.weights,
         "weights from": loaded.weights_source,
+        "class names": loaded.categories_source or "the model's own",
         "images": ", ".join(str(p) for p in image_list) or "none",
         "input size": loaded.input_size,
         "device": str(loaded.device),
         "sections": ", ".join(chosen),
         **_task_info(task, skipped),
+    }
+
+
+def _image_files(image_list: list) -> dict[str, str]:
+    """Each input's tag name -> the absolute path of its photo, as the inputs were named (``tag_names``);
+    nothing where an input is not a path (a PIL image, a tensor) or a path cannot be listed."""
+    from .errors import ImageError
+    from .images import expand_paths, tag_names
+
+    if not all(isinstance(p, (str, Path)) for p in image_list):
+        return {}
+    try:
+        files = [f for f, _ in expand_paths(image_list)]
+    except (ImageError, OSError):
+        return {}
+    return {name: str(f.resolve()) for name, f in zip(tag_names([f.stem for f in files]), files)}
+
+
+def _run_record(loaded: LoadedModel, info: dict[str, object], image_list: list) -> dict[str, object]:
+    """The machine-readable facts of a run that let it be loaded again (``introspect.json``, read by the
+    TensorBoard tab): the model as named, the weights (an enum name, ``random``, or the file's absolute
+    path), the task, input size, device, the CAM layer and methods, the class names, and each input's
+    photo (its tag name -> absolute path)."""
+    methods = str(info.get("cam methods") or "")
+    return {
+        "format": 1,
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "weights_from": loaded.weights_source,
+        "weights_path": loaded.weights_path,
+        "task": loaded.task,
+        "input_size": loaded.input_size,
+        "device": str(loaded.device),
+        "cam_layer": info.get("cam layer"),
+        "cam_methods": [m.strip() for m in methods.split(",") if m.strip()],
+        "categories": list(loaded.categories),
+        "image_files": _image_files(image_list),
     }
 
 

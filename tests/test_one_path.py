@@ -147,3 +147,24 @@ def test_list_layers_marks_the_cam_layer_of_every_task(name, cam_layer, feature)
     assert marked == ([cam_layer] if cam_layer else [])
     features = [line.split()[0] for line in out.splitlines() if "[features]" in line]
     assert len(features) >= 2 and all(f.startswith(feature) for f in features)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("task", list(TASK_MODELS) + ["classification", "quantized"])
+def test_a_bare_module_is_given_its_task_from_its_structure(task):
+    """A module passed without a name (a library call, a model built by the user's own code) is read as the
+    torchvision model of the same structure would be: same task, same class names, same kind of input."""
+    name, size = (TASK_MODELS[task][:2] if task in TASK_MODELS else
+                  {"classification": ("resnet18", 64), "quantized": ("mobilenet_v2", 64)}[task])
+    named = introspect.load_model(name if task != "quantized" else f"quantized_{name}", weights="none",
+                                  input_size=size)
+    bare = introspect.load_model(named.model, input_size=size)
+    assert bare.task == named.task == task
+    assert bare.categories == named.categories or task in ("classification", "quantized")
+    assert len(bare.categories) == len(named.categories)
+    if task == "detection":  # the whole chain: boxes and a CAM per box from the bare module
+        found = introspect.predict(named.model, [CAT])
+        assert isinstance(found[0], Detections)
+        assert {m.subject.kind for m in introspect.cam(named.model, [CAT])[0].maps} <= {"box"}
+    if task == "segmentation":
+        assert isinstance(introspect.predict(named.model, [CAT])[0], Segmentation)

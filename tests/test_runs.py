@@ -87,7 +87,7 @@ def test_same_run_name_never_mixes(tmp_path):
     first = logdir / "mine"
     assert f"to {first}\n" in out
     files = {p: p.read_bytes() for p in first.iterdir()}
-    assert len(files) == 1
+    assert sorted(p.name.split(".")[0] for p in files) == ["events", "introspect"]  # + introspect.json, the record
 
     code, out, err = run_cli([*argv[:4], "structure", *argv[5:]])
     assert code == 0, err

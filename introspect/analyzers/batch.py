@@ -7,25 +7,24 @@ what the forward pass keeps, one forward pass runs, and the task turns it into r
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
+from ..categories import given_names, name_classes
 from ..context import RunContext
 from ..models import LoadedModel, load_model
 
 __all__ = ["one_batch", "loaded_model", "require"]
 
 
-def loaded_model(model: nn.Module | LoadedModel, categories: Sequence[str] | None = None) -> LoadedModel:
-    """``model`` as a :class:`LoadedModel` (a bare module wrapped as given), with ``categories`` if given."""
+def loaded_model(model: nn.Module | LoadedModel, categories: Sequence[str] | str | None = None) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel` (a bare module wrapped as given), with ``categories`` if given
+    (names, or a labels file's path; one per output class, else an ``ArgumentError``)."""
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    if categories:
-        loaded = dataclasses.replace(loaded, categories=tuple(categories))
-    return loaded
+    return name_classes(loaded, given_names(categories)) if categories else loaded
 
 
 def require(loaded: LoadedModel, what: str, needs: frozenset[str]) -> None:

@@ -3,8 +3,10 @@
 Class folders are matched to the model's classes by category name (case-insensitive), by WordNet id
 (``n01440764``: through a ``LOC_synset_mapping.txt`` in the dataset folder or its parent, the ImageNet
 devkit's list of the 1000 wnids in class order; or, with all 1000 folders present, their sorted order,
-which is ImageNet's class order) or by class index (``0``, ``17``). A folder whose images sit directly in
-it (no class folders) has no labels. A file that cannot be decoded is skipped in the worker and counted.
+which is ImageNet's class order) or by class index (``0``, ``17``); failing those, with as many folders as
+the model has classes, by sorted folder name as torchvision's ``ImageFolder`` numbers them (a model without
+names of its own then takes the folders' names). A folder whose images sit directly in it (no class folders)
+has no labels. A file that cannot be decoded is skipped in the worker and counted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..categories import is_numbered
 from ..errors import UsageError
 
 __all__ = ["DatasetIndex", "scan_dataset", "AuditImages", "LoadedBatch", "collate", "make_loader"]
@@ -34,6 +37,7 @@ class DatasetIndex:
     labels: tuple[int, ...]
     labelled: bool
     how: str  # how class folders were matched, in words
+    class_names: tuple[str, ...] | None = None  # the folders' names, for a model whose classes have none
 
     def __len__(self) -> int:
         return len(self.files)
@@ -64,20 +68,42 @@ def _match_folders(root: Path, folders: Sequence[str], categories: Sequence[str]
             return {f: index[f] for f in folders}, "WordNet-id folders through the synset list"
         if len(folders) == len(categories) == 1000:
             return {f: i for i, f in enumerate(sorted(folders))}, "WordNet-id folders in sorted (ImageNet) order"
-        raise UsageError(f"{root} has WordNet-id class folders but no LOC_synset_mapping.txt beside them to map "
-                         f"them to the model's {len(categories)} classes: add that file (ImageNet devkit) or name "
-                         "the folders by class name or index")
-    if all(f.isdigit() for f in folders):
+        if len(folders) != len(categories):
+            raise UsageError(f"{root} has WordNet-id class folders but no LOC_synset_mapping.txt beside them to map "
+                             f"them to the model's {len(categories)} classes: add that file (ImageNet devkit) or "
+                             "name the folders by class name or index")
+    elif all(f.isdigit() for f in folders):
         index = {f: int(f) for f in folders}
         bad = [f for f, i in index.items() if i >= len(categories)]
         if bad:
             raise UsageError(f"class folder {bad[0]} is out of range: the model has classes 0 to "
                              f"{len(categories) - 1}")
         return index, "class folders named by index"
+    if len(folders) == len(categories):
+        return _image_folder_order(folders, categories, lowered)
     unknown = [f for f in folders if f.lower() not in lowered and not f.isdigit()]
     shown = ", ".join(repr(f) for f in unknown[:4])
     raise UsageError(f"class folders {shown} of {root} are neither the model's category names, WordNet ids nor "
-                     "class indices: rename them, or put the images in one flat folder (no labels)")
+                     f"class indices, and their {len(folders)} folders are not one per class of the model's "
+                     f"{len(categories)} (torchvision ImageFolder's numbering by sorted name): rename them, or put "
+                     "the images in one flat folder (no labels)")
+
+
+def _image_folder_order(folders: Sequence[str], categories: Sequence[str],
+                        lowered: dict[str, int]) -> tuple[dict[str, int], str]:
+    """torchvision ImageFolder's numbering: the i-th folder in sorted order is class i (refused where a folder is
+    named after another class of the model)."""
+    order = sorted(folders)
+    for i, folder in enumerate(order):
+        named = lowered.get(folder.lower())
+        if named is not None and named != i:
+            raise UsageError(f"class folder {folder!r} is the model's class {named} by name but class {i} by sorted "
+                             "order (torchvision ImageFolder's numbering): name every folder by the model's class "
+                             "names, or give the names in the folders' sorted order (categories=LABELS_FILE)",
+                             parameter="categories")
+    pairs = ", ".join(f"{f} = {categories[i]}" for i, f in enumerate(order[:6])) + (", ..." if len(order) > 6 else "")
+    return {f: i for i, f in enumerate(order)}, f"class folders mapped by sorted name, as torchvision's ImageFolder " \
+                                                f"numbers them ({pairs})"
 
 
 def scan_dataset(root: str | Path, categories: Sequence[str]) -> DatasetIndex:
@@ -103,7 +129,12 @@ def scan_dataset(root: str | Path, categories: Sequence[str]) -> DatasetIndex:
         return DatasetIndex(root, tuple(relative), tuple(-1 for _ in relative), False, "a flat folder: no labels")
     mapping, how = _match_folders(root, folders, categories)
     labels = tuple(mapping[r.split("/", 1)[0]] if "/" in r else -1 for r in relative)
-    return DatasetIndex(root, tuple(relative), labels, True, how)
+    class_names = None
+    if is_numbered(categories) and not all(f.isdigit() for f in mapping) and \
+            sorted(mapping.values()) == list(range(len(categories))):  # no names of its own: the folders'
+        class_names = tuple(sorted(mapping, key=mapping.__getitem__))
+        how += "; classes named by their folders"
+    return DatasetIndex(root, tuple(relative), labels, True, how, class_names)
 
 
 class AuditImages(torch.utils.data.Dataset):

@@ -225,6 +225,7 @@ def _audit(module: nn.Module, loaded: LoadedModel, dataset: str | Path, options:
     started = time.perf_counter()
     names = tuple(loaded.categories)
     index = scan_dataset(dataset, names)
+    names = index.class_names or names  # a model with numbered classes takes its class folders' names
     table: BoxTable | None = read_boxes(options.boxes) if options.boxes is not None else None
     geometry = input_geometry(loaded.transform) if table is not None else None
     methods = options.methods

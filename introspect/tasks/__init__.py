@@ -18,7 +18,7 @@ from .flow import FlowTask
 from .segmentation import SegmentationTask
 from .video import VideoTask
 
-__all__ = ["Task", "TASKS", "register_task", "task_of", "models_by_task", "all_model_names"]
+__all__ = ["Task", "TASKS", "register_task", "task_of", "task_of_module", "models_by_task", "all_model_names"]
 
 _CLASSIFIER_ONLY = "written for one class score per image (classifiers)"
 # not_applicable["audit"]: why the dataset audit (audit(), --dataset) refuses the task's models; a task whose
@@ -147,6 +147,16 @@ def all_model_names() -> list[str]:
 def task_of(name: str) -> Task:
     """The task of a torchvision model name (KeyError for an unknown name)."""
     return TASKS[_name_to_task()[name]]
+
+
+def task_of_module(module: object) -> Task:
+    """The task of a bare module, from its structure (the first registered task, sub-modules first, that
+    :meth:`~Task.recognizes` it); classification when none does."""
+    order = [*(key for key in _ORDER if key in TASKS), *(key for key in TASKS if key not in _ORDER)]
+    for key in order:
+        if key != "classification" and TASKS[key].recognizes(module):
+            return TASKS[key]
+    return TASKS["classification"]
 
 
 def models_by_task() -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ loaded model, the options, and (per batch) the batch and its forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +154,24 @@ class Task(ABC):
         return UsageError(f"{what} does not apply to {self.name} models: {reason}", parameter=parameter)
 
     # -- loading -----------------------------------------------------------------------------
+
+    def recognizes(self, module: Any) -> bool:
+        """True when a bare module's structure says it is one of this task's models (a library call or an
+        import-path model, where there is no torchvision name to look up)."""
+        return False
+
+    def class_count(self, module: Any) -> int:
+        """How many classes a bare module of this task scores (0: unknown)."""
+        return 0
+
+    def module_recipe(self, module: Any, input_size: int | None) -> InputRecipe:
+        """How a bare module of this task is fed (no torchvision weights to take a preset from)."""
+        recipe = self.input_recipe(type(module).__name__, module, None, input_size)
+        return dataclasses.replace(recipe, classes=self.class_count(module))
+
+    def default_categories(self, classes: int) -> tuple[str, ...] | None:
+        """The class names this task's torchvision models use for ``classes`` classes (None: none known)."""
+        return None
 
     def check_device(self, model_name: str, device: torch.device) -> None:
         """Refuse a device the task's models cannot run on (before anything is built)."""

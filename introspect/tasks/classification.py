@@ -55,6 +55,13 @@ def _input_size(ctx: Any) -> Any:
 class ClassificationTask(Task):
     """Image classifiers: one score per class and image."""
 
+    def module_recipe(self, module: Any, input_size: int | None) -> InputRecipe:
+        """A bare classifier: ImageNet normalisation at the size its structure takes (probed)."""
+        from ..probe import model_input_size
+
+        size = input_size or model_input_size(module)[0]
+        return InputRecipe(size, imagenet_transform(size), None, output_classes(module) or 0)
+
     def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
         size = input_size or (weights.transforms().crop_size[0] if weights is not None else 224)
         _check_input_size(model_name, net, size, weights)
@@ -182,6 +189,11 @@ class ClassificationTask(Task):
 @dataclass(frozen=True)
 class QuantizedTask(ClassificationTask):
     """int8 quantized classifiers: no autograd, so only the activation-only CAM methods."""
+
+    def recognizes(self, module: Any) -> bool:
+        """A module with quantized int8 layers (``torch.ao.nn.quantized``)."""
+        return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+                   for m in module.modules())
 
     def check_device(self, model_name: str, device: torch.device) -> None:
         if device.type != "cpu":

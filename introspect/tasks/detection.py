@@ -489,6 +489,27 @@ class DetectionTask(HeadsTask):
             return {}
         return {"min_size": input_size, "max_size": max(input_size, round(input_size * 1333 / 800))}
 
+    def recognizes(self, module: Any) -> bool:
+        """A torchvision-style detector: a direct child batches the images and maps the boxes back
+        (``GeneralizedRCNNTransform``'s ``batch_images`` and ``postprocess``)."""
+        return isinstance(module, nn.Module) and any(
+            callable(getattr(child, "batch_images", None)) and callable(getattr(child, "postprocess", None))
+            for child in module.children())
+
+    def class_count(self, module: Any) -> int:
+        for sub in module.modules():  # RetinaNet/FCOS/SSD heads say it; an R-CNN box predictor's cls_score shows it
+            count = getattr(sub, "num_classes", None)
+            if isinstance(count, int) and count > 0:
+                return count
+            score = getattr(sub, "cls_score", None)
+            if isinstance(score, nn.Linear):
+                return score.out_features
+        return 0
+
+    def default_categories(self, classes: int) -> tuple[str, ...] | None:
+        names = coco_categories()
+        return names if classes in (0, len(names)) else None
+
     def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
         from ..loaded import imagenet_transform
 

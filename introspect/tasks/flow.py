@@ -104,6 +104,11 @@ def flow_results(flows: torch.Tensor, pairs: FramePairs) -> list[FlowResult]:
 class FlowTask(Task):
     """Optical flow (RAFT): two frames -> the flow image, its magnitudes, and the feature encoder's maps."""
 
+    def recognizes(self, module: Any) -> bool:
+        """RAFT: a correlation block and a recurrent update block beside its feature encoder."""
+        return all(isinstance(getattr(module, name, None), torch.nn.Module)
+                   for name in ("feature_encoder", "corr_block", "update_block"))
+
     def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
         from ..errors import InputSizeError
         from ..loaded import imagenet_transform

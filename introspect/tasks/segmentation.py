@@ -374,6 +374,21 @@ class SegmentationTask(HeadsTask):
         """Trained weights carry the auxiliary head or not: build the model to match them."""
         return {"aux_loss": any(key.startswith("aux_classifier.") for key in state)} if state is not None else {}
 
+    def recognizes(self, module: Any) -> bool:
+        """A torchvision-style segmenter: a ``backbone`` child that returns a dict of stages (torchvision's
+        ``IntermediateLayerGetter``, which keeps the names it returns in ``return_layers``) and a ``classifier``."""
+        backbone = getattr(module, "backbone", None)
+        return (isinstance(module, nn.Module) and isinstance(getattr(backbone, "return_layers", None), dict)
+                and isinstance(getattr(module, "classifier", None), nn.Module))
+
+    def class_count(self, module: Any) -> int:
+        convs = [m for m in module.classifier.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1].out_channels if convs else 0  # the last conv of the head scores the classes
+
+    def default_categories(self, classes: int) -> tuple[str, ...] | None:
+        names = voc_categories()
+        return names if classes in (0, len(names)) else None
+
     def input_recipe(self, model_name: str, net: Any, weights: Any, input_size: int | None) -> InputRecipe:
         from ..loaded import imagenet_transform
 

@@ -322,12 +322,31 @@ def _middle_frames(activation: torch.Tensor, clip_shape: Sequence[int], channels
 class VideoTask(Task):
     """Video classifiers: the top-k classes of each clip and a CAM over its frames."""
 
+    def recognizes(self, module) -> bool:
+        """A video classifier: its first convolution is 3-d (over time and space)."""
+        first = next((m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))), None)
+        return isinstance(first, torch.nn.Conv3d)
+
+    def class_count(self, module) -> int:
+        from .classification import output_classes
+
+        return output_classes(module) or 0
+
+    def default_categories(self, classes: int) -> tuple[str, ...] | None:
+        from torchvision.models.video import R3D_18_Weights
+
+        names = tuple(R3D_18_Weights.KINETICS400_V1.meta["categories"])
+        return names if classes == len(names) else None
+
     def input_recipe(self, model_name: str, net, weights, input_size: int | None) -> InputRecipe:
+        from torchvision.models.video import R3D_18_Weights
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms._presets import VideoClassification
 
         from ..errors import InputSizeError
 
+        # a bare module (no torchvision weights): the Kinetics-400 preset torchvision's R3D/MC3/R(2+1)D use
+        weights = weights if weights is not None else R3D_18_Weights.KINETICS400_V1
         preset = weights.transforms()
         crop = int(preset.crop_size[0])
         fixed = FIXED_SIZE.get(model_name)

@@ -6,7 +6,10 @@ computes nothing. :meth:`Reporter.record` writes any record the layouts know.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +39,9 @@ from ..records import (
 from .layouts import write_record, write_records
 from .writer import RunWriter
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "RUN_RECORD_FILE"]
+
+RUN_RECORD_FILE = "introspect.json"  # a run's machine-readable record (also named in introspect_tab.runs)
 
 
 class Reporter(RunWriter):
@@ -69,6 +74,18 @@ class Reporter(RunWriter):
     def run_info(self, info: Mapping[str, object], warnings: Sequence[str] = ()) -> None:
         """``run/info``: a key/value table, then a bold WARNINGS list if any."""
         self.record(RunInfo(info=dict(info), warnings=tuple(warnings)))
+
+    def run_record(self, record: Mapping[str, object]) -> Path:
+        """``introspect.json`` beside the event file: the run's machine-readable facts (model, weights, task,
+        layers), which the TensorBoard tab reads to load the model again. Written whole or not at all."""
+        path = self.run_dir / RUN_RECORD_FILE
+        partial = path.with_suffix(".json.partial")
+        try:
+            partial.write_text(json.dumps(dict(record), indent=1, default=str), encoding="utf-8")
+            os.replace(partial, path)
+        except OSError as error:
+            raise self._output_error(error) from None
+        return path
 
     def structure(self, summary: StructureSummary) -> None:
         """``structure/summary``: the layer table."""
