@@ -335,11 +335,23 @@ def tensorboard_command(logdir) -> str:
     return shlex.join([*program, "--logdir", str(logdir)])
 
 
-def _print_summary(summary) -> None:
+def _progress(step: str, said: set[str]) -> None:
+    """A progress line on stderr (``... kernels``); a warning (``WARNING: ...``) in flags, remembered in ``said``."""
+    from .errors import in_flags
+
+    if step.startswith("WARNING: "):
+        said.add(step[len("WARNING: "):])
+        print(in_flags(step, _UNAMBIGUOUS), file=sys.stderr, flush=True)
+    else:
+        print(f"... {step}", file=sys.stderr, flush=True)
+
+
+def _print_summary(summary, said: set[str] = frozenset()) -> None:
     from .errors import in_flags
 
     for message in summary.warnings:
-        print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
+        if message not in said:
+            print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
     for name, reason in summary.skipped.items():
         print(f"skipped {name}: {in_flags(reason, _UNAMBIGUOUS)}", file=sys.stderr)
     for record in summary.predictions:
@@ -386,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             SaliencyOptions
         from .report import report
 
+        said: set[str] = set()  # warnings printed as they came (first), not again at the end
         with worded_as_flags(_UNAMBIGUOUS):
             summary = report(
                 args.model,
@@ -402,9 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 filters=_options("filters", FilterOptions, layers=args.filter_layers, count=args.filter_count,
                                  steps=args.filter_steps, size=args.filter_size, budget_s=args.filter_budget),
                 detection=_options("detection", DetectionOptions, score_threshold=args.score_threshold),
-                progress=lambda step: print(f"... {step}", file=sys.stderr, flush=True),
+                progress=lambda step: _progress(step, said),
             )
-        _print_summary(summary)
+        _print_summary(summary, said)
         return 0
     except IntrospectError as exc:
         if args.debug:

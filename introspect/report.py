@@ -75,7 +75,8 @@ def report(
         sections: section names (a comma string or a list; ``"all"``); default: the fast ones.
         load: how a model given by name is loaded (weights, device, input size).
         cam, features, saliency, filters, detection: each section's options (``detection``: detection models).
-        progress: called with a short line as each step starts (the CLI prints them).
+        progress: called with a short line as each step starts (the CLI prints them), and first with each warning
+            raised while loading (``"WARNING: ..."``).
 
     Every task (``introspect.tasks.TASKS``: classification, quantized, detection, segmentation,
     video, optical flow) walks the same sections: each batch is one forward pass of the model
@@ -142,6 +143,8 @@ def report(
         ctx.reporter = Reporter(run_dir)
         ctx.reporter.run_record(_run_record(loaded, info, image_list))
         with _recorded(ctx.reporter, info, summary, caught, started):
+            for message in dict.fromkeys(str(w.message) for w in caught):  # loading's warnings: said first
+                say(f"WARNING: {message}")
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
                 section.run(ctx)

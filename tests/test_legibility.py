@@ -164,3 +164,12 @@ def test_a_3d_colour_conv_is_a_labelled_time_by_filter_grid() -> None:
     assert width > height / 2  # four bands of 16 filters x 3 time steps, not a 64-row column
     margin = grid.image[:, :20]
     assert (margin.max(axis=2) < 100).any()  # the t= labels left of the rows
+
+
+def test_the_random_weights_warning_comes_first_on_the_console_and_once(tmp_path) -> None:
+    code, out, err = run_cli(["squeezenet1_1", "--input-size", "32", "--sections", "structure", "--logdir",
+                              str(tmp_path)])  # offline (conftest): the default weights fall back to random
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("WARNING: RANDOM WEIGHTS") and "--weights PATH" in lines[0]
+    assert err.count("RANDOM WEIGHTS") == 1 and "weights=PATH" not in err
