@@ -8,6 +8,7 @@ line; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -204,7 +205,7 @@ def _audit(args: argparse.Namespace) -> int:
     from .models import load_model
     from .options import LoadOptions
     from .tensorboard import Reporter, new_run_dir
-    from .run_scope import recorded_run
+    from .run_scope import audit_facts, recorded_run, run_record
     from .tasks import task_of
 
     if not args.dataset:
@@ -251,8 +252,9 @@ def _audit(args: argparse.Namespace) -> int:
                                    "device": str(world.device), "processes": world.size}
         if args.resume:
             info["resumed"] = "yes: this run continues an earlier one in the same folder"
-        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started) if reporter is not None \
-            else nullcontext()
+        record = run_record("audit", loaded, dataset=str(Path(args.dataset).resolve()))
+        scope = recorded_run(reporter, info, caught=loaded.warnings, started=started, record=record) \
+            if reporter is not None else nullcontext()
         with scope as end:
             if world.is_main:
                 print(f"auditing {args.dataset} with {loaded.name} ({loaded.weights}) on {world.size} process(es); "
@@ -262,6 +264,7 @@ def _audit(args: argparse.Namespace) -> int:
             if result is None:  # not rank 0: rank 0 writes
                 return 0
             reporter.audit(result)
+            record.update(audit_facts(result, args.dataset))
             info.update(_audit_info(result))
         for line in result.summary_lines():
             print(line)
@@ -293,9 +296,10 @@ def _list_layers(args: argparse.Namespace) -> None:
     from .options import LoadOptions
     from .tasks import TASKS
 
-    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg)
+    load = _options("load", LoadOptions, weights=args.weights, categories=args.labels, model_args=args.model_arg,
+                    input_size=args.input_size)
     loaded = load_model(args.model, weights="none" if load.weights == "auto" else load.weights,
-                        categories=load.categories, model_args=load.model_args)
+                        categories=load.categories, model_args=load.model_args, input_size=load.input_size)
     task = TASKS[loaded.task]
     if task.input_kind == "image" and "class_scores" in task.capabilities:  # probed output shapes of every layer
         rows = layer_table(loaded.model, loaded.input_size)
@@ -367,10 +371,26 @@ def _one_line(exc: BaseException | str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _library_chatter(debug: bool) -> None:
+    """transformers' log lines and progress bars off the console unless --debug (the CLI owns the process)."""
+    from .notices import DEBUG_ENV
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers = sys.modules.get("transformers")  # already imported (in process, as in tests): tell it directly
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _library_chatter(args.debug)
     try:
         if args.list_models:
             from .tasks import TASKS, models_by_task

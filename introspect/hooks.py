@@ -124,9 +124,10 @@ class ModelScope:
         """Register ``hook(module, args, output)`` for the scope's lifetime."""
         self._handles.append(module.register_forward_hook(hook))
 
-    def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
-        """Register ``hook(module, args)`` for the scope's lifetime."""
-        self._handles.append(module.register_forward_pre_hook(hook))
+    def forward_pre_hook(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> None:
+        """Register ``hook(module, args)`` (``with_kwargs``: ``hook(module, args, kwargs)``) for the scope's
+        lifetime."""
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
 
     def full_backward_hook(self, module: nn.Module, hook: Callable) -> None:
         """Register ``hook(module, grad_input, grad_output)`` for the scope's lifetime."""
@@ -174,6 +175,26 @@ def _submodules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _settle_lazy_hooks(modules: list[nn.Module]) -> None:
+    """transformers 5 installs the hooks that record a model's hidden states (which its heads read: SegFormer's
+    decode head) on the first forward that needs them, and marks the model as hooked. Installed inside a scope,
+    they would be removed with the scope's own hooks while the mark stays: install them before the scope."""
+    pending = [m for m in modules if type(m).__module__.startswith("transformers.") and hasattr(m, "config")
+               and hasattr(type(m), "_can_record_outputs")
+               and not vars(m).get("_output_capturing_hooks_installed", False)]
+    if not pending:
+        return
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # transformers 4: outputs are returned, not recorded by hooks
+        return
+    for module in pending:
+        try:
+            maybe_install_capturing_hooks(module)
+        except Exception:  # a model without recordable outputs
+            continue
+
+
 @contextmanager
 def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelScope]:
     """Scope in which hooks and mode changes on ``model`` are undone on exit.
@@ -190,6 +211,7 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
         A :class:`ModelScope` to register hooks and attribute changes through.
     """
     modules = _submodules(model)  # walked once: a scope is entered on every forward pass
+    _settle_lazy_hooks(modules)
     training = [module.training for module in modules]
     children = [dict(module._modules) for module in modules]
     first_new_hook = torch.utils.hooks.RemovableHandle.next_id  # hook ids only grow: newer ones are the scope's

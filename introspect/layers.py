@@ -38,6 +38,7 @@ __all__ = [
     "layer_choice",
     "default_feature_layers",
     "pick_cam_layer",
+    "head_input_layer",
     "layer_table",
     "to_nchw",
     "conv_layers",
@@ -203,20 +204,38 @@ def _torchvision_features(model: nn.Module, family: str) -> list[str] | None:
 
 # ---------------------------------------------------------------- the structural rules
 
-_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
 
 
 def _is_aux(name: str) -> bool:
     return any("aux" in part.lower() for part in name.split("."))
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
+
+
+def _is_attention(module: nn.Module | None) -> bool:
+    """An attention module by its class name, unless it holds norms of its own: then it is a whole block
+    (CaiT's ``LayerScaleBlockClassAttn``: norm1, attn, norm2, mlp), whose pre-attention norm is a CAM layer."""
+    return module is not None and any(word in type(module).__name__.lower() for word in ("attention", "attn")) \
+        and not any(isinstance(child, _NORMS) for child in module.children())
+
+
+def _in_attention(modules: dict[str, nn.Module], name: str) -> bool:
+    """Whether ``name`` is an attention module or inside one (its q/k/v projections, its output dense)."""
+    parts = name.split(".")
+    return any(_is_attention(modules.get(".".join(parts[:depth]))) for depth in range(1, len(parts) + 1))
+
+
 def _eligible(model: nn.Module, found: Probe) -> list[LayerOutput]:
-    """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling."""
+    """Spatial outputs that can be a target: run once, not a pass-through, not an auxiliary head or a pooling,
+    not a wrapper returning a ModelOutput, not inside an attention module, made from a tensor (not from sizes
+    alone: DETR's sine position embedding)."""
     modules = dict(model.named_modules())
     return [layer for layer in found.layers
             if layer.spatial and layer.calls == 1 and not layer.passthrough and not layer.rearranges
-            and not _is_aux(layer.name)
-            and not isinstance(modules.get(layer.name), _POOLS)]
+            and not layer.structured and layer.fed and not _is_aux(layer.name)
+            and not isinstance(modules.get(layer.name), _POOLS) and not _in_attention(modules, layer.name)]
 
 
 def _inside(name: str, ancestor: str) -> bool:
@@ -251,9 +270,18 @@ def _block_of(model: nn.Module, name: str) -> str | None:
     return None
 
 
-def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput]) -> LayerOutput | None:
-    """For tokens with a prefix: the last layer whose patch tokens reach the scores, at its block's level."""
-    tokens = [l for l in candidates if l.layout == "tokens"]
+def _reaches_scores(model: nn.Module, found: Probe, layer: LayerOutput) -> bool:
+    """Whether the layer's output reaches the scores (True when no real pass can tell)."""
+    try:
+        return patch_gradients(model, [layer.name], found.input_size)[layer.name]
+    except Exception:  # no real pass possible (weights on the meta device): trust the structure
+        return True
+
+
+def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput],
+                  tokens_only: bool = True) -> LayerOutput | None:
+    """The last layer whose patch tokens reach the scores, at its block's level (tokens with a prefix)."""
+    tokens = [l for l in candidates if l.layout == "tokens" or not tokens_only]
     flowing: list[LayerOutput] = []
     try:
         for tail in (tokens[-16:], tokens[-64:], tokens):  # the last block first: a short backward
@@ -268,6 +296,8 @@ def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput])
     if not flowing:
         return None
     last = flowing[-1]
+    if last.layout != "tokens" or last.prefix == 0:
+        return last
     block = _block_of(model, last.name)
     if block is None:
         return last
@@ -277,9 +307,11 @@ def _token_target(model: nn.Module, found: Probe, candidates: list[LayerOutput])
 
 def _unexplained_after(found: Probe, layer: LayerOutput) -> list[LayerOutput]:
     """Later outputs that look like unrecognised feature maps: a sign the structure rule misread the model."""
+    positions = layer.grid[0] * layer.grid[1] if layer.grid else 0
     return [l for l in found.layers if l.end > layer.end and l.layout == "other" and len(l.shape) >= 3
             and l.shape[0] == 1 and math.prod(l.shape[1:-1]) > 1 and not _is_aux(l.name)
-            and min(l.shape[1:]) > 1 and not (len(l.shape) == 4 and l.shape[2] == l.shape[3])]
+            and min(l.shape[1:]) > 1 and not (len(l.shape) == 4 and l.shape[2] == l.shape[3])
+            and not (len(l.shape) == 3 and l.shape[1] * 4 <= positions)]  # a latent array (Perceiver's)
 
 
 def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
@@ -289,8 +321,9 @@ def _structural_cam(model: nn.Module, found: Probe) -> LayerChoice:
         raise UnknownLayerError(f"cannot find a layer of {type(model).__name__} whose output is a map over the "
                                 f"image at input size {found.input_size}: {hint}", parameter="layer")
     chosen = last = candidates[-1]
-    if chosen.layout == "tokens" and chosen.prefix > 0:
-        picked = _token_target(model, found, candidates)
+    prefixed = chosen.layout == "tokens" and chosen.prefix > 0
+    if prefixed or not _reaches_scores(model, found, chosen):  # a class token, or a map the head never reads
+        picked = _token_target(model, found, candidates, tokens_only=prefixed)
         if picked is None:
             raise UnknownLayerError(f"no token layer of {type(model).__name__} passes its patch tokens on to the "
                                     f"scores: {hint}", parameter="layer")
@@ -335,6 +368,33 @@ def pick_cam_layer(model: nn.Module, layer: str | None = None, *,
     if found is None:
         found = probe(model, input_size)  # raises the model's own error: it cannot run on one image
     return _structural_cam(model, found)
+
+
+def head_input_layer(model: nn.Module, *, input_size: int | Sequence[int] | None = None,
+                     head: str | None = None) -> LayerChoice:
+    """The map a dense-prediction head's last layer reads: the last map-shaped output (not a pass-through, not a
+    ModelOutput wrapper, not inside attention, not made from sizes alone) that finishes before the head starts.
+
+    ``head``: the last module of that name (DETR's transformer ``encoder``); None: the per-pixel classifier, the
+    last module with its own parameters and no children whose output is a feature map (Hugging Face segmenters:
+    SegFormer's ``decode_head.classifier``, UperNet's, DPT's ``head.head.4``, MobileViT's), auxiliary heads aside.
+
+    Raises:
+        UnknownLayerError: no such head, or no map before it (then pass ``layer=``).
+    """
+    found = probe(model, input_size)
+    modules = dict(model.named_modules())
+    if head is not None:
+        heads = [l for l in found.layers if l.name.rsplit(".", 1)[-1] == head]
+    else:
+        heads = [l for l in found.layers if l.layout == "nchw" and not _is_aux(l.name) and l.name in modules
+                 and next(modules[l.name].children(), None) is None
+                 and next(modules[l.name].parameters(recurse=False), None) is not None]
+    before = [l for l in _eligible(model, found) if heads and l.end < heads[-1].start]
+    if not before:
+        raise UnknownLayerError(f"cannot find the map {type(model).__name__}'s {head or 'classifier'} reads: pass "
+                                "the layer to explain as layer=NAME", parameter="layer")
+    return _choice(before[-1])
 
 
 def _table_layout(model: nn.Module, family: str, name: str) -> LayerChoice:
@@ -391,9 +451,11 @@ def _largest_child(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list[LayerOutput]:
-    """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks."""
-    candidates = _eligible(model, found)
+def _structural_features(model: nn.Module, found: Probe, limit: int = 6, within: str | None = None
+                         ) -> list[LayerOutput]:
+    """The outermost, last module of each spatial size; a uniform trunk (ViT) gives evenly spaced blocks
+    (``within``: only modules inside that one, e.g. a segmenter's encoder)."""
+    candidates = [l for l in _eligible(model, found) if within is None or _inside(l.name, within)]
     spans: dict[str, set] = {}  # module -> the grids its spatial outputs (and its descendants') take
     ends: dict[str, tuple[int, int] | None] = {l.name: l.grid for l in found.layers}
     for layer in found.spatial:
@@ -431,12 +493,13 @@ def _structural_features(model: nn.Module, found: Probe, limit: int = 6) -> list
     return stages
 
 
-def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] | None = None) -> list[LayerChoice]:
+def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] | None = None,
+                           within: str | None = None) -> list[LayerChoice]:
     """Four to six layers that end the model's stages (where the spatial size changes).
 
     torchvision's families keep their hand-picked stage outputs; any other model gets them from
     the probe: for each spatial size, the outermost module that ends it; for a trunk that keeps
-    one size (a ViT), four evenly spaced blocks.
+    one size (a ViT), four evenly spaced blocks. ``within``: only modules inside that module (an encoder).
     """
     found = _probe(model, input_size)
     family = _torchvision_family(model)
@@ -448,7 +511,7 @@ def default_feature_layers(model: nn.Module, *, input_size: int | Sequence[int] 
             return [_choice(r) if r is not None and r.spatial else _table_layout(model, family, n)
                     for n, r in zip(names, records)]
     if found is not None:
-        chosen = _structural_features(model, found)
+        chosen = _structural_features(model, found, within=within)
         if chosen:
             return [_choice(l) for l in chosen]
     inner = _largest_child(model)

@@ -60,6 +60,8 @@ class LayerOutput:
     passthrough: bool = False  # returned its input unchanged (Identity, eval-mode Dropout; not in-place ops)
     rearranges: bool = False  # no parameters, and only permutes its input's dimensions (a Permute module)
     alias_of: str | None = None  # the module that finished just before and returned the same tensor
+    structured: bool = False  # returned a ModelOutput (a wrapper: its first tensor is not what the head reads)
+    fed: bool = True  # was given a float tensor (False: made from sizes and masks, as DETR's sine position embedding)
 
     @property
     def spatial(self) -> bool:
@@ -152,25 +154,29 @@ def _whole_patch_grids(size: tuple[int, int]) -> list[tuple[int, int]]:
 
 
 def _token_grid(length: int, size: tuple[int, int], grids: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], int] | None:
-    """(grid, prefix) for ``length`` tokens: a grid seen before, else one a whole patch size implies."""
+    """(grid, prefix) for ``length`` tokens: the fewest prefix tokens over the grids seen before and those a
+    whole patch size implies (a seen grid first on a tie: Cvt's 1 + 4x4 tokens are not 13 + a 2x2 grid seen
+    in its attention's strided keys)."""
+    best = None
     for candidates, limit in ((grids, MAX_PREFIX), (_whole_patch_grids(size), 8)):
-        best = None
         for gh, gw in candidates:
             prefix = length - gh * gw
             if 0 <= prefix <= limit and gh > 1 and gw > 1 and (best is None or prefix < best[1]):
                 best = ((gh, gw), prefix)
-        if best is not None:
-            return best
-    return None
+    return best
+
+
+_WEIGHT_MAKERS = ("dropout", "softmax", "identity", "attn", "attention")  # modules that give attention weights
 
 
 def _classify(shape: tuple[int, ...], batch: int, size: tuple[int, int], grids: list[tuple[int, int]],
-              lengths: set[int]) -> tuple[str, tuple[int, int] | None, int]:
+              lengths: set[int], kind: str = "") -> tuple[str, tuple[int, int] | None, int]:
     if len(shape) < 3 or shape[0] != batch:
         return "other", None, 0
     if len(shape) == 4:
         _, a, b, c = shape
-        attention = b == c and b in lengths  # (N, heads, L, L): attention weights, not a map
+        # (N, heads, L, L): attention weights, not a map (a convolution's or a norm's output is a map)
+        attention = b == c and b in lengths and (not kind or any(w in kind.lower() for w in _WEIGHT_MAKERS))
         nchw = _fits(b, c, size) and not attention
         nhwc = _fits(a, b, size) and not (a == b and a in lengths)
         if nchw and nhwc:  # (N, 7, 7, 7): believe the grid seen before, else NCHW
@@ -196,6 +202,11 @@ def _first(output: object) -> torch.Tensor | None:
         return None
 
 
+def _is_model_output(output: object) -> bool:
+    """A Hugging Face ``ModelOutput`` (a backbone wrapper's several named outputs), told by its class."""
+    return any(cls.__name__ == "ModelOutput" for cls in type(output).__mro__[1:])
+
+
 def _example(model: nn.Module, size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -214,13 +225,23 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwar
                "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
+def _computes(hook: object) -> bool:
+    """A hook that is part of how the model computes its output (transformers 5 records hidden states with
+    forward hooks that its heads then read), not an observer of the caller's."""
+    function = getattr(hook, "func", hook)  # functools.partial
+    return getattr(function, "__module__", "").startswith("transformers")
+
+
 def _quiet(scope, model: nn.Module) -> None:
-    """Set the model's own hooks aside for the scope: the probe's extra pass is not the caller's forward."""
+    """Set the model's own hooks aside for the scope (the probe's extra pass is not the caller's forward), all
+    but those the model computes with."""
     for module in model.modules():
         for name in _HOOK_DICTS:
             current = getattr(module, name, None)
             if isinstance(current, dict) and current:
-                scope.set_attribute(module, name, type(current)())
+                kept = type(current)()
+                kept.update((key, hook) for key, hook in current.items() if _computes(hook))
+                scope.set_attribute(module, name, kept)
 
 
 def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
@@ -230,9 +251,11 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
     previous: list = [None, None]  # (name, output tensor) of the module that finished last
 
     def pre(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             counter[0] += 1
             record = records.setdefault(name, {"calls": 0})
+            record["fed"] = any(isinstance(a, torch.Tensor) and a.is_floating_point()
+                                for a in (*args, *kwargs.values()))
             record["start"] = counter[0]
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
             record["version"] = _version(first)
@@ -253,6 +276,7 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
             record["rearranges"] = (first is not None and tensor is not None and first.shape != tensor.shape
                                     and sorted(first.shape) == sorted(tensor.shape)
                                     and next(module.parameters(), None) is None)
+            record["structured"] = _is_model_output(output)
             record["alias_of"] = previous[0] if tensor is not None and previous[1] is tensor else None
             previous[0], previous[1] = name, tensor
         return hook
@@ -261,7 +285,7 @@ def _run_hooked(model: nn.Module, run) -> dict[str, dict]:
         _quiet(scope, model)
         for name, module in model.named_modules():
             if name:
-                scope.forward_pre_hook(module, pre(name))
+                scope.forward_pre_hook(module, pre(name), with_kwargs=True)
                 scope.forward_hook(module, post(name))
         run()
     previous[1] = None
@@ -295,13 +319,14 @@ def _build(records: dict[str, dict], size: tuple[int, int]) -> tuple[LayerOutput
     layers = []
     for _, name in done:
         r = records[name]
-        layout, grid, prefix = _classify(r["shape"], 1, size, grids, lengths)
+        layout, grid, prefix = _classify(r["shape"], 1, size, grids, lengths, r.get("kind", ""))
         if layout in ("nchw", "nhwc") and grid not in grids:
             grids.append(grid)
         layers.append(LayerOutput(name=name, kind=r["kind"], shape=r["shape"], layout=layout, grid=grid,
                                   prefix=prefix, start=r["start"], end=r["end"], calls=r["calls"],
                                   passthrough=r["passthrough"], rearranges=r["rearranges"],
-                                  alias_of=r["alias_of"]))
+                                  alias_of=r["alias_of"], structured=r.get("structured", False),
+                                  fed=r.get("fed", True)))
     return tuple(layers)
 
 

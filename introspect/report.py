@@ -21,9 +21,11 @@ from .categories import given_names, name_classes
 from .context import RunContext
 from .errors import UsageError
 from .models import LoadedModel, load_model
+from .notices import quiet_library_notices
 from .options import BATCH_SIZE, DEFAULT_LOGDIR, CamOptions, DetectionOptions, FeatureOptions, FilterOptions, \
     LoadOptions, SaliencyOptions
 from .sections import SECTIONS, Section, parse_sections
+from .run_scope import image_files, run_record
 from .run_scope import recorded_run as _recorded
 from .tasks import TASKS
 from .tasks.base import Task
@@ -97,6 +99,7 @@ def report(
     say = progress or (lambda message: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        quiet_library_notices()
         chosen_names = parse_sections(sections)
         named = [images] if isinstance(images, (str, Path)) else images if isinstance(images, (list, tuple)) else []
         paths = [p for p in named if isinstance(p, (str, Path))]
@@ -141,8 +144,7 @@ def report(
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
-        ctx.reporter.run_record(_run_record(loaded, info, image_list))
-        with _recorded(ctx.reporter, info, summary, caught, started):
+        with _recorded(ctx.reporter, info, summary, caught, started, record=_run_record(loaded, info, image_list)):
             for message in dict.fromkeys(str(w.message) for w in caught):  # loading's warnings: said first
                 say(f"WARNING: {message}")
             for section in (s for s in chosen if s.stage == "model"):
@@ -182,41 +184,13 @@ def _base_info(loaded: LoadedModel, image_list: list, chosen: list[str], task: T
     }
 
 
-def _image_files(image_list: list) -> dict[str, str]:
-    """Each input's tag name -> the absolute path of its photo, as the inputs were named (``tag_names``);
-    nothing where an input is not a path (a PIL image, a tensor) or a path cannot be listed."""
-    from .errors import ImageError
-    from .images import expand_paths, tag_names
-
-    if not all(isinstance(p, (str, Path)) for p in image_list):
-        return {}
-    try:
-        files = [f for f, _ in expand_paths(image_list)]
-    except (ImageError, OSError):
-        return {}
-    return {name: str(f.resolve()) for name, f in zip(tag_names([f.stem for f in files]), files)}
-
-
 def _run_record(loaded: LoadedModel, info: dict[str, object], image_list: list) -> dict[str, object]:
-    """The machine-readable facts of a run that let it be loaded again (``introspect.json``, read by the
-    TensorBoard tab): the model as named, the weights (an enum name, ``random``, or the file's absolute
-    path), the task, input size, device, the CAM layer and methods, the class names, and each input's
-    photo (its tag name -> absolute path)."""
+    """The run's ``introspect.json`` (:func:`~introspect.run_scope.run_record`): the CAM layer and methods
+    and each input's photo (its tag name -> absolute path) besides the model's facts."""
     methods = str(info.get("cam methods") or "")
-    return {
-        "format": 1,
-        "model": loaded.name,
-        "weights": loaded.weights,
-        "weights_from": loaded.weights_source,
-        "weights_path": loaded.weights_path,
-        "task": loaded.task,
-        "input_size": loaded.input_size,
-        "device": str(loaded.device),
-        "cam_layer": info.get("cam layer"),
-        "cam_methods": [m.strip() for m in methods.split(",") if m.strip()],
-        "categories": list(loaded.categories),
-        "image_files": _image_files(image_list),
-    }
+    return run_record("report", loaded, cam_layer=info.get("cam layer"),
+                      cam_methods=[m.strip() for m in methods.split(",") if m.strip()],
+                      image_files=image_files(image_list))
 
 
 def _task_info(task: Task, skipped: dict[str, str]) -> dict[str, object]:

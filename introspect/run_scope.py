@@ -6,6 +6,10 @@ exist: the per-photo report (:func:`introspect.report`), a task's own pipeline, 
 then the versions, the command line and the status: ``completed``, ``failed: <error>`` or ``interrupted
 (Ctrl-C)``, with the seconds taken), lists the run's warnings once each, and closes the event file, so
 what was written before a failure stays readable. The exception itself goes on to the caller.
+
+:func:`run_record` makes the run's machine-readable record (``introspect.json``, which the TensorBoard
+tab reads to list the run and load its model again); the scope writes it when it starts and again when
+the run ends (with its status), so a report, an audit and a watched training run all carry one.
 """
 
 from __future__ import annotations
@@ -13,15 +17,63 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .models import LoadedModel
     from .tensorboard import Reporter
 
-__all__ = ["RunEnd", "recorded_run", "versions", "command_line"]
+__all__ = ["RunEnd", "recorded_run", "versions", "run_record", "image_files", "audit_facts", "RUN_KINDS",
+           "command_line"]
+
+#: What made a run, as ``introspect.json`` says (``kind``).
+RUN_KINDS = ("report", "audit", "watch")
+RECORD_FORMAT = 2
+MAX_RECORDED_IMAGES = 32  # photo paths a record keeps (an audit's galleries and sample: the first ones)
+
+
+def run_record(kind: str, loaded: LoadedModel | None = None, **facts: object) -> dict[str, object]:
+    """The machine-readable facts of a run (``introspect.json``): what made it (``kind``, one of
+    :data:`RUN_KINDS`), the model as named, the weights (an enum name, ``random``, or the file's
+    absolute path), the task, input size, device, class names, and ``not_explorable``: why the
+    TensorBoard tab cannot compute maps for it (the task's own words, :data:`~introspect.tasks.base.NEEDS`
+    ``["tab"]``), or None. ``facts`` add to or override these (``cam_layer``, ``cam_methods``,
+    ``image_files``: each input's tag name -> its photo's absolute path)."""
+    record: dict[str, object] = {"format": RECORD_FORMAT, "kind": kind, "model": None, "weights": None,
+                                 "weights_from": None, "weights_path": None, "task": None, "input_size": None,
+                                 "device": None, "cam_layer": None, "cam_methods": [], "categories": [],
+                                 "image_files": {}, "not_explorable": None}
+    if loaded is not None:
+        from .tasks import TASKS
+        from .tasks.base import NEEDS
+
+        record.update(model=loaded.name, weights=loaded.weights, weights_from=loaded.weights_source,
+                      weights_path=loaded.weights_path, task=loaded.task, input_size=loaded.input_size,
+                      device=str(loaded.device), categories=list(loaded.categories),
+                      not_explorable=TASKS[loaded.task].skip_reason("tab", NEEDS["tab"]))
+    record.update(facts)
+    return record
+
+
+def image_files(paths: Sequence[object], root: str | Path | None = None, limit: int | None = None) -> dict[str, str]:
+    """Each photo's tag name (as the inputs are named, ``tag_names``) -> its absolute path, for a record's
+    ``image_files``: ``paths`` (files or folders; relative ones under ``root``), the first ``limit`` of them
+    (None: all). Nothing where an entry is not a path or cannot be listed."""
+    from .errors import ImageError
+    from .images import expand_paths, tag_names
+
+    if not all(isinstance(p, (str, Path)) for p in paths):
+        return {}
+    given = [Path(root) / p if root is not None else Path(p) for p in paths]
+    try:
+        files = list(dict.fromkeys(f for f, _ in expand_paths(given)))[:limit]
+    except (ImageError, OSError):
+        return {}
+    return {name: str(f.resolve()) for name, f in zip(tag_names([f.stem for f in files]), files)}
 
 
 def versions() -> str:
@@ -50,6 +102,15 @@ def command_line(argv: list[str] | None = None) -> str:
     else:
         command = [args[0]]
     return shlex.join(command + args[1:])
+
+
+def audit_facts(result: Any, dataset: str | Path) -> dict[str, object]:
+    """What an audit adds to its :func:`run_record`: its CAM layer and methods, and the photos it shows
+    (its galleries', then its projector sample's; the first :data:`MAX_RECORDED_IMAGES`), by tag name."""
+    audited = [item.file for gallery in result.galleries for item in gallery.items]
+    audited += list(result.sample.files) if result.sample is not None else []
+    return {"cam_layer": result.settings.get("layer"), "cam_methods": list(result.methods),
+            "image_files": image_files(audited, root=dataset, limit=MAX_RECORDED_IMAGES)}
 
 
 @dataclass
@@ -82,7 +143,8 @@ def _message(warning: Any) -> str:
 
 @contextmanager
 def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
-                 caught: Iterable[Any] = (), started: float | None = None) -> Iterator[RunEnd]:
+                 caught: Iterable[Any] = (), started: float | None = None,
+                 record: dict[str, object] | None = None) -> Iterator[RunEnd]:
     """Run the body; however it ends, write ``run/info`` with the status, warnings and time, then close.
 
     Args:
@@ -94,6 +156,8 @@ def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
         caught: the run's warnings: the list ``warnings.catch_warnings(record=True)`` fills (read at the end)
             or message strings.
         started: ``time.perf_counter()`` when the run started (default: now).
+        record: the run's :func:`run_record`, written as ``introspect.json`` now and again when the run ends
+            (with its ``status``), so the body may add to it (the audit adds its images); None: none.
 
     Yields:
         A :class:`RunEnd`, filled in when the body is done (also on failure and Ctrl-C).
@@ -104,6 +168,8 @@ def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
     started = time.perf_counter() if started is None else started
     end = RunEnd()
     status = "failed"
+    if record is not None:
+        reporter.run_record({**record, "status": "running"})
     try:
         yield end
         status = "completed"
@@ -125,6 +191,8 @@ def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
         try:
             reporter.run_info({key: worded(value) if isinstance(value, str) else value for key, value in info.items()},
                               [worded(message) for message in end.warnings])
+            if record is not None:
+                reporter.run_record({**record, "status": end.status})
         finally:
             end.tags = dict(reporter.tags)
             if into is not None:

@@ -26,7 +26,19 @@ from .errors import InputSizeError, IntrospectError, IntrospectWarning, UnknownM
 from .checkpoints import OFFLINE_ENV, load_checkpoint
 from .loaded import LoadedModel
 
-__all__ = ["HFClassifier", "load_timm", "load_hf", "module_categories"]
+__all__ = ["HFClassifier", "HFSegmenter", "HFDetector", "HF_NOT_APPLICABLE", "load_timm", "load_hf",
+           "module_categories"]
+
+# Hugging Face image-classification architectures that cannot take an image batch alone (model_type: why)
+HF_NOT_APPLICABLE = {
+    "dinat": "needs the natten library (neighbourhood-attention kernels): pip install natten",
+    "nat": "needs the natten library (neighbourhood-attention kernels): pip install natten",
+    "imagegpt": "classifies colour-cluster token ids (input_ids), not pixel_values",
+    "shieldgemma2": "a vision-language safety classifier: it needs a text prompt (input_ids) beside the image",
+    "siglip2": "takes pre-patchified pixel_values with pixel_attention_mask and spatial_shapes (NaFlex), not an "
+               "image batch",
+    "timm_wrapper": "a wrapper around a timm model: load the timm model itself as timm:NAME",
+}
 
 
 def _need(package: str, extra: str):
@@ -75,7 +87,7 @@ def _hf_categories(config: Any, count: int) -> tuple[str, ...]:
 
 def module_categories(model: nn.Module, count: int) -> tuple[str, ...] | None:
     """Class names a timm or Hugging Face module carries itself (None for any other module)."""
-    inner = model.model if isinstance(model, HFClassifier) else model
+    inner = model.model if isinstance(model, (HFClassifier, HFSegmenter, HFDetector)) else model
     if getattr(inner, "config", None) is not None and getattr(inner.config, "id2label", None):
         return _hf_categories(inner.config, count)
     if type(model).__module__.startswith("timm.") and getattr(model, "pretrained_cfg", None) is not None:
@@ -211,7 +223,100 @@ class HFClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) of a (N, 3, H, W) batch."""
-        return self.model(pixel_values=pixel_values).logits
+        output = self.model(pixel_values=pixel_values)
+        logits = getattr(output, "logits", None)
+        if logits is None:  # PP-LCNet returns its scores as last_hidden_state
+            logits = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return logits
+
+
+class HFSegmenter(nn.Module):
+    """A transformers semantic segmenter whose forward returns ``{"out": scores}`` at the input's size, as
+    torchvision's segmenters do (bilinear, as transformers' own post-processing); its layers stay ``model.*``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config."""
+        return self.model.config
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"out": (N, classes, H, W)}`` per-pixel class scores of a (N, 3, H, W) batch."""
+        logits = self.model(pixel_values=pixel_values).logits
+        if logits.shape[-2:] != pixel_values.shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear",
+                                                     align_corners=False)
+        return {"out": logits}
+
+
+class HFDetector(nn.Module):
+    """A transformers DETR-style object detector taking what torchvision's detectors take: a list of (3, H, W)
+    images in [0, 1] (or one (N, 3, H, W) batch), each resized to ``size`` x ``size`` and normalised here; it
+    returns one ``{"boxes" (x1, y1, x2, y2 in the image's pixels), "labels", "scores"}`` per image, a detection
+    per query scoring ``score_thresh`` or more (scores: the softmax without the no-object class, or the sigmoid
+    of focal-loss heads), differentiable back to the query logits. Its layers stay ``model.*``."""
+
+    def __init__(self, model: nn.Module, size: int, mean: Any, std: Any, score_thresh: float = 0.5) -> None:
+        super().__init__()
+        self.model = model
+        self.size = int(size)
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.score_thresh = float(score_thresh)
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config."""
+        return self.model.config
+
+    def forward(self, images: Any) -> list[dict[str, torch.Tensor]]:
+        """Detections of each image (see the class)."""
+        images = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
+        sizes = [tuple(int(s) for s in image.shape[-2:]) for image in images]
+        batch = torch.stack([torch.nn.functional.interpolate(image[None], size=(self.size, self.size),
+                                                             mode="bilinear", align_corners=False)[0]
+                             for image in images])
+        batch = (batch - self.mean.to(batch)) / self.std.to(batch)
+        output = self.model(pixel_values=batch)
+        logits, boxes = output.logits, output.pred_boxes  # (N, Q, classes[+1]), (N, Q, 4) cx, cy, w, h in [0, 1]
+        labels_count = int(getattr(self.model.config, "num_labels", logits.shape[-1]))
+        if logits.shape[-1] == labels_count + 1:  # DETR, YOLOS: a softmax with a last "no object" class
+            probs = logits.softmax(-1)[..., :-1]
+        else:  # Deformable / Conditional DETR, RT-DETR: sigmoid (focal loss) heads
+            probs = logits.sigmoid()
+        scores, labels = probs.max(-1)
+        found = []
+        for n, (height, width) in enumerate(sizes):
+            cx, cy, w, h = boxes[n].unbind(-1)
+            xyxy = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
+                                (cy + h / 2) * height], -1)
+            keep = (scores[n] >= self.score_thresh).nonzero().flatten()
+            keep = keep[scores[n][keep].argsort(descending=True)]
+            found.append({"boxes": xyxy[keep], "labels": labels[n][keep], "scores": scores[n][keep]})
+        return found
+
+
+_HF_TASKS = {"segmentation": "hf_segmentation", "detection": "hf_detection"}  # head -> introspect task
+
+
+def _hf_head(config: Any) -> str:
+    """What the config's architecture does: "segmentation", "detection" or "classification"."""
+    from transformers.models.auto import modeling_auto
+
+    named = set(getattr(config, "architectures", None) or ())
+
+    def among(mapping: dict) -> bool:
+        return any(name in named for value in mapping.values()
+                   for name in (value if isinstance(value, (tuple, list)) else (value,)))
+
+    if among(modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES):
+        return "segmentation"
+    if among(modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES):
+        return "detection"
+    return "classification"
 
 
 def _hf_size(processor: Any, config: Any) -> tuple[int, int]:
@@ -219,15 +324,18 @@ def _hf_size(processor: Any, config: Any) -> tuple[int, int]:
     def side(value: Any) -> int | None:
         if isinstance(value, int):
             return value
-        if isinstance(value, dict):
-            for key in ("shortest_edge", "height", "width"):
-                if value.get(key):
-                    return int(value[key])
+        if value is None:
+            return None
+        for key in ("shortest_edge", "height", "width"):  # a dict (transformers 4) or a SizeDict (5)
+            found = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+            if found:
+                return int(found)
         return None
 
     crop = side(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
     resize = side(getattr(processor, "size", None))
-    image_size = getattr(config, "image_size", None)
+    image_size = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None),
+                                                                 "image_size", None)
     image_size = image_size if isinstance(image_size, int) else (image_size[0] if image_size else None)
     crop = crop or resize or image_size or 224
     return crop, max(resize or crop, crop)
@@ -253,12 +361,31 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
         raise WeightsError(f"unknown weights {weights!r} for hf:{path}: use auto or none (the weights come "
                            "from the folder or hub id)")
     try:
+        config = AutoConfig.from_pretrained(path, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        if offline:
+            raise UnknownModelError(f"hf:{path} is not a folder and not in the local Hugging Face cache "
+                                    f"({OFFLINE_ENV} is set): download it first with `huggingface-cli download "
+                                    f"{path}` (or save_pretrained it to a folder) and pass that") from None
+        raise UnknownModelError(f"cannot load Hugging Face model {path!r} ({first}): give a folder written by "
+                                "save_pretrained or a hub id") from None
+    model_type = getattr(config, "model_type", "")
+    head = _hf_head(config)
+    if head == "detection":
+        from transformers import AutoModelForObjectDetection as auto_class
+    elif head == "segmentation":
+        from transformers import AutoModelForSemanticSegmentation as auto_class
+    else:
+        auto_class = AutoModelForImageClassification
+    if head == "classification" and model_type in HF_NOT_APPLICABLE:
+        raise UsageError(f"hf:{path} ({model_type}) cannot be introspected: {HF_NOT_APPLICABLE[model_type]}")
+    try:
         if choice == "none":
-            config = AutoConfig.from_pretrained(path, local_files_only=offline)
-            model = AutoModelForImageClassification.from_config(config)
+            model = auto_class.from_config(config)
             source, weights_name = "random initialisation (weights='none')", "random"
         else:
-            model = AutoModelForImageClassification.from_pretrained(path, local_files_only=offline)
+            model = auto_class.from_pretrained(path, local_files_only=offline)
             source, weights_name = f"transformers from_pretrained({path})", "pretrained"
     except (OSError, ValueError) as exc:
         first = " ".join(str(exc).split())[:200]
@@ -276,10 +403,16 @@ def load_hf(path: str, weights: str | os.PathLike | None, device: torch.device, 
         resize = round(resize * input_size / default)
     mean = getattr(processor, "image_mean", None) or (0.5, 0.5, 0.5)
     std = getattr(processor, "image_std", None) or (0.5, 0.5, 0.5)
-    transform = _preset(size, resize, mean, std, "bilinear")
-    net = HFClassifier(model).to(device).eval()
+    resample = getattr(processor, "resample", None)  # PIL's codes: 3 bicubic, 0 nearest, else bilinear
+    transform = _preset(size, resize, mean, std, {3: "bicubic", 0: "nearest"}.get(int(resample or 2), "bilinear"))
+    if head == "detection":  # [0, 1] pixels in, normalised inside (as torchvision's detectors)
+        transform = _preset(size, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+        net = HFDetector(model, size, mean, std).to(device).eval()
+    else:
+        net = (HFSegmenter if head == "segmentation" else HFClassifier)(model).to(device).eval()
     count = int(getattr(config, "num_labels", 0) or 0)
     names = tuple(categories) if categories else _hf_categories(config, count)
     short = Path(path).name if Path(path).is_dir() else path.replace("/", "--")  # the run folder's name: no "/"
     return LoadedModel(model=net, name=f"hf:{short}", weights=weights_name, weights_source=source,
-                       transform=transform, categories=names, input_size=size, device=device, warnings=[])
+                       transform=transform, categories=names, input_size=size, device=device, warnings=[],
+                       task=_HF_TASKS.get(head, "classification"))

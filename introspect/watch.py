@@ -283,6 +283,8 @@ class Watch:
         self._reporter, self._owns_reporter = (
             _open_reporter(logdir_or_writer, options.run_name, loaded, module) if self._writes else (None, False)
         )
+        if self._reporter is not None:
+            _write_run_record(self._reporter, loaded, module)
         self._stats: dict[str, torch.Tensor] = {}
         self._forward_handles: list[Any] = []
         self._pre_step_handle: Any = None
@@ -663,6 +665,25 @@ def _probe_labels(labels: Any, count: int, categories: Sequence[str]) -> list[in
         if isinstance(item, int) and item < 0:
             raise ArgumentError(f"labels= entry {item} is negative: class indices start at 0", parameter="labels")
     return [int(i) if isinstance(i, (int, np.integer)) else i for i in items]
+
+
+WATCH_NOT_EXPLORABLE = ("a training run watched by introspect.watch: its model lives in the training script and its "
+                        "weights changed as it trained; save a checkpoint and run introspect MODEL --weights "
+                        "CHECKPOINT --image PHOTO to explore it")
+
+
+def _write_run_record(reporter: Reporter, loaded: LoadedModel | None, module: nn.Module) -> None:
+    """The run's ``introspect.json`` (kind ``watch``), so the TensorBoard tab lists it and says why it cannot
+    compute maps for it; a record already there (a report into the same run) is kept."""
+    from .run_scope import run_record
+    from .tensorboard.reporter import RUN_RECORD_FILE
+
+    if (reporter.run_dir / RUN_RECORD_FILE).exists():
+        return
+    record = run_record("watch", loaded, not_explorable=WATCH_NOT_EXPLORABLE)
+    if loaded is None:
+        record["model"] = type(module).__name__
+    reporter.run_record(record)
 
 
 def _open_reporter(target: Any, run_name: str | None, loaded: LoadedModel | None, module: nn.Module):

@@ -409,3 +409,47 @@ def test_zero_gradients_give_a_zero_map_and_a_warning(model_class, method):
     # The same model explained by a class-agnostic method still shows its activations.
     (eigen,) = introspect.cam(model, inputs, "eigencam", layer="features", targets=[0])
     assert eigen.maps[0].heatmap.max() > 0
+
+
+class ZeroFeatures(torch.nn.Module):
+    """Features that are all zero (a ReLU after a dead bias): every CAM over them is blank."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.features = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.features(self.conv(x) * 0 - 1).mean(dim=(2, 3)))
+
+
+class ConstantMap(torch.nn.Module):
+    """Features that do not vary over the image (a constant raw map, as LeViT's can be)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.features = torch.nn.Identity()
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        flat = self.conv(x).mean(dim=(2, 3), keepdim=True).expand(-1, -1, x.shape[2], x.shape[3]) + 1.0
+        return self.fc(self.features(flat * 1.0).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("model_class,words", [(ZeroFeatures, "all activations are zero"),
+                                               (ConstantMap, "are constant"), (DeadHead, "all gradients are zero")])
+def test_every_blank_map_warns_once_with_the_method_named_once(model_class, words):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = introspect.cam(model, inputs, "gradcam", layer="features", targets=[0, 3])
+    for result in results:
+        assert all(cam_map.heatmap.max() == 0.0 for cam_map in result.maps)
+    messages = [str(w.message) for w in caught if issubclass(w.category, IntrospectWarning)]
+    blank = [m for m in messages if words in m]
+    assert len(blank) == 1, messages
+    assert blank[0].startswith("gradcam: ") and "gradcam: gradcam" not in blank[0]

@@ -409,3 +409,12 @@ def test_console_script():
     assert unknown.stdout == ""
     assert unknown.stderr.startswith("introspect: error: unknown model 'resnet': did you mean ")
     assert "resnet18" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_list_layers_honours_input_size():
+    code, out, err = run_cli(["resnet18", "--list-layers", "--input-size", "64"])
+    assert code == 0, err
+    cam_rows = [line for line in out.splitlines() if line.endswith("[cam]")]
+    assert len(cam_rows) == 1 and cam_rows[0].startswith("layer4 ") and "(1, 512, 2, 2)" in cam_rows[0]
+    code, out, err = run_cli(["vit_b_32", "--list-layers", "--input-size", "64"])  # a fixed-size model: checked
+    assert code == 2 and "takes only 224x224" in err and "--input-size 224" in err

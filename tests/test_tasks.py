@@ -83,6 +83,7 @@ def test_registry_covers_every_torchvision_name_once():
     classifier_only = {"saliency", "filters", "embeddings", "quality"}
     skipped = {"classification": set(), "quantized": classifier_only, "detection": {"graph", *classifier_only},
                "segmentation": {"graph", *classifier_only}, "video": {"graph", *classifier_only},
+               "hf_segmentation": {"graph", *classifier_only}, "hf_detection": {"graph", *classifier_only},
                "optical_flow": {"graph", "cam", *classifier_only}}
     for task in TASKS.values():
         for section in ("structure", "graph", "kernels", "features", "cam", "histograms", "saliency", "filters",

@@ -163,8 +163,8 @@ def test_hf_vit_from_a_folder_right_layer_and_maps_equal_pytorch_grad_cam(hf_fol
     assert loaded.categories == ("apple", "pear", "plum", "fig")
     assert loaded.input_size == 32 and tuple(round(v, 3) for v in loaded.transform.mean) == (0.4, 0.5, 0.6)
     model = loaded.model
-    blocks = [n for n, _ in model.named_modules() if n.count(".") == 3 and n.startswith("model.vit.") and
-              n.split(".")[-1].isdigit()]
+    blocks = [n for n, m in model.named_modules() if n.startswith("model.vit.") and n.split(".")[-1].isdigit()
+              and hasattr(m, "layernorm_before")]  # model.vit.layers.N (transformers 5), .encoder.layer.N (4)
     choice = pick_cam_layer(model, input_size=32)
     # the last block's input norm (its output feeds the attention that the class token reads)
     assert choice.name == f"{blocks[-1]}.layernorm_before"
@@ -188,3 +188,14 @@ def test_a_timm_vit_built_on_the_meta_device_gets_its_layer_without_running():
         model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False).eval()
     choice = pick_cam_layer(model)
     assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.11.norm1", "tokens", 2, (14, 14))
+
+
+def test_crossvit_and_cait_layers_are_a_block_input_norm_not_a_projection_inside_attention():
+    model = _timm("crossvit_tiny_240")
+    choice = pick_cam_layer(model)
+    # the last block that runs: the last fusion block (branch 1's class token attends to branch 0's 20 x 20
+    # patches, 240 / 12); its pre-attention norm, not the value projection inside its cross-attention
+    assert (choice.name, choice.layout, choice.prefix, choice.grid) == ("blocks.2.fusion.1.norm1", "tokens", 1,
+                                                                        (20, 20))
+    choice = pick_cam_layer(_timm("cait_xxs24_224"))  # a class-attention block is a block (it has norms), not attn
+    assert (choice.name, choice.prefix, choice.grid) == ("blocks_token_only.1.norm1", 1, (14, 14))

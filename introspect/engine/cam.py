@@ -375,14 +375,25 @@ def _finite(tensor: torch.Tensor, what: str, notes: list[str]) -> torch.Tensor:
 def _maps_here(method: CamMethod, forward: ForwardPass, layer: LayerChoice, k: int, size: tuple[int, int],
                notes: list[str], raw_grads: torch.Tensor | None) -> torch.Tensor:
     activation = _finite(to_nchw(forward.activations[layer.name], layer).float(), "activations", notes)
+    blank = None
+    if not activation.abs().amax().item() > 0:
+        blank = f"all activations are zero at {layer.name}; the maps are blank"
     grads = None
     if method.uses_gradients:
         grads = torch.stack([to_nchw(g, layer) for g in raw_grads]).float()
         grads = _finite(grads, "gradients", notes)
-        if not grads.abs().amax().item() > 0:
-            notes.append(f"{method.name}: all gradients are zero at {layer.name}; the maps are blank")
+        if blank is None and not grads.abs().amax().item() > 0:
+            blank = f"all gradients are zero at {layer.name}; the maps are blank"
     raw = method.compute(activation, grads)
-    raw = _finite(raw, f"{method.name} maps", notes)
+    raw = _finite(raw, "the maps", notes)
+    if blank is None:  # a raw map with no positive spread is blank after the ReLU and min-max (LeViT's)
+        positive = torch.relu(raw).flatten(2)
+        flat = int(((positive.amax(-1) - positive.amin(-1)) <= 0).sum())
+        if flat:
+            blank = (f"{flat} of {positive.shape[0] * positive.shape[1]} raw maps at {layer.name} are constant "
+                     "(or have no positive part); those maps are blank")
+    if blank is not None:
+        notes.append(blank)
     return normalize_maps(raw, size).expand(k, -1, -1, -1)
 
 

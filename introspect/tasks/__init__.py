@@ -15,6 +15,7 @@ from .base import Task
 from .classification import ClassificationTask, QuantizedTask
 from .detection import DetectionTask
 from .flow import FlowTask
+from .hf import HFDetectionTask, HFSegmentationTask
 from .segmentation import SegmentationTask
 from .video import VideoTask
 
@@ -93,6 +94,25 @@ register_task(SegmentationTask(
         "audit": f"{_AUDIT_CLASSIFIER_ONLY}; a segmentation model gives a class per pixel",
     },
     build_kwargs={"weights_backbone": None, "aux_loss": False},
+))
+register_task(HFDetectionTask(
+    name="hf_detection",
+    summary="Hugging Face object detection (hf:FOLDER_OR_ID: DETR, Conditional/Deformable DETR, RT-DETR, Table "
+            "Transformer): boxes with id2label names, a CAM per detection (its query)",
+    module="transformers",  # loaded by hf: only, never listed by torchvision name
+    input_kind="image",
+    capabilities=TASKS["detection"].capabilities,
+    not_applicable=TASKS["detection"].not_applicable,
+    runs_on_meta=False,
+))
+register_task(HFSegmentationTask(
+    name="hf_segmentation",
+    summary="Hugging Face semantic segmentation (hf:FOLDER_OR_ID: SegFormer, UperNet, DPT, BEiT, MobileViT): the "
+            "mask with id2label names, a CAM per class present",
+    module="transformers",  # loaded by hf: only, never listed by torchvision name
+    input_kind="image",
+    capabilities=TASKS["segmentation"].capabilities,
+    not_applicable=TASKS["segmentation"].not_applicable,
 ))
 register_task(VideoTask(
     name="video",

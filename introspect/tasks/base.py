@@ -47,6 +47,7 @@ NEEDS: dict[str, frozenset[str]] = {
     "saliency": _CLASSIFIER,
     "quality": _CLASSIFIER,
     "embeddings": frozenset({"images", "class_scores"}),
+    "tab": frozenset({"images", "targets"}),  # the TensorBoard tab: a map of one photo, on demand
 }
 
 #: Where a task's trunk lives, by input kind, first match wins: a detector's or segmenter's backbone body,
@@ -142,7 +143,9 @@ class Task(ABC):
         """Why ``section`` (which needs ``requires``) does not run for this task, or None when it does."""
         if section in self.not_applicable:
             return self.not_applicable[section]
-        missing = [c for c in requires if c not in self.capabilities]
+        order = list(CAPABILITIES)  # the same words in the same order in every process (a frozenset's is not)
+        missing = sorted((c for c in requires if c not in self.capabilities),
+                         key=lambda c: (order.index(c) if c in order else len(order), c))
         if missing:
             return f"needs {' and '.join(CAPABILITIES.get(c, c) for c in missing)}, which {self.name} models do " \
                    "not give"

@@ -104,7 +104,7 @@ async function loadRuns() {
   const { runs } = await getJSON("runs");
   const select = $("run");
   select.innerHTML = "";
-  for (const run of runs) select.append(element("option", { value: run.name }, run.name));
+  for (const run of runs) select.append(element("option", { value: run.name }, `${run.name} (${run.kind})`));
   state.runs = Object.fromEntries(runs.map((run) => [run.name, run]));
   if (!runs.length) {
     showError("no introspect run in this log dir: run python -m introspect MODEL --image PHOTO --logdir DIR first");
@@ -116,8 +116,10 @@ async function loadRuns() {
 function describeRun(run) {
   const info = $("run-info");
   info.innerHTML = "";
-  info.append(`${run.model} · ${run.task} · input ${run.input_size} px · weights ${run.weights} (${run.weights_from})`);
+  info.append(`${run.kind} · ${run.model ?? "model unknown"} · ${run.task ?? "task unknown"} · input ${run.input_size ?? "?"} px · ` +
+              `weights ${run.weights ?? "?"} (${run.weights_from ?? "?"})`);
   if (!run.reloadable || run.weights === "random") info.append(" · ", element("span", { class: "note" }, run.note));
+  if (run.images_note) info.append(" · ", element("span", { class: "note" }, run.images_note));
 }
 
 async function chooseRun(name) {
@@ -144,7 +146,7 @@ async function chooseRun(name) {
   }
   state.image = images.length ? `run:${images[0]}` : null;
   if (!state.runs[name].reloadable) {
-    showError(`this run ${state.runs[name].note}`);
+    showError(`run ${name} ${state.runs[name].note}`);
     return;
   }
   const stop = watchProgress(name, "loading the model");
