@@ -13,9 +13,9 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .errors import IntrospectError
+from .errors import IntrospectError, worded_as_flags
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "tensorboard_command"]
 
 EXAMPLES = """examples:
   python -m introspect vgg11 --image sample_images/cat.png --logdir runs
@@ -32,7 +32,7 @@ EXAMPLES = """examples:
   python -m introspect resnet50 --dataset val/ --boxes val_boxes.json --cam gradcam,layercam --workers 8
   torchrun --nproc_per_node 8 -m introspect resnet50 --dataset val/ --boxes val_boxes.json --device cuda
   python -m introspect resnet50 --dataset val/ --resume runs/resnet50-20260101-120000
-then: tensorboard --logdir runs
+then: tensorboard --logdir runs      (or .venv/bin/tensorboard where it is not on PATH)
 """
 
 # Which flag sets which option: (options group, field) -> flag. The library's errors name the
@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "folder (no labels); uses --cam and --cam-layer")
     audit.add_argument("--boxes", metavar="FILE_OR_DIR",
                        help="object boxes for the pointing game: COCO JSON, a folder of Pascal VOC XML, or a CSV "
-                            "file,x0,y0,x1,y1,label")
+                            "file whose first line is the header file,x0,y0,x1,y1,label and each further line one "
+                            "box: file as a path relative to --dataset (e.g. tabby/cat.png; a base name also "
+                            "matches), corners in the original photo's pixels (x1, y1 exclusive), label optional")
     audit.add_argument("--masks", metavar="DIR",
                        help="segmentation models: the ground-truth mask PNGs, one per image named as it (Pascal VOC's "
                             "SegmentationClass: pixel = class index, 255 = ignore); detectors take --boxes")
@@ -222,6 +224,10 @@ def _audit(args: argparse.Namespace) -> int:
     if refusal:  # before any weights are loaded or anything is written
         raise ArgumentError(f"--dataset cannot audit {args.model} ({task.name} model): {refusal}; give it --image "
                             "for its per-photo report", parameter="dataset")
+    for flag, given in (("--dataset", args.dataset), ("--boxes", args.boxes), ("--resume", args.resume)):
+        if given and not Path(given).exists():  # before any weights are downloaded
+            raise ArgumentError(f"{flag} {given}: no such file or folder; check the path and spelling",
+                                parameter=flag.lstrip("-"))
     started = time.perf_counter()
     world = init_world(args.device)
     try:
@@ -264,16 +270,29 @@ def _audit(args: argparse.Namespace) -> int:
                 return 0
             reporter.audit(result)
             record.update(audit_facts(result, args.dataset))
-            info.update({**result.settings, "images": result.images, "skipped": result.skipped,
-                         "table": result.table})
+            info.update(_audit_info(result))
         for line in result.summary_lines():
             print(line)
         counts = ", ".join(f"{section} {count}" for section, count in sorted(end.tags.items()))
         print(f"wrote {sum(end.tags.values())} summaries ({counts}) and the table {result.table}")
-        print(f"open it with: tensorboard --logdir {run_dir.parent}")
+        print(f"open it with: {tensorboard_command(run_dir.parent)}")
         return 0
     finally:
         world.close()
+
+
+# The audit's settings under the names the per-photo report's run/info gives them.
+_AUDIT_INFO_KEYS = {"methods": "cam methods", "layer": "cam layer", "tolerance_px": "pointing tolerance (px)"}
+
+
+def _audit_info(result) -> dict[str, object]:
+    """The audit's lines of ``run/info``: its settings (the report's key names: spaces, lower case) and counts."""
+    from .tensorboard.layouts import whole
+
+    info = {_AUDIT_INFO_KEYS.get(key, key.replace("_", " ")): whole(value) for key, value in result.settings.items()
+            if key not in ("model", "weights", "dataset", "processes")}
+    info.update({"images audited": result.images, "unreadable skipped": result.skipped, "table": result.table})
+    return info
 
 
 def _list_layers(args: argparse.Namespace) -> None:
@@ -302,16 +321,53 @@ def _list_layers(args: argparse.Namespace) -> None:
             print(f"{name}  {type(layer).__name__}{marks}")
 
 
-def _print_summary(summary) -> None:
+def tensorboard_command(logdir) -> str:
+    """The command that opens ``logdir`` in TensorBoard here: ``tensorboard`` where it is on PATH, else the one
+    beside this Python (``.venv/bin/tensorboard``), else ``python -m tensorboard.main``."""
+    import os
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("tensorboard"):
+        program = ["tensorboard"]
+    else:
+        beside = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+        if beside.is_file():
+            try:
+                shown = os.path.relpath(beside)
+            except ValueError:  # another drive
+                shown = str(beside)
+            program = [shown if not shown.startswith("..") else str(beside)]
+        else:
+            program = [Path(sys.executable).name, "-m", "tensorboard.main"]
+    return shlex.join([*program, "--logdir", str(logdir)])
+
+
+def _progress(step: str, said: set[str]) -> None:
+    """A progress line on stderr (``... kernels``); a warning (``WARNING: ...``) in flags, remembered in ``said``."""
+    from .errors import in_flags
+
+    if step.startswith("WARNING: "):
+        said.add(step[len("WARNING: "):])
+        print(in_flags(step, _UNAMBIGUOUS), file=sys.stderr, flush=True)
+    else:
+        print(f"... {step}", file=sys.stderr, flush=True)
+
+
+def _print_summary(summary, said: set[str] = frozenset()) -> None:
     from .errors import in_flags
 
     for message in summary.warnings:
-        print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
+        if message not in said:
+            print(f"WARNING: {in_flags(message, _UNAMBIGUOUS)}", file=sys.stderr)
+    for name, reason in summary.skipped.items():
+        print(f"skipped {name}: {in_flags(reason, _UNAMBIGUOUS)}", file=sys.stderr)
     for record in summary.predictions:
         print(record.headline())
     counts = ", ".join(f"{section} {count}" for section, count in sorted(summary.tags.items()))
     print(f"wrote {sum(summary.tags.values())} summaries ({counts}) in {summary.seconds:.1f} s to {summary.run_dir}")
-    print(f"open it with: tensorboard --logdir {summary.run_dir.parent}")
+    print(f"open it with: {tensorboard_command(summary.run_dir.parent)}")
 
 
 def _one_line(exc: BaseException | str, limit: int = 400) -> str:
@@ -356,7 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list_layers(args)
             return 0
         if args.dataset or args.resume:
-            return _audit(args)
+            with worded_as_flags(_UNAMBIGUOUS):
+                return _audit(args)
         for flag, value in (("--boxes", args.boxes), ("--sanity", args.sanity), ("--batch-size", args.batch_size),
                             ("--workers", args.workers), ("--masks", args.masks)):
             if value:
@@ -366,24 +423,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             SaliencyOptions
         from .report import report
 
-        summary = report(
-            args.model,
-            args.image,
-            logdir=args.logdir,
-            run_name=args.run_name,
-            sections=args.sections,
-            load=_options("load", LoadOptions, weights=args.weights, device=args.device, input_size=args.input_size,
-                          categories=args.labels, model_args=args.model_arg),
-            cam=_options("cam", CamOptions, methods=args.cam, layer=args.cam_layer, topk=args.topk,
-                         targets=args.target),
-            features=_options("features", FeatureOptions, layers=args.layers),
-            saliency=_options("saliency", SaliencyOptions, methods=args.saliency),
-            filters=_options("filters", FilterOptions, layers=args.filter_layers, count=args.filter_count,
-                             steps=args.filter_steps, size=args.filter_size, budget_s=args.filter_budget),
-            detection=_options("detection", DetectionOptions, score_threshold=args.score_threshold),
-            progress=lambda step: print(f"... {step}", file=sys.stderr, flush=True),
-        )
-        _print_summary(summary)
+        said: set[str] = set()  # warnings printed as they came (first), not again at the end
+        with worded_as_flags(_UNAMBIGUOUS):
+            summary = report(
+                args.model,
+                args.image,
+                logdir=args.logdir,
+                run_name=args.run_name,
+                sections=args.sections,
+                load=_options("load", LoadOptions, weights=args.weights, device=args.device,
+                              input_size=args.input_size, categories=args.labels, model_args=args.model_arg),
+                cam=_options("cam", CamOptions, methods=args.cam, layer=args.cam_layer, topk=args.topk,
+                             targets=args.target),
+                features=_options("features", FeatureOptions, layers=args.layers),
+                saliency=_options("saliency", SaliencyOptions, methods=args.saliency),
+                filters=_options("filters", FilterOptions, layers=args.filter_layers, count=args.filter_count,
+                                 steps=args.filter_steps, size=args.filter_size, budget_s=args.filter_budget),
+                detection=_options("detection", DetectionOptions, score_threshold=args.score_threshold),
+                progress=lambda step: _progress(step, said),
+            )
+        _print_summary(summary, said)
         return 0
     except IntrospectError as exc:
         if args.debug:

@@ -15,7 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from introspect.errors import ArgumentError
 
-__all__ = ["normalize01", "colorize", "overlay", "tile_grid", "label_image", "labelled_row"]
+__all__ = ["CARD_WIDTH", "LABEL_PX", "MIN_PANEL_SIDE", "normalize01", "colorize", "overlay", "tile_grid",
+           "readable_font_px", "text_width", "wrap_text", "fits", "label_image", "enlarge", "labelled_panels",
+           "DISTINCT_COLORS", "distinct_colors", "draw_boxes", "titled_rows", "grid_with_row_labels"]
 
 
 def normalize01(x: np.ndarray) -> np.ndarray:
@@ -180,6 +182,21 @@ def tile_grid(
     return grid
 
 
+CARD_WIDTH = 340
+"""Pixels: how wide TensorBoard shows an image in its IMAGES cards at their default size (a 1600-px window);
+a wider image is scaled down to it, so labels are drawn large enough to stay readable after that."""
+
+LABEL_PX = 14
+"""Pixels: the font size every label has once TensorBoard has scaled the image to :data:`CARD_WIDTH` (its
+letters, ascender to descender, then stand 11 px or more)."""
+
+
+def readable_font_px(image_width: int) -> int:
+    """The font size, in the image's own pixels, whose text reads :data:`LABEL_PX` tall once an image
+    ``image_width`` pixels wide is shown in a TensorBoard card (scaled to :data:`CARD_WIDTH`)."""
+    return max(LABEL_PX, math.ceil(LABEL_PX * max(int(image_width), 1) / CARD_WIDTH))
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -187,50 +204,120 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def label_image(rgb: np.ndarray, text: str) -> np.ndarray:
-    """Put a white strip of black text above an image (e.g. "tabby cat 0.87").
+_PROBE = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+
+def text_width(text: str, font_px: int) -> float:
+    """Width in pixels of one line of ``text`` at ``font_px``."""
+    box = _PROBE.textbbox((0, 0), text, font=_font(font_px))
+    return float(box[2] - box[0])
+
+
+def wrap_text(text: str, font_px: int, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels (at its explicit newlines, then between
+    words); a word wider than ``width`` stays whole (:func:`fits` says whether one does)."""
+    lines: list[str] = []
+    for part in str(text).split("\n"):
+        words = part.split()
+        line = ""
+        for word in words:
+            trial = f"{line} {word}" if line else word
+            if line and text_width(trial, font_px) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def fits(text: str, font_px: int, width: int, max_lines: int) -> bool:
+    """Whether ``text`` wraps into at most ``max_lines`` lines of ``width`` pixels at ``font_px``, no word cut."""
+    lines = wrap_text(text, font_px, width)
+    return len(lines) <= max_lines and all(text_width(line, font_px) <= width for line in lines)
+
+
+def _line_height(font_px: int) -> int:
+    box = _PROBE.textbbox((0, 0), "Agjy|", font=_font(font_px))
+    return int(box[3] - min(box[1], 0)) + max(2, font_px // 6)
+
+
+def label_image(rgb: np.ndarray, text: str, font_px: int | None = None, lines: int = 1,
+                background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Put a strip of dark text above an image (e.g. "tabby cat 87.0%").
 
     Args:
         rgb: the image, uint8 ``(H, W, 3)`` (or ``(H, W)``).
-        text: one line; shortened with an ellipsis to fit the width.
+        text: the label; wrapped (at newlines, then between words) into at most ``lines`` lines, the last
+            shortened with an ellipsis if it still does not fit the width.
+        font_px: the font size in pixels (default: :func:`readable_font_px` of the image's own width).
+        lines: the strip's height in lines (labels of panels shown together use the same count, so they line up).
+        background: the strip's colour.
 
     Returns:
-        uint8 ``(H + strip, W, 3)``; the strip's height depends only on the width.
+        uint8 ``(H + strip, W, 3)``; the strip's height depends only on the font size and ``lines``.
 
     Raises:
         ArgumentError: ``rgb`` is not an image.
     """
     photo = _as_rgb(rgb)
     h, w = photo.shape[:2]
-    text = " ".join(str(text).split())
-    font = _font(max(10, min(w // 20, 32)))
-    pad = 3
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def width(s: str) -> float:
-        box = probe.textbbox((0, 0), s, font=font)
-        return box[2] - box[0]
-
-    if text and width(text) > w - 2 * pad:  # shorten with an ellipsis to fit
-        while len(text) > 1 and width(text + "...") > w - 2 * pad:
-            text = text[:-1]
-        text = text.rstrip() + "..."
-    box = probe.textbbox((0, 0), "Agjy|", font=font)  # fixed strip height: labelled panels line up
-    strip_h = int(box[3] - min(box[1], 0)) + 2 * pad
-    canvas = Image.new("RGB", (w, strip_h + h), (255, 255, 255))
+    size = int(font_px) if font_px else readable_font_px(w)
+    font = _font(size)
+    pad = max(3, size // 5)
+    usable = max(1, w - 2 * pad)
+    lines = max(1, int(lines))
+    wrapped = [" ".join(line.split()) for line in wrap_text(str(text), size, usable)]
+    if len(wrapped) > lines:
+        wrapped = wrapped[: lines - 1] + [" ".join(wrapped[lines - 1:])]
+    for i, line in enumerate(wrapped):  # shorten with an ellipsis to fit
+        if line and text_width(line, size) > usable:
+            while len(line) > 1 and text_width(line + "...", size) > usable:
+                line = line[:-1]
+            wrapped[i] = line.rstrip() + "..."
+    step = _line_height(size)
+    top = _PROBE.textbbox((0, 0), "Agjy|", font=font)[1]
+    strip_h = step * lines + 2 * pad
+    canvas = Image.new("RGB", (w, strip_h + h), tuple(int(c) for c in background))
     canvas.paste(Image.fromarray(photo), (0, strip_h))
-    if text:
-        ImageDraw.Draw(canvas).text((pad, pad - min(box[1], 0)), text, fill=(0, 0, 0), font=font)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(wrapped):
+        if line:
+            draw.text((pad, pad + i * step - min(top, 0)), line, fill=(0, 0, 0), font=font)
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 
-def labelled_row(images: Sequence[np.ndarray], labels: Sequence[str], padding: int = 4) -> np.ndarray:
-    """Same-size images side by side, each with its label above it (one panel per input).
+def enlarge(rgb: np.ndarray, min_side: int) -> np.ndarray:
+    """The image scaled up (bilinear) so its shorter side is at least ``min_side`` pixels; as it is when it is."""
+    photo = _as_rgb(rgb)
+    h, w = photo.shape[:2]
+    if min(h, w) >= min_side:
+        return photo
+    k = min_side / min(h, w)
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8).copy()
+
+
+MIN_PANEL_SIDE = 160
+"""Pixels: panels smaller than this (audit thumbnails, small inputs) are enlarged before labelling."""
+
+
+def labelled_panels(images: Sequence[np.ndarray], labels: Sequence[str], padding: int = 4,
+                    columns: int | None = None, max_columns: int = 5, max_lines: int = 2) -> np.ndarray:
+    """Same-size images, each under its label, in a grid whose labels stay readable in a TensorBoard card.
+
+    The grid takes as many columns (up to ``max_columns``) as let every label fit its panel, whole, in
+    ``max_lines`` lines at the font that reads :data:`LABEL_PX` tall once the grid is scaled to
+    :data:`CARD_WIDTH`; long labels give fewer columns (down to one per row). Panels narrower than
+    :data:`MIN_PANEL_SIDE` are enlarged first.
 
     Args:
         images: uint8 ``(H, W, 3)`` images, all the same size.
-        labels: one label per image.
-        padding: pixels between and around the images.
+        labels: one label per image (explicit newlines start new lines).
+        padding: pixels between and around the panels.
+        columns: a fixed number of columns (e.g. one per method); the font still follows the grid's width.
+        max_columns: most columns when ``columns`` is not given.
+        max_lines: lines a label may wrap into.
 
     Returns:
         uint8 ``(H', W', 3)``.
@@ -241,5 +328,178 @@ def labelled_row(images: Sequence[np.ndarray], labels: Sequence[str], padding: i
     if len(images) != len(labels) or not len(images):
         raise ArgumentError(f"images has {len(images)} entries and labels {len(labels)}: give one label per image "
                             "(at least one)", parameter="labels")
-    return tile_grid(np.stack([label_image(image, label) for image, label in zip(images, labels)]),
-                     ncols=len(images), padding=padding)
+    panels = [enlarge(image, MIN_PANEL_SIDE) for image in images]
+    w = panels[0].shape[1]
+    n = len(panels)
+    max_lines = max(max_lines, *(str(label).count("\n") + 1 for label in labels))
+
+    def font_for(cols: int) -> int:
+        return readable_font_px(cols * (w + padding) + padding)
+
+    def usable(size: int) -> int:
+        return w - 2 * max(3, size // 5)
+
+    if columns is not None:
+        cols = max(1, min(int(columns), n))
+    else:
+        cols = 1
+        for c in range(min(n, max_columns), 0, -1):
+            size = font_for(c)
+            if all(fits(str(label), size, usable(size), max_lines) for label in labels):
+                cols = c
+                break
+    size = font_for(cols)
+    lines = max(len(wrap_text(str(label), size, usable(size))) for label in labels)
+    lines = min(max(lines, 1), max_lines)
+    tiles = [label_image(image, str(label), font_px=size, lines=lines) for image, label in zip(panels, labels)]
+    return tile_grid(np.stack(tiles), ncols=cols, padding=padding)
+
+
+# Twenty colours told apart easily (Sasha Trubetskoy's list), for boxes and classes drawn together.
+DISTINCT_COLORS: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
+    (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 225, 25), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128), (0, 0, 0))
+
+
+def distinct_colors(keys: Sequence[object]) -> list[tuple[int, int, int]]:
+    """One colour per key, the same key the same colour, different keys different colours (in the order the keys
+    first appear; past twenty keys the colours repeat)."""
+    order: dict[object, int] = {}
+    for key in keys:
+        order.setdefault(key, len(order))
+    return [DISTINCT_COLORS[order[key] % len(DISTINCT_COLORS)] for key in keys]
+
+
+def _text_color(fill: Sequence[int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``fill``."""
+    r, g, b = (int(c) for c in fill[:3])
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
+               colors: Sequence[tuple[int, int, int]], line_width: int | None = None) -> np.ndarray:
+    """Boxes with their labels on filled tags of the box's colour, no tag over another.
+
+    Each tag goes inside the box's top-left corner, else just above the box, else just below it, else
+    lower down inside the box, wherever it covers no tag placed before it (boxes come best first, so the
+    best keep their place); a tag with no free place is left out. The font reads :data:`LABEL_PX` tall once
+    the image is scaled to a TensorBoard card (:func:`readable_font_px`).
+
+    Args:
+        rgb: the image, uint8 ``(H, W, 3)``.
+        boxes: ``(D, 4)`` ``(x0, y0, x1, y1)`` in the image's pixels.
+        labels: one label per box ("" for none).
+        colors: one RGB colour per box (see :func:`distinct_colors`).
+        line_width: the outline's width (default: 1 px per 200 px of the longer side, at least 2).
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
+    photo = _as_rgb(rgb)
+    h, w = photo.shape[:2]
+    canvas = Image.fromarray(photo.copy())
+    draw = ImageDraw.Draw(canvas)
+    width = line_width or max(2, round(max(h, w) / 200))
+    coords = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for box, color in zip(coords, colors):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=tuple(color), width=width)
+    size = readable_font_px(w)
+    font = _font(size)
+    pad = max(2, size // 6)
+    bbox = _PROBE.textbbox((0, 0), "Agjy|", font=font)
+    tag_h = int(bbox[3] - min(bbox[1], 0)) + 2 * pad
+    placed: list[tuple[int, int, int, int]] = []
+    for box, label, color in zip(coords, labels, colors):
+        if not label:
+            continue
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        tag_w = int(text_width(label, size)) + 2 * pad
+        x = int(np.clip(x0, 0, max(0, w - tag_w)))
+        candidates = [y0, y0 - tag_h, y1] + list(range(y0 + tag_h, max(y0 + tag_h, y1 - tag_h) + 1, tag_h))
+        spot = None
+        for y in candidates:
+            if y < 0 or y + tag_h > h:
+                continue
+            rect = (x, y, x + tag_w, y + tag_h)
+            if not any(_overlaps(rect, other) for other in placed):
+                spot = rect
+                break
+        if spot is None:
+            continue
+        placed.append(spot)
+        draw.rectangle([spot[0], spot[1], spot[2] - 1, spot[3] - 1], fill=tuple(color))
+        draw.text((spot[0] + pad, spot[1] + pad - min(bbox[1], 0)), label, fill=_text_color(color), font=font)
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def titled_rows(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], column_labels: Sequence[str],
+                padding: int = 2) -> np.ndarray:
+    """Rows of same-size tiles (e.g. one row of frames per class), each row under a title bar spanning it and
+    each tile under its column's label (e.g. ``t=3``), all at a font readable in a TensorBoard card.
+
+    Args:
+        rows: per row, one uint8 ``(h, w, 3)`` tile per column.
+        titles: one title per row (e.g. "tabby 75.0%").
+        column_labels: one label per column, drawn over every tile of that column.
+        padding: pixels between the tiles.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+
+    Raises:
+        ArgumentError: rows, titles and column labels do not match.
+    """
+    if not len(rows) or len(rows) != len(titles) or any(len(row) != len(column_labels) for row in rows):
+        raise ArgumentError(f"rows has {len(rows)} rows for {len(titles)} titles and {len(column_labels)} column "
+                            "labels: give one title per row and one tile per column label", parameter="rows")
+    tiles = [[enlarge(tile, 96) for tile in row] for row in rows]
+    w = tiles[0][0].shape[1]
+    width = len(column_labels) * (w + padding) + padding
+    size = readable_font_px(width)
+    bands = []
+    for row, title in zip(tiles, titles):
+        labelled = np.stack([label_image(tile, label, font_px=size) for tile, label in zip(row, column_labels)])
+        band = tile_grid(labelled, ncols=len(column_labels), padding=padding)
+        bands.append(label_image(band, title, font_px=size, background=(235, 235, 235)))
+    return np.concatenate(bands, axis=0)
+
+
+def grid_with_row_labels(tiles: np.ndarray, row_labels: Sequence[str], title: str, padding: int = 1) -> np.ndarray:
+    """A ``(rows, columns, h, w[, 3])`` block of tiles as one grid, each row's label to its left and a title above.
+
+    Args:
+        tiles: uint8 or float in [0, 1]; rows x columns tiles.
+        row_labels: one label per row (e.g. ``t=0``).
+        title: one line above the grid (e.g. "filters 0-15").
+        padding: pixels between the tiles.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
+    t = np.asarray(tiles)
+    rows, cols = t.shape[:2]
+    if rows != len(row_labels):
+        raise ArgumentError(f"tiles has {rows} rows for {len(row_labels)} row labels: give one label per row",
+                            parameter="row_labels")
+    grid = tile_grid(t.reshape(rows * cols, *t.shape[2:]), ncols=cols, padding=padding)
+    tile_h = (grid.shape[0] - padding) // rows
+    margin_guess = 0
+    for _ in range(2):  # the font depends on the full width, the margin on the font
+        size = readable_font_px(grid.shape[1] + margin_guess)
+        margin_guess = int(max(text_width(label, size) for label in row_labels)) + 2 * max(3, size // 5)
+    size = readable_font_px(grid.shape[1] + margin_guess)
+    canvas = Image.new("RGB", (grid.shape[1] + margin_guess, grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (margin_guess, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(size)
+    top = _PROBE.textbbox((0, 0), "Agjy|", font=font)
+    for r, label in enumerate(row_labels):
+        y = padding + r * tile_h + (tile_h - (top[3] - top[1])) // 2 - top[1]
+        draw.text((max(3, size // 5), y), label, fill=(0, 0, 0), font=font)
+    return label_image(np.asarray(canvas, dtype=np.uint8), title, font_px=size)

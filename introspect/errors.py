@@ -12,11 +12,15 @@ translate it into its own flag.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 __all__ = [
     "IntrospectError",
     "in_flags",
+    "worded_as_flags",
+    "worded",
     "UsageError",
     "ArgumentError",
     "ArgumentTypeError",
@@ -71,6 +75,26 @@ def in_flags(message: str, flags: Mapping[str, str]) -> str:
         pattern = rf"(?<![\w.]){re.escape(name)}=('[^']*'|\"[^\"]*\"|[^\s,;)]+)"
         message = re.sub(pattern, lambda m: f"{flag} {m.group(1).strip(chr(39) + chr(34))}", message)
     return message
+
+
+_SPOKEN_FLAGS: ContextVar[Mapping[str, str] | None] = ContextVar("introspect_spoken_flags", default=None)
+
+
+@contextmanager
+def worded_as_flags(flags: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, what a run writes for people (``run/info``, its warnings) names parameters as these
+    command-line flags (:func:`worded`): the CLI's runs say ``--weights none``, not ``weights='none'``."""
+    token = _SPOKEN_FLAGS.set(dict(flags))
+    try:
+        yield
+    finally:
+        _SPOKEN_FLAGS.reset(token)
+
+
+def worded(message: str) -> str:
+    """``message`` as the caller speaks: with flags inside :func:`worded_as_flags` (:func:`in_flags`), else as is."""
+    flags = _SPOKEN_FLAGS.get()
+    return in_flags(message, flags) if flags else message
 
 
 class UsageError(IntrospectError):

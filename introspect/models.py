@@ -14,8 +14,10 @@ are assigned in place, so no time is spent on a random initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import os
 import socket
 import warnings
@@ -167,8 +169,9 @@ def _fetch_state(weights: Any) -> tuple[dict[str, torch.Tensor], str]:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=False, map_location="cpu",
-                                                   check_hash=False, weights_only=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch says "Downloading: URL" before it knows it can
+            state = torch.hub.load_state_dict_from_url(weights.url, progress=False, map_location="cpu",
+                                                       check_hash=False, weights_only=True)
     except Exception as exc:  # any network failure: the caller decides whether that is fatal
         raise OSError(f"not in the torch hub cache ({cached}) and the download failed "
                       f"({type(exc).__name__}: {exc})") from None
@@ -331,7 +334,8 @@ def load_model(
                                           "weights=PATH / weights='none'", parameter="weights") from None
                 source = "random initialisation: no pretrained weights available"
                 notes.append(f"RANDOM WEIGHTS: {model} {member} weights are {exc}. Predictions, CAMs and kernels "
-                             f"below come from an untrained model. Put the file in the cache or pass weights=PATH.")
+                             f"of this run come from an untrained model. Put the file in the cache or pass "
+                             f"weights=PATH.")
     elif Path(choice).suffix in {".pt", ".pth", ".bin", ".ckpt", ".tar"} or Path(choice).exists():
         state, entries = read_checkpoint(choice)
         carried = names_in_checkpoint(entries, choice) if given is None else None  # --labels wins

@@ -43,8 +43,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     predictions: list = field(default_factory=list)
     seconds: float = 0.0
-
-
+    skipped: dict[str, str] = field(default_factory=dict)  # section -> why it was not run
 
 
 def _check_images(chosen: Sequence[Section], image_list: list, explicit: bool) -> None:
@@ -78,7 +77,8 @@ def report(
         sections: section names (a comma string or a list; ``"all"``); default: the fast ones.
         load: how a model given by name is loaded (weights, device, input size).
         cam, features, saliency, filters, detection: each section's options (``detection``: detection models).
-        progress: called with a short line as each step starts (the CLI prints them).
+        progress: called with a short line as each step starts (the CLI prints them), and first with each warning
+            raised while loading (``"WARNING: ..."``).
 
     Every task (``introspect.tasks.TASKS``: classification, quantized, detection, segmentation,
     video, optical flow) walks the same sections: each batch is one forward pass of the model
@@ -101,6 +101,12 @@ def report(
         warnings.simplefilter("always")
         quiet_library_notices()
         chosen_names = parse_sections(sections)
+        named = [images] if isinstance(images, (str, Path)) else images if isinstance(images, (list, tuple)) else []
+        paths = [p for p in named if isinstance(p, (str, Path))]
+        if paths:  # the caller's paths are checked before any weights are downloaded
+            from .images import expand_paths
+
+            expand_paths(paths)
         loaded = model if isinstance(model, LoadedModel) else load_model(
             model, load.weights, load.device, load.input_size, categories=load.categories, model_args=load.model_args)
         if isinstance(model, LoadedModel) and load.categories is not None:
@@ -133,11 +139,14 @@ def report(
             ctx.state["example_input"] = inputs.tensor[:1]
         run_dir = new_run_dir(logdir, run_name, loaded.name)
 
-        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions)
+        summary = RunSummary(run_dir=run_dir, sections=chosen_names, tags={}, predictions=ctx.predictions,
+                             skipped=dict(skipped))
         info = {**_base_info(loaded, image_list, chosen_names, task, skipped), **task.run_info(ctx), **ctx.info}
         ctx.info = info  # sections add their lines as they run
         ctx.reporter = Reporter(run_dir)
         with _recorded(ctx.reporter, info, summary, caught, started, record=_run_record(loaded, info, image_list)):
+            for message in dict.fromkeys(str(w.message) for w in caught):  # loading's warnings: said first
+                say(f"WARNING: {message}")
             for section in (s for s in chosen if s.stage == "model"):
                 say(section.name)
                 section.run(ctx)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .models import LoadedModel
     from .tensorboard import Reporter
 
-__all__ = ["RunEnd", "recorded_run", "versions", "run_record", "image_files", "audit_facts", "RUN_KINDS"]
+__all__ = ["RunEnd", "recorded_run", "versions", "run_record", "image_files", "audit_facts", "RUN_KINDS",
+           "command_line"]
 
 #: What made a run, as ``introspect.json`` says (``kind``).
 RUN_KINDS = ("report", "audit", "watch")
@@ -81,6 +82,26 @@ def versions() -> str:
     import torchvision
 
     return f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this process as one a user can paste into a shell and run again
+    (``python -m introspect vgg11 --image 'my photos/cat.png'``): ``shlex.join`` of ``sys.argv``, with
+    introspect's ``__main__.py`` said as ``python -m introspect`` and a script as ``python SCRIPT``."""
+    import shlex
+    from pathlib import Path
+
+    args = list(sys.argv if argv is None else argv)
+    if not args:
+        return ""
+    head = Path(args[0])
+    if head.name == "__main__.py" and head.parent.name == "introspect":
+        command = ["python", "-m", "introspect"]
+    elif head.suffix == ".py":
+        command = ["python", args[0]]
+    else:
+        command = [args[0]]
+    return shlex.join(command + args[1:])
 
 
 def audit_facts(result: Any, dataset: str | Path) -> dict[str, object]:
@@ -163,10 +184,13 @@ def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
         end.seconds = time.perf_counter() - started
         end.status = f"{status} in {end.seconds:.1f} s"
         info["versions"] = versions()
-        info["command"] = " ".join(sys.argv)
+        info["command"] = command_line()
         info["status"] = end.status
+        from .errors import worded
+
         try:
-            reporter.run_info(info, end.warnings)
+            reporter.run_info({key: worded(value) if isinstance(value, str) else value for key, value in info.items()},
+                              [worded(message) for message in end.warnings])
             if record is not None:
                 reporter.run_record({**record, "status": end.status})
         finally:

@@ -161,9 +161,17 @@ def _graph(ctx: RunContext) -> None:
 
 
 def _kernels(ctx: RunContext) -> None:
-    from .analyzers.kernels import kernel_grids
+    from .analyzers.kernels import conv_weight, kernel_grids, kernel_layers
 
-    ctx.reporter.kernels(kernel_grids(ctx.loaded, layers=None))
+    names = kernel_layers(ctx.model)
+    pointwise = [name for name in names if tuple(conv_weight(ctx.model.get_submodule(name)).shape[2:]) in
+                 ((1, 1), (1, 1, 1))]
+    if pointwise and len(pointwise) < len(names):  # a 1x1 kernel is one number per filter and channel: no picture
+        names = [name for name in names if name not in set(pointwise)]
+        ctx.info["kernels skipped"] = (f"{len(pointwise)} 1x1 convs ({', '.join(pointwise[:3])}"
+                                       f"{', ...' if len(pointwise) > 3 else ''}): one weight per filter and channel, "
+                                       "no picture to see; their weights are in parameters/<name> (HISTOGRAMS)")
+    ctx.reporter.kernels(kernel_grids(ctx.loaded, layers=names))
 
 
 def _histograms(ctx: RunContext) -> None:

@@ -169,7 +169,7 @@ def load_timm(name: str, weights: str | os.PathLike | None, device: torch.device
             net = timm.create_model(name, pretrained=False)
             source = "random initialisation: no pretrained weights available"
             notes.append(f"RANDOM WEIGHTS: timm {name} pretrained weights are {problem}. Predictions, CAMs and "
-                         "kernels below come from an untrained model. Put them in the cache or pass a file.")
+                         "kernels of this run come from an untrained model. Put them in the cache or pass a file.")
         weights_name = "pretrained" if "pretrained," in source else "random"
     elif lowered == "none":
         net = timm.create_model(name, pretrained=False)

@@ -33,7 +33,7 @@ def summary(result) -> dict:
         "classes": [[c.index, c.images, c.correct, c.boxed, list(c.hits), c.centre_hits] for c in result.classes],
         "pr_positive": result.pr_positive.tolist(), "pr_negative": result.pr_negative.tolist(),
         "wrong": [i.index for g in result.galleries if g.name == "worst_confident_wrong" for i in g.items],
-        "lowest": [i.index for g in result.galleries if g.name == "lowest_pointing" for i in g.items],
+        "lowest": [i.index for g in result.galleries if g.name == "lowest_energy_in_box" for i in g.items],
         "sample": list(result.sample.files) if result.sample is not None else [],
         "mean_cams": {m.class_name: m.maps.tolist() for m in result.mean_cams},
         "table": result.table,

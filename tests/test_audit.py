@@ -117,7 +117,7 @@ def test_aggregates_are_consistent(full) -> None:
         assert all(i.label != i.predicted for i in wrong.items)
         probs = [i.probability for i in wrong.items]
         assert probs == sorted(probs, reverse=True)
-    lowest = next(g for g in full.galleries if g.name == "lowest_pointing")
+    lowest = next(g for g in full.galleries if g.name == "lowest_energy_in_box")
     assert len(lowest.items) == 6 and [i.energy for i in lowest.items] == sorted(i.energy for i in lowest.items)
     assert full.sample is not None and len(full.sample) == 20 and full.sample.features.shape[0] == 20
 
@@ -292,7 +292,7 @@ def test_reporter_writes_the_audit_tags(full, tmp_path) -> None:
     assert events.Scalars("audit/accuracy/top1")[0].value == pytest.approx(full.top1)
     images = set(tags["images"])
     names = synthetic_task().CLASS_NAMES
-    assert {"audit/confusion_matrix", "audit/lowest_pointing"} | {f"audit/mean_cam/{n}" for n in names} <= images
+    assert {"audit/confusion_matrix", "audit/lowest_energy_in_box"} | {f"audit/mean_cam/{n}" for n in names} <= images
     tensors = set(tags["tensors"])
     assert {"audit/protocol", "audit/per_class"} <= tensors and {f"audit/pr/{n}" for n in names} <= tensors
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")

@@ -102,7 +102,7 @@ def test_quantized_audit_runs_the_activation_only_cams(dataset, tmp_path) -> Non
     assert code == 0, err
     assert "2 images audited" in out
     info = text(load_events(logdir / "q"), "run/info")
-    assert "| methods | eigencam |" in info and "| status | completed in" in info
+    assert "| cam methods | eigencam |" in info and "| status | completed in" in info
 
 
 def test_library_refuses_a_method_the_task_cannot_run(tmp_path) -> None:

@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from introspect import cli
+from introspect.records.base import markdown_text
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = REPO / "sample_images" / "cat.png"
@@ -71,7 +72,8 @@ def all_tags(acc: EventAccumulator) -> set[str]:
 def table_rows(markdown: str) -> list[list[str]]:
     """Body rows of the first Markdown table (header and separator left out)."""
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return [[re.sub(r"\\(.)", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line.strip("|"))]
+            for line in lines[2:]]
 
 
 def meta_model(name: str) -> nn.Module:
@@ -97,18 +99,25 @@ def expected_rgb_kernel_grid_size(conv: nn.Conv2d) -> tuple[int, int]:
 
 
 def assert_panel_of(panel: np.ndarray, size: int, classes: int) -> None:
-    """A CAM panel: ``classes`` labelled tiles of ``size`` px side by side, white padding between them,
-    and dark label text in the strip above each tile."""
+    """A CAM panel: ``classes`` labelled tiles of ``size`` px (enlarged to MIN_PANEL_SIDE when smaller) in a grid of
+    as many columns as keep the labels readable, white padding between them, dark label text above each tile."""
+    from introspect.drawing import MIN_PANEL_SIDE
+
+    side = max(size, MIN_PANEL_SIDE)
     height, width, _ = panel.shape
-    assert width == classes * (size + PANEL_PADDING) + PANEL_PADDING
-    strip = height - size - 2 * PANEL_PADDING
-    assert strip > 5, f"no label strip above the tiles (panel {width}x{height})"
-    for i in range(classes + 1):  # the padding columns between (and around) the tiles are white
-        x = i * (size + PANEL_PADDING)
+    cols, rest = divmod(width - PANEL_PADDING, side + PANEL_PADDING)
+    assert rest == 0 and 1 <= cols <= classes, f"panel {width} px wide is no grid of {side} px tiles"
+    rows = -(-classes // cols)
+    cell, rest = divmod(height - PANEL_PADDING, rows)
+    strip = cell - side - PANEL_PADDING
+    assert rest == 0 and strip > 5, f"no label strip above the tiles (panel {width}x{height})"
+    for i in range(cols + 1):  # the padding columns between (and around) the tiles are white
+        x = i * (side + PANEL_PADDING)
         assert (panel[:, x:x + PANEL_PADDING] == 255).all(), f"column {x} is not padding"
     for i in range(classes):
-        x = PANEL_PADDING + i * (size + PANEL_PADDING)
-        label = panel[PANEL_PADDING:PANEL_PADDING + strip, x:x + size]
+        r, c = divmod(i, cols)
+        x, y = PANEL_PADDING + c * (side + PANEL_PADDING), PANEL_PADDING + r * cell
+        label = panel[y:y + strip, x:x + side]
         assert (label < 100).any(), f"tile {i} has no label text"
 
 
@@ -132,7 +141,7 @@ def family_run(request, tmp_path_factory):
 def test_family_run_info_and_console(family_run):
     acc, out = family_run["events"], family_run["out"]
     info = text(acc, "run/info")
-    assert f"| model | {family_run['name']} |" in info
+    assert f"| model | {markdown_text(family_run['name'])} |" in info
     assert "completed" in info
     assert "random" in info  # the weights
     assert family_run["run_dir"].parent.exists() and family_run["run_dir"].is_dir()
@@ -183,7 +192,11 @@ def test_family_first_conv_kernels(family_run):
     assert grid.shape == (height, width, 3)
     assert len(np.unique(grid.reshape(-1, 3), axis=0)) > 16  # colour kernels, not a blank grid
     kernel_tags = {t for t in all_tags(family_run["events"]) if t.startswith("kernels/")}
-    assert kernel_tags == {f"kernels/{n}" for n in convs}
+    modules = dict(family_run["model"].named_modules())
+    pictured = [n for n in convs if modules[n].kernel_size != (1, 1)]  # 1x1 convs are skipped, run/info says so
+    assert kernel_tags == {f"kernels/{n}" for n in (pictured or convs)}
+    if len(pictured) < len(convs):
+        assert f"{len(convs) - len(pictured)} 1x1 convs" in text(family_run["events"], "run/info")
 
 
 def test_family_feature_maps(family_run):

@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import introspect
-from introspect.drawing import label_image
+from introspect.drawing import MIN_PANEL_SIDE, enlarge
 from introspect.inputs import prepare_inputs
 
 
@@ -18,19 +18,21 @@ def test_compare_is_photo_then_each_method(tiny_cnn):
     results = introspect.cam(model, batch, methods, topk=2)
     comparisons = introspect.compare_cams(results, batch)
     assert [c.image_name for c in comparisons] == ["image0", "image1"]
-    strip = label_image(np.zeros((40, 40, 3), np.uint8), "x").shape[0] - 40
+    side = MIN_PANEL_SIDE  # 40 px tiles are enlarged to carry readable labels
     for n, comparison in enumerate(comparisons):
         assert comparison.methods == tuple(methods)
         mine = [r for r in results if r.image_name == comparison.image_name]
         assert comparison.class_indices == tuple(m.class_index for m in mine[0].maps)
         height, width, _ = comparison.image.shape
-        assert width == (1 + len(methods)) * (40 + 4) + 4  # one photo tile + one tile per method
-        assert height == 2 * (40 + strip + 4) + 4  # one row per explained class
+        assert width == (1 + len(methods)) * (side + 4) + 4  # one photo tile + one tile per method
+        strip = (height - 4) // 2 - side - 4  # one row per explained class
+        assert strip > 5 and height == 2 * (side + strip + 4) + 4
         top = 4 + strip
-        np.testing.assert_array_equal(comparison.image[top:top + 40, 4:44], batch.photos[n])
+        np.testing.assert_array_equal(comparison.image[top:top + side, 4:4 + side], enlarge(batch.photos[n], side))
         for i, result in enumerate(mine):
-            x = 4 + (i + 1) * 44
-            np.testing.assert_array_equal(comparison.image[top:top + 40, x:x + 40], result.maps[0].image)
+            x = 4 + (i + 1) * (side + 4)
+            np.testing.assert_array_equal(comparison.image[top:top + side, x:x + side],
+                                          enlarge(result.maps[0].image, side))
 
 
 def test_report_writes_compare_only_for_several_methods(tiny_cnn, sample_cat, tmp_path):

@@ -9,9 +9,10 @@ import torchvision
 from conftest import assert_untouched, hook_total, model_state
 from torch import nn
 
+from introspect.drawing import enlarge
 from introspect.errors import TargetError, UnknownMethodError, UsageError
 from introspect.hooks import inspecting
-from introspect.tasks.detection import coco_categories, detect, detection_cams
+from introspect.tasks.detection import DRAW_SIDE, coco_categories, detect, detection_cams
 
 SIZE = 256  # the 320 px detector resizes 256 -> 320, a multiple of 32: no padding, so maps compare 1:1
 
@@ -72,10 +73,11 @@ def test_detect_records_boxes_names_scores_and_drawing(detector, image):
     coco = coco_categories()
     assert len(coco) == 91 and d.names == tuple(coco[label] for label in d.labels)
     assert d.masks is None and d.keypoints is None
-    assert d.image.shape == (SIZE, SIZE, 3) and d.image.dtype == np.uint8
-    photo = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+    k = -(-DRAW_SIDE // SIZE)  # drawn enlarged by a whole factor, for crisp labels
+    assert d.image.shape == (SIZE * k, SIZE * k, 3) and d.image.dtype == np.uint8
+    photo = enlarge((image.permute(1, 2, 0) * 255).round().byte().numpy(), SIZE * k)
     assert (d.image != photo).any()
-    assert d.to_markdown().splitlines()[2].startswith(f"| 1 | {d.names[0]} | {d.labels[0]} | {d.scores[0]:.4f} |")
+    assert d.to_markdown().splitlines()[4].startswith(f"| 1 | {d.names[0]} | {d.labels[0]} | {d.scores[0]:.4f} |")
     assert detector.roi_heads.score_thresh == 0.05
     none = detect(detector, image, score_threshold=0.9)[0]
     assert len(none) == 0 and "no detection scored 0.9" in none.to_markdown()
@@ -87,15 +89,16 @@ def test_drawn_box_lands_on_the_detection(detector, image):
     cut = float(best.scores[0] + best.scores[1]) / 2
     only = detect(detector, image, score_threshold=cut)[0]  # the best detection alone
     assert len(only) == 1 and np.array_equal(only.boxes[0], best.boxes[0])
-    photo = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+    k = -(-DRAW_SIDE // SIZE)
+    photo = enlarge((image.permute(1, 2, 0) * 255).round().byte().numpy(), SIZE * k)
     changed = (only.image != photo).any(axis=2)
-    x0, y0, x1, y1 = (int(round(v)) for v in only.boxes[0])
+    x0, y0, x1, y1 = (int(round(v * k)) for v in only.boxes[0])
     rows, cols = np.nonzero(changed)
     # nothing is drawn left of or above the box, nor below it (the label sits inside, from its top-left corner)
     assert cols.min() >= x0 - 1 and rows.min() >= y0 - 1 and rows.max() <= y1 + 1
     # and its outline is drawn: the left and bottom edges, where no label text reaches
     assert changed[y0 + 2:y1 - 2, max(x0, 0)].mean() > 0.8
-    assert changed[min(y1, SIZE - 1), x0 + 2:x1 - 2].mean() > 0.8
+    assert changed[min(y1, SIZE * k) - 1, x0 + 2:x1 - 2].mean() > 0.8
 
 
 @pytest.mark.parametrize("restrict_to_rois", [True, False], ids=["roi-fast-path", "whole-graph"])

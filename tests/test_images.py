@@ -626,4 +626,4 @@ def test_drawing_is_pure_and_lean():
     top = _top_level_imports(drawing)
     assert top - {"__future__", "math", "collections"} == {"numpy", "PIL", "introspect"}
     assert not {"load_image", "load_images", "find_images", "preprocess"} & set(vars(drawing))
-    assert not {"colorize", "overlay", "tile_grid", "label_image", "labelled_row"} & set(vars(images))
+    assert not {"colorize", "overlay", "tile_grid", "label_image", "labelled_panels"} & set(vars(images))

@@ -19,6 +19,7 @@ from PIL import Image
 import introspect
 from introspect.categories import read_labels
 from introspect.errors import ArgumentError, UsageError, WeightsError
+from introspect.records.base import markdown_text
 
 NAMES = ("ant", "bee", "wasp")
 SIZE = "64"  # resnet18 takes any size: tiny inputs keep these runs fast
@@ -199,7 +200,7 @@ def test_import_path_model_runs_the_default_sections(own, tmp_path, in_user_fold
     acc = load_events(run_dir)
     info = text(acc, "run/info")
     assert "| model | ownpkg.nets:factory |" in info
-    assert "into the model built by ownpkg.nets:factory(num_classes=3, width='wide')" in info
+    assert markdown_text("into the model built by ownpkg.nets:factory(num_classes=3, width='wide')") in info
     assert {"structure/summary", "predictions/photo"} <= set(acc.Tags()["tensors"])
     assert "cam/gradcam/photo" in acc.Tags()["images"] and any(t.startswith("kernels/") for t in acc.Tags()["images"])
     # the weights were loaded: the same probabilities as torchvision's resnet18 with that file

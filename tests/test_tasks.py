@@ -232,10 +232,11 @@ def test_cli_detection(tmp_path):
     assert {"detections/cat/table", "structure/summary", "run/info", "features/stats/cat"} <= texts
     assert any(t.startswith("features/backbone.body.") for t in images)
     assert any(t.startswith("kernels/backbone.body.") for t in images)
-    assert image(acc, "detections/cat").shape == (128, 128, 3)
+    assert image(acc, "detections/cat").shape == (640, 640, 3)  # the 128 px input drawn 5x for crisp labels
     table = text(acc, "detections/cat/table")
+    assert table.startswith("Boxes (x0, y0, x1, y1) in the pixels of the input as the model saw it (input/cat, 128x128)")
     coco = torchvision.models.detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.DEFAULT.meta["categories"]
-    rows = table.splitlines()[2:]
+    rows = [row for row in table.splitlines() if row.startswith("|")][2:]
     assert rows and all(row.split("|")[2].strip() in coco for row in rows)
     assert image(acc, "cam/gradcam/cat").shape[1] > 2 * 128  # one overlay per explained detection
     info = text(acc, "run/info")

@@ -33,7 +33,9 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
     Raises:
         ArgumentError: ``photos`` lacks an image of the results.
     """
-    from ..drawing import label_image, tile_grid
+    from PIL import Image
+
+    from ..drawing import labelled_panels
 
     if isinstance(photos, InputBatch):
         photos = dict(zip(photos.names, photos.photos))
@@ -48,14 +50,23 @@ def compare_cams(results: Sequence[CamResult], photos: InputBatch | Mapping[str,
                                 parameter="photos")
         photo = np.asarray(photos[image_name], dtype=np.uint8)
         rows = min(len(r.maps) for r in group)
-        tiles = []
+        height, width = group[0].maps[0].image.shape[:2] if rows else photo.shape[:2]
+
+        def sized(picture: np.ndarray) -> np.ndarray:  # a detector's overlays are drawn enlarged: all one size
+            if picture.shape[:2] == (height, width):
+                return picture
+            return np.asarray(Image.fromarray(picture).resize((width, height), Image.Resampling.BILINEAR))
+
+        tiles, labels = [], []
         for j in range(rows):
             first = group[0].maps[j]
-            tiles.append(label_image(photo, first.subject.caption))
+            tiles.append(sized(photo))
+            labels.append(first.subject.caption)
             for result in group:
                 entry = result.maps[j]
-                tiles.append(label_image(entry.image, f"{result.method}: {entry.subject.name}"))
-        grid = tile_grid(np.stack(tiles), ncols=1 + len(group), padding=4)
+                tiles.append(sized(entry.image))
+                labels.append(f"{result.method}: {entry.subject.name}")
+        grid = labelled_panels(tiles, labels, columns=1 + len(group), padding=4)
         comparisons.append(CamComparison(image_name=image_name, methods=tuple(r.method for r in group),
                                          class_indices=tuple(group[0].maps[j].subject.index for j in range(rows)),
                                          image=grid))

@@ -35,6 +35,29 @@ def _normalise_each(tiles: np.ndarray) -> np.ndarray:
     return scaled.reshape(tiles.shape).astype(np.float32)
 
 
+FILTERS_PER_BAND = 16  # a 3-d conv's filters per band of its time x filter grid
+
+
+def _time_by_filter(filters: np.ndarray) -> np.ndarray:
+    """A 3-d conv's colour kernels ``(F, T, kh, kw, 3)`` as bands of :data:`FILTERS_PER_BAND` filters, each band
+    a row per time step (labelled ``t=0``...) and a column per filter, titled with its filters' indices."""
+    from ..drawing import grid_with_row_labels
+
+    count, steps = filters.shape[:2]
+    k = max(1, -(-TILE_PIXELS // max(filters.shape[2:4])))
+    tiles = _normalise_each(filters.reshape(-1, *filters.shape[2:])).reshape(filters.shape)
+    tiles = np.repeat(np.repeat(tiles, k, axis=2), k, axis=3)
+    bands = []
+    for start in range(0, count, FILTERS_PER_BAND):
+        band = tiles[start:start + FILTERS_PER_BAND].transpose(1, 0, 2, 3, 4)  # (T, f, h, w, 3)
+        if band.shape[1] < FILTERS_PER_BAND and start:  # the last band as wide as the others
+            fill = np.ones((steps, FILTERS_PER_BAND - band.shape[1], *band.shape[2:]), dtype=band.dtype)
+            band = np.concatenate([band, fill], axis=1)
+        last = min(start + FILTERS_PER_BAND, count) - 1
+        bands.append(grid_with_row_labels(band, [f"t={t}" for t in range(steps)], f"filters {start}-{last}"))
+    return np.concatenate(bands, axis=0)
+
+
 def conv_weight(module: nn.Module) -> torch.Tensor | None:
     """The float weight of a 2-d or 3-d convolution: ``nn.Conv2d``/``nn.Conv3d``, or a quantized conv
     (its int8 weight dequantized); None for any other module."""
@@ -74,11 +97,9 @@ def kernel_grid(name: str, conv: nn.Module, max_filters: int = 64, max_channels:
     weight = np.nan_to_num(tensor.float().cpu().numpy())
     groups = getattr(conv, "groups", 1)
     if weight.ndim == 5:  # (O, I, T, kh, kw)
-        if weight.shape[1] == 3 and groups == 1:  # colour tiles, one column per time step
+        if weight.shape[1] == 3 and groups == 1:  # colour tiles: a row per time step, a column per filter
             filters = weight[:max_filters].transpose(0, 2, 3, 4, 1)  # (F, T, kh, kw, 3)
-            tiles = filters.reshape(-1, *filters.shape[2:])
-            image = tile_grid(_normalise_each(tiles), ncols=filters.shape[1], padding=1, scale_to=TILE_PIXELS)
-            return KernelGrid(name, full_shape, "rgb-time", filters.shape[0], 3, image)
+            return KernelGrid(name, full_shape, "rgb-time", filters.shape[0], 3, _time_by_filter(filters))
         weight = weight.reshape(weight.shape[0], -1, *weight.shape[3:])  # each (channel, time step) slice a tile
     out_ch, in_ch = weight.shape[:2]
     if in_ch == 3 and groups == 1:

@@ -181,7 +181,7 @@ def saliency_from_pass(
         UnknownMethodError: an unknown method name.
         ArgumentError: ``guidedgradcam`` asked for without ``layer``.
     """
-    from ..drawing import labelled_row
+    from ..drawing import labelled_panels
 
     names = parse_saliency_methods(methods)
     device, dtype = device_and_dtype(model)
@@ -223,7 +223,8 @@ def saliency_from_pass(
                 entries.append(SaliencyMap(method=method, class_index=index, class_name=class_name(categories, index),
                                            probability=float(probs[n, index]), gradient=gradient,
                                            saliency=magnitude, image=picture))
-            panel = labelled_row([e.image for e in entries], [f"{e.class_name} {e.probability:.1%}" for e in entries])
+            panel = labelled_panels([e.image for e in entries],
+                                    [f"{e.class_name} {e.probability:.1%}" for e in entries])
             results.append(SaliencyResult(method=method, image_name=image_name, maps=tuple(entries), image=panel,
                                           warnings=tuple(notes) if method != "vanilla" else ()))
     for note in dict.fromkeys(notes):

@@ -40,6 +40,7 @@ class BatchStats:
     hits: np.ndarray  # bool (methods, n)
     centre: np.ndarray  # bool (n,)
     energy: np.ndarray  # float64 (methods, n): NaN where not boxed
+    boxes: tuple = ()  # per image, its boxes (x0, y0, x1, y1) in input pixels; () without boxes
 
 
 def batch_stats(indices: Sequence[int], labels: torch.Tensor, probs: torch.Tensor, cam_class: torch.Tensor,
@@ -91,7 +92,9 @@ def batch_stats(indices: Sequence[int], labels: torch.Tensor, probs: torch.Tenso
     return BatchStats(indices=np.asarray(indices, dtype=np.int64), labels=labels.cpu().numpy().astype(np.int64),
                       top5=top.cpu().numpy().astype(np.int64), top5_prob=values.cpu().numpy().astype(np.float32),
                       cam_class=cam_class.cpu().numpy().astype(np.int64), peaks=peaks, boxed=boxed, hits=hits,
-                      centre=centre, energy=energy)
+                      centre=centre, energy=energy,
+                      boxes=tuple(tuple(tuple(int(v) for v in b) for b in bs) for bs in boxes) if boxes is not None
+                      else ())
 
 
 def _priority(index: int, seed: int = 0) -> int:
@@ -240,11 +243,14 @@ class Aggregates:
         first = next(iter(maps.values()))
         t = self.thumbnail
         heat = F.interpolate(first[i][None, None].float(), size=(t, t), mode="bilinear", align_corners=False)[0, 0]
+        height, width = first.shape[-2:]
+        boxes = [[x0 * t / width, y0 * t / height, x1 * t / width, y1 * t / height]
+                 for x0, y0, x1, y1 in (stats.boxes[i] if stats.boxes else ())]  # in the thumbnail's pixels
         return {"key": [float(key[0]), int(key[1])], "index": int(stats.indices[i]), "file": files[i],
                 "label": int(stats.labels[i]), "predicted": int(stats.top5[i, 0]),
                 "probability": float(stats.top5_prob[i, 0]), "energy": float(stats.energy[0, i]),
                 "hit": bool(stats.hits[0, i]) if stats.boxed[i] else None,
-                "thumbnail": self._thumb(images01[i], t), "heat": heat.cpu().half()}
+                "thumbnail": self._thumb(images01[i], t), "heat": heat.cpu().half(), "boxes": boxes}
 
     def _offer(self, entries: list[dict], candidates: list[tuple[tuple[float, int], int]], make) -> list[dict]:
         limit = self.gallery_size

@@ -13,35 +13,54 @@ import numpy as np
 
 from ..records import PrCurve
 
-__all__ = ["draw_entry", "gallery_image", "mean_cam_panel", "confusion_figure", "pr_curve"]
+__all__ = ["entry_pair", "entry_caption", "draw_entry", "gallery_image", "mean_cam_panel", "confusion_figure",
+           "pr_curve"]
 
 
 def _drawing():
-    """introspect's drawing helpers (overlay, labelled_row, tile_grid): the one import of them here."""
+    """introspect's drawing helpers (overlay, labelled_panels, draw_boxes): the one import of them here."""
     from .. import drawing
 
     return drawing
 
 
-def draw_entry(entry: dict, names: Sequence[str], colormap: str = "jet") -> np.ndarray:
-    """A gallery entry as a labelled pair: the photo and its first CAM over it."""
+def _class_name(names: Sequence[str], i: int) -> str:
+    return "-" if i < 0 else (names[i] if i < len(names) else f"class {i}")
+
+
+def entry_pair(entry: dict, colormap: str = "jet") -> np.ndarray:
+    """A gallery entry's photo beside its first CAM over it, its boxes drawn on both (uint8 HWC)."""
     draw = _drawing()
-    photo = entry["thumbnail"].numpy()
+    photo = draw.enlarge(entry["thumbnail"].numpy(), draw.MIN_PANEL_SIDE)
+    scale = photo.shape[0] / entry["thumbnail"].shape[0]
     heat = entry["heat"].float().numpy()
+    boxes = np.asarray(entry.get("boxes") or [], dtype=np.float64).reshape(-1, 4) * scale
+    sides = [photo, draw.overlay(photo, heat, colormap)]
+    if len(boxes):
+        sides = [draw.draw_boxes(side, boxes, [""] * len(boxes), [(255, 255, 255)] * len(boxes)) for side in sides]
+    gap = np.full((photo.shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([sides[0], gap, sides[1]], axis=1)
 
-    def name(i: int) -> str:
-        return "-" if i < 0 else (names[i] if i < len(names) else f"class {i}")
 
+def entry_caption(entry: dict, names: Sequence[str], method: str) -> str:
+    """Three short lines: the label, the model's top class with its probability, and the method whose map is shown
+    (with boxes: the share of that map inside them)."""
     energy = entry["energy"]
-    right = f"{name(entry['predicted'])} {entry['probability']:.0%}" + \
-        ("" if math.isnan(energy) else f" e={energy:.2f}")
-    return draw.labelled_row([photo, draw.overlay(photo, heat, colormap)], [f"{name(entry['label'])}", right],
-                             padding=2)
+    return "\n".join([f"label: {_class_name(names, entry['label'])}",
+                      f"model: {_class_name(names, entry['predicted'])} {entry['probability']:.0%}",
+                      f"{method}: {energy:.0%} in box" if not math.isnan(energy) else f"right: {method}'s map"])
 
 
-def gallery_image(panels: Sequence[np.ndarray]) -> np.ndarray:
-    """Panels in a grid (4 per row)."""
-    return _drawing().tile_grid(np.stack(panels), ncols=min(4, len(panels)), padding=6)
+def draw_entry(entry: dict, names: Sequence[str], method: str, colormap: str = "jet") -> np.ndarray:
+    """A gallery entry on its own: the photo and ``method``'s map (boxes drawn), under its caption."""
+    return _drawing().labelled_panels([entry_pair(entry, colormap)], [entry_caption(entry, names, method)],
+                                      max_lines=3)
+
+
+def gallery_image(pairs: Sequence[np.ndarray], captions: Sequence[str]) -> np.ndarray:
+    """Entries (:func:`entry_pair`) under their captions (:func:`entry_caption`), as many per row as stay
+    readable in a TensorBoard card."""
+    return _drawing().labelled_panels(list(pairs), list(captions), padding=8, max_columns=4, max_lines=3)
 
 
 def mean_cam_panel(photo: np.ndarray, maps: np.ndarray, label: str, methods: Sequence[str],
@@ -49,7 +68,7 @@ def mean_cam_panel(photo: np.ndarray, maps: np.ndarray, label: str, methods: Seq
     """A class's mean image, then each method's mean map over it, labelled."""
     draw = _drawing()
     panels = [photo] + [draw.overlay(photo, m, colormap) for m in maps]
-    return draw.labelled_row(panels, [label] + list(methods))
+    return draw.labelled_panels(panels, [label] + list(methods))
 
 
 def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float, measure: str = "top-1") -> np.ndarray:
@@ -74,17 +93,18 @@ def confusion_figure(counts: np.ndarray, names: Sequence[str], top1: float, meas
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
     if k <= 40:
-        axes.set_xticks(range(k), names, rotation=90, fontsize=8)
-        axes.set_yticks(range(k), names, fontsize=8)
+        ticks = 10 if k <= 20 else 8  # 10 pt at 100 dpi: 11 px and more once TensorBoard scales it to its card
+        axes.set_xticks(range(k), names, rotation=90, fontsize=ticks)
+        axes.set_yticks(range(k), names, fontsize=ticks)
         if k <= 20:
             for i in range(k):
                 for j in range(k):
                     if counts[i, j]:
-                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                                   color="white" if shares[i, j] > 0.5 else "black")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(f"confusion matrix: {k} classes present,\n{measure} {top1:.1%}", fontsize=10)
+    axes.set_xlabel("predicted class", fontsize=11)
+    axes.set_ylabel("true class", fontsize=11)
+    axes.set_title(f"confusion matrix: {k} classes present,\n{measure} {top1:.1%}", fontsize=11)
     figure.tight_layout()
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()

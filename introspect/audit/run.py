@@ -41,11 +41,11 @@ from .distributed import World, all_reduce_sum, barrier, gather_to_zero, init_wo
 from .detection import DetectionAudit
 from .kinds import AuditKind
 from .segmentation import SegmentationAudit
-from .figures import confusion_figure, draw_entry, gallery_image, mean_cam_panel, pr_curve
+from .figures import confusion_figure, draw_entry, entry_caption, entry_pair, gallery_image, mean_cam_panel, pr_curve
 from .table import merge_parts, table_rows, table_schema, write_part
 
 __all__ = ["AuditOptions", "audit", "prepare_audit", "PreparedAudit", "check_auditable", "AUDIT_KINDS",
-           "ClassifierAudit", "PROTOCOL"]
+           "ClassifierAudit", "PROTOCOL", "ACCURACY_PROTOCOL"]
 
 STATE_VERSION = 1
 
@@ -129,6 +129,10 @@ as the image; boxes cut away by the crop do not count. The **centre baseline** p
 input's centre pixel as the peak: a method must beat it to show that it finds objects rather than the middle
 of the frame. **Energy in box**: the share of the normalised map's sum that falls inside the boxes (1 = all of
 it). Accuracy counts labelled images only; top-5 is the label among the five most probable classes."""
+
+ACCURACY_PROTOCOL = """Accuracy counts labelled images only; top-5 is the label among the five most probable
+classes. No image had a box of its class inside the model's input, so there is no pointing game and no energy in
+box: give the audit object boxes (COCO JSON, Pascal VOC XML or a CSV file,x0,y0,x1,y1,label) for them."""
 
 
 def _fingerprint(kind: AuditKind, options: AuditOptions, world: World) -> dict:
@@ -597,19 +601,22 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
         mean_cams.append(MeanCam(class_index=c, class_name=_name(names, c), count=n, methods=aggregates.methods,
                                  maps=maps, image=image))
     galleries = []
+    first = aggregates.methods[0] if aggregates.methods else "cam"
     for key, title, entries in (
-            ("worst_confident_wrong", "most confidently wrong (label | prediction and CAM of the label)",
-             aggregates.wrong),
-            ("lowest_pointing", "lowest energy in box (label | prediction and CAM)", aggregates.lowest)):
+            ("worst_confident_wrong", f"most confidently wrong: the photo (label), and {first}'s map of the label "
+                                      "(model: its top class and probability)", aggregates.wrong),
+            ("lowest_energy_in_box", f"lowest energy in box: the least of {first}'s map of the label inside the "
+                                     "object's boxes (drawn in white) first", aggregates.lowest)):
         if not entries:
             continue
         items = tuple(GalleryItem(index=e["index"], file=e["file"], label=e["label"],
                                   label_name=_name(names, e["label"]), predicted=e["predicted"],
                                   predicted_name=_name(names, e["predicted"]), probability=e["probability"],
-                                  energy=e["energy"], hit=e["hit"], image=draw_entry(e, names))
+                                  energy=e["energy"], hit=e["hit"], image=draw_entry(e, names, first))
                       for e in entries)
         galleries.append(Gallery(name=key, title=title, items=items,
-                                 image=gallery_image([item.image for item in items])))
+                                 image=gallery_image([entry_pair(e) for e in entries],
+                                                     [entry_caption(e, names, first) for e in entries])))
     sample = None
     if aggregates.samples:
         s = aggregates.samples
@@ -628,7 +635,8 @@ def _result(aggregates: Aggregates, names, settings, options: AuditOptions, tabl
         confusion_classes=tuple(present), confusion=confusion, pr_classes=tuple(pr_classes),
         pr_positive=pr_positive, pr_negative=pr_negative, pr_curves=pr_curves, confusion_image=confusion_image,
         mean_cams=tuple(mean_cams), galleries=tuple(galleries),
-        sample=sample, sanity=sanity, protocol=PROTOCOL.format(tolerance=options.tolerance), table=table_path,
+        sample=sample, sanity=sanity, table=table_path,
+        protocol=PROTOCOL.format(tolerance=options.tolerance) if int(d["class_boxed"].sum()) else ACCURACY_PROTOCOL,
         seconds=seconds, category_names=tuple(names))
 
 

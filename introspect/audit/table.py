@@ -25,7 +25,7 @@ def _pyarrow():
         import pyarrow
         import pyarrow.parquet
     except ImportError:
-        raise UsageError("the audit's per-image table needs pyarrow: pip install 'introspect[audit]' "
+        raise UsageError("the audit's per-image table needs pyarrow: pip install pyarrow "
                          "(or pass out_dir=None for no table)") from None
     return pyarrow, pyarrow.parquet
 

@@ -503,7 +503,7 @@ def cams_from_pass(
         UnknownMethodError: an unknown method name.
         MethodFailedError: pytorch-grad-cam failed on this model.
     """
-    from ..drawing import labelled_row, overlay
+    from ..drawing import labelled_panels, overlay
 
     size = tuple(batch.tensor.shape[-2:])
     probs = forward.probabilities.cpu()
@@ -523,7 +523,7 @@ def cams_from_pass(
                 entries.append(CamMap(method=name, subject=Subject("class", index, label, prob), heatmap=heatmap,
                                       image=lambda photo=batch.photos[n], heat=heatmap: overlay(photo, heat, colormap)))
             results.append(CamResult(method=name, layer=layer.name, image_name=image_name, maps=tuple(entries),
-                                     image=lambda shown=tuple(entries): labelled_row(
+                                     image=lambda shown=tuple(entries): labelled_panels(
                                          [e.image for e in shown], [e.subject.caption for e in shown]),
                                      warnings=tuple(notes.get(name, ()))))
         for note in notes.get(name, ()):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, markdown_cell, markdown_table
+from .base import ImageRecord, Markdown, markdown_cell, markdown_table, markdown_text
 
 __all__ = [
     "ClassAudit",
@@ -62,17 +62,19 @@ class GalleryItem(ImageRecord):
 class Gallery(ImageRecord):
     """A bounded selection of images (e.g. the most confidently wrong), drawn as one grid."""
 
-    name: str  # tag suffix, e.g. "worst_confident_wrong"
+    name: str  # tag suffix, named for what it sorts by: "worst_confident_wrong", "lowest_energy_in_box"
     title: str
     items: tuple[GalleryItem, ...]
     image: np.ndarray
 
     def to_markdown(self) -> str:
-        """One row per image."""
-        rows = [[i.file, i.label_name, i.predicted_name, f"{i.probability:.3f}",
-                 "-" if math.isnan(i.energy) else f"{i.energy:.3f}"] for i in self.items]
-        return f"**{self.title}**\n\n" + markdown_table(["file", "label", "predicted", "probability", "energy"],
-                                                           rows)
+        """One row per image, under the title; the energy in box column only where some image has boxes."""
+        boxed = any(not math.isnan(i.energy) for i in self.items)
+        header = ["file", "label", "predicted", "probability"] + (["energy in box"] if boxed else [])
+        rows = [[i.file, i.label_name, i.predicted_name, f"{i.probability:.3f}"] +
+                (["-" if math.isnan(i.energy) else f"{i.energy:.3f}"] if boxed else []) for i in self.items]
+        note = " Energy in box: the share of the map's sum inside the object's boxes (1 = all of it)." if boxed else ""
+        return f"**{markdown_text(self.title)}**{note}\n\n" + markdown_table(header, rows)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class SanityCheck:
         """One row per method, one column per randomisation step, then the flag."""
         header = ["method"] + [f"random to {s}" for s in self.steps] + ["flag"]
         rows = [[m] + [f"{c:+.3f}" for c in row] +
-                ["**maps ignore the weights**" if m in self.flagged else "ok"]
+                [Markdown("**maps ignore the weights**") if m in self.flagged else "ok"]
                 for m, row in zip(self.methods, self.correlations)]
         note = (f"Spearman rank correlation of each method's maps with the trained model's, mean over "
                 f"{self.samples} images, as layers are randomised from the head down (cascading). Near 0 is good; "
@@ -202,8 +204,10 @@ class AuditResult:
         return f"**{self.skipped} files could not be decoded and were skipped**; the first ones:\n\n{shown}"
 
     def galleries_markdown(self) -> str:
-        """Every gallery's table, one after the other."""
-        return "\n\n".join(g.to_markdown() for g in self.galleries)
+        """A first line naming every gallery (TensorBoard's text cards are short), then each one's table."""
+        listed = "; ".join(f"audit/{g.name} ({len(g.items)} images)" for g in self.galleries)
+        return markdown_text(f"Galleries (IMAGES tab): {listed}.") + "\n\n" + \
+            "\n\n".join(g.to_markdown() for g in self.galleries)
 
     def per_class_markdown(self) -> str:
         """Per-class accuracy and (with boxes) pointing, worst accuracy first."""
@@ -233,6 +237,11 @@ class AuditResult:
             parts = ", ".join(f"{m} {v:.1%}" for m, v in self.pointing.items())
             lines.append(f"pointing game ({self.boxed} boxed images, {self.tolerance:g} px): {parts}; "
                          f"centre baseline {self.centre_baseline:.1%}")
-        if self.sanity is not None and self.sanity.flagged:
-            lines.append(f"sanity check: maps of {', '.join(self.sanity.flagged)} barely change with random weights")
+        if self.sanity is not None:
+            after = ", ".join(f"{m} {float(row[-1]):+.2f}" for m, row in zip(self.sanity.methods,
+                                                                            self.sanity.correlations))
+            verdict = (f"{', '.join(self.sanity.flagged)} barely change with random weights (flagged)"
+                       if self.sanity.flagged else f"every method's maps change (none above {self.sanity.threshold:g})")
+            lines.append(f"sanity check ({self.sanity.samples} images): rank correlation with the trained maps once "
+                         f"every layer is random: {after}; {verdict}")
         return lines

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ImageRecord", "Picture", "png_bytes", "markdown_table", "html_table", "markdown_cell", "heatmap_peak"]
+__all__ = ["ImageRecord", "Picture", "png_bytes", "Markdown", "markdown_text", "markdown_table", "html_table",
+           "markdown_cell", "heatmap_peak"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -65,18 +67,34 @@ class ImageRecord:
         return png_bytes(self.image)
 
 
+class Markdown(str):
+    """Text that is Markdown already (bold, code): :func:`markdown_table` and :func:`markdown_cell` keep it as it is."""
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]{}#>|])")
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as literal text in Markdown: ``__main__`` stays ``__main__``, not bold ``main`` (every character
+    Markdown reads as markup is backslash-escaped, ``<`` written as ``&lt;``). :class:`Markdown` passes as it is."""
+    if isinstance(value, Markdown):
+        return str(value)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value)).replace("<", "&lt;")
+
+
 def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (what TensorBoard's TEXT tab renders).
 
     Args:
         header: the column names.
-        rows: one sequence of cells per row; each cell is written with ``str``.
+        rows: one sequence of cells per row; each cell is written with ``str``, on one line, as literal text
+            (:func:`markdown_cell`; a :class:`Markdown` cell as it is).
 
     Returns:
         The table, one line per row, header first.
     """
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(markdown_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -88,8 +106,9 @@ def html_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> st
 
 
 def markdown_cell(value: object) -> str:
-    """A value made safe for one Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(value).split()).replace("|", "\\|")
+    """A value made safe for one Markdown table cell: one line, literal text (:func:`markdown_text`)."""
+    one_line = " ".join(str(value).split())
+    return one_line if isinstance(value, Markdown) else markdown_text(one_line)
 
 
 def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, html_table, markdown_cell, markdown_table
+from .base import ImageRecord, html_table, markdown_table
 
 __all__ = [
     "LayerRow",
@@ -178,7 +178,7 @@ class FeatureStats:
         return [cls(image_name=name, maps=tuple(group)) for name, group in by_image.items()]
 
     def _rows(self) -> list[list[object]]:
-        return [[markdown_cell(m.layer), "x".join(str(s) for s in m.shape) or "-", f"{m.mean:.4g}", f"{m.std:.4g}",
+        return [[m.layer, "x".join(str(s) for s in m.shape) or "-", f"{m.mean:.4g}", f"{m.std:.4g}",
                  f"{m.zero_fraction:.3f}"] for m in self.maps]
 
     def to_markdown(self) -> str:

@@ -20,14 +20,16 @@ class RunInfo:
     warnings: tuple[str, ...] = field(default=())
 
     def _rows(self) -> list[list[object]]:
-        return [[markdown_cell(k), markdown_cell(v)] for k, v in self.info.items()]
+        return [[k, v] for k, v in self.info.items()]
 
     def to_markdown(self) -> str:
-        """A key/value table, then a bold WARNINGS list if any."""
-        markdown = markdown_table(["key", "value"], self._rows())
-        if self.warnings:
-            markdown += "\n\n**WARNINGS**\n\n" + "\n".join(f"- **{markdown_cell(w)}**" for w in self.warnings)
-        return markdown
+        """A bold WARNINGS list first if any (TensorBoard's text cards are short: what is first is seen), then the
+        key/value table."""
+        table = markdown_table(["key", "value"], self._rows())
+        if not self.warnings:
+            return table
+        listed = "\n".join(f"- **{markdown_cell(w)}**" for w in self.warnings)
+        return f"**WARNINGS**\n\n{listed}\n\n{table}"
 
     def _repr_html_(self) -> str:
         return html_table(["key", "value"], [[k, v] for k, v in self.info.items()])

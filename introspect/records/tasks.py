@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import ImageRecord, Picture, html_table, markdown_table
+from .base import ImageRecord, Picture, html_table, markdown_table, markdown_text
 
 __all__ = [
     "Predictions",
@@ -92,8 +92,11 @@ class Detections(ImageRecord):
     def to_markdown(self) -> str:
         """The detections as a Markdown table (a line when there are none)."""
         if not len(self):
-            return f"no detection scored {self.score_threshold:g} or more in {self.image_name}"
-        return markdown_table(self._HEADER, self._rows())
+            return markdown_text(f"no detection scored {self.score_threshold:g} or more in {self.image_name}")
+        height, width = self.image_size
+        note = markdown_text(f"Boxes (x0, y0, x1, y1) in the pixels of the input as the model saw it "
+                             f"(input/{self.image_name}, {width}x{height}), best score first.")
+        return note + "\n\n" + markdown_table(self._HEADER, self._rows())
 
     def _repr_html_(self) -> str:
         return html_table(self._HEADER, self._rows())

@@ -35,7 +35,8 @@ from ..records import CamMap, CamResult, Detections, Subject
 from .base import InputRecipe
 from .common import HeadsTask, TaskImages, task_images
 
-__all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "COCO_PERSON_SKELETON", "coco_categories",
+__all__ = ["DEFAULT_SCORE_THRESHOLD", "DEFAULT_IOU_THRESHOLD", "MAX_DRAWN", "DRAW_SIDE",
+           "COCO_PERSON_SKELETON", "coco_categories",
            "detect", "detection_cams", "draw_detections", "box_targets", "DetectionPass", "detection_pass",
            "detection_cam_results", "box_cam_maps", "DetectionTask"]
 
@@ -54,10 +55,6 @@ COCO_PERSON_SKELETON: tuple[tuple[int, int], ...] = (
 """Pairs of COCO's 17 person keypoints joined when they are drawn."""
 
 _PROPOSALS, _PREDICTIONS = "rpn", "roi_heads.box_predictor"  # raw outputs the RoI fast path reads
-
-_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
-
 
 def coco_categories(person_only: bool = False) -> tuple[str, ...]:
     """COCO's 91 detection category names (index = label; ``'N/A'`` for unused ids), or background + person."""
@@ -103,34 +100,51 @@ def _resolve_targets(targets: Sequence[int | str] | None, categories: Sequence[s
     return labels
 
 
+DRAW_SIDE = 640
+"""Pixels: a photo whose longer side is shorter is drawn enlarged (by a whole factor) so its boxes and labels are
+crisp in TensorBoard."""
+
+
 def draw_detections(photo: np.ndarray, boxes: np.ndarray, names: Sequence[str], scores: np.ndarray,
                     labels: np.ndarray, masks: np.ndarray | None = None,
-                    keypoints: np.ndarray | None = None) -> np.ndarray:
-    """The photo with masks (alpha 0.5), boxes labelled ``name score`` and keypoints drawn; uint8 HWC.
+                    keypoints: np.ndarray | None = None,
+                    colors: Sequence[tuple[int, int, int]] | None = None, tags: bool = True) -> np.ndarray:
+    """The photo with masks (alpha 0.5), boxes labelled ``name score`` on filled tags and keypoints drawn; uint8
+    HWC, enlarged by a whole factor where its longer side is under :data:`DRAW_SIDE`.
 
-    Detections come best first; only the first :data:`MAX_DRAWN` are drawn.
+    Detections come best first; only the first :data:`MAX_DRAWN` are drawn, each class in its own colour
+    (``colors``: one per detection, default :func:`~introspect.drawing.distinct_colors` of the labels).
+    ``tags=False`` draws the boxes without their labels (a CAM panel's caption says them).
     """
-    from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
+    from torchvision.utils import draw_keypoints, draw_segmentation_masks
 
+    from ..drawing import distinct_colors, draw_boxes, enlarge
+
+    if colors is None:
+        colors = distinct_colors([int(label) for label in labels])
     boxes, names, scores, labels = boxes[:MAX_DRAWN], names[:MAX_DRAWN], scores[:MAX_DRAWN], labels[:MAX_DRAWN]
+    colors = list(colors)[:MAX_DRAWN]
     masks = masks[:MAX_DRAWN] if masks is not None else None
     keypoints = keypoints[:MAX_DRAWN] if keypoints is not None else None
-    image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
+    height, width = photo.shape[:2]
+    k = max(1, -(-DRAW_SIDE // max(height, width, 1))) if max(height, width) < DRAW_SIDE else 1
+    photo = enlarge(photo, min(height, width) * k) if k > 1 else np.ascontiguousarray(photo)
     if not len(scores):
-        return np.ascontiguousarray(photo)
-    colors = [_PALETTE[int(label) % len(_PALETTE)] for label in labels]
+        return photo
+    image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
     if masks is not None and len(masks):
-        image = draw_segmentation_masks(image, torch.from_numpy(masks > 0.5), alpha=0.5, colors=colors)
-    width = max(1, round(max(photo.shape[:2]) / 200))
-    image = draw_bounding_boxes(image, torch.from_numpy(boxes).float(),
-                                labels=[f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())],
-                                colors=colors, width=width)
+        big = np.repeat(np.repeat(masks > 0.5, k, axis=1), k, axis=2)[:, :photo.shape[0], :photo.shape[1]]
+        image = draw_segmentation_masks(image, torch.from_numpy(big), alpha=0.5, colors=colors)
+    line = max(2, round(max(photo.shape[:2]) / 200))
     if keypoints is not None and len(keypoints):
         skeleton = list(COCO_PERSON_SKELETON) if keypoints.shape[1] == 17 else None
-        image = draw_keypoints(image, torch.from_numpy(keypoints[..., :2]).float(), connectivity=skeleton,
-                               colors=(255, 255, 0), radius=max(1, width), width=width,
+        image = draw_keypoints(image, torch.from_numpy(keypoints[..., :2] * k).float(), connectivity=skeleton,
+                               colors=(255, 255, 0), radius=line, width=line,
                                visibility=torch.from_numpy(keypoints[..., 2] > 0))
-    return image.permute(1, 2, 0).contiguous().numpy()
+    drawn = image.permute(1, 2, 0).contiguous().numpy()
+    return draw_boxes(drawn, np.asarray(boxes, dtype=np.float64) * k,
+                      [f"{n} {s:.2f}" if tags else "" for n, s in zip(names, scores.tolist())], colors,
+                      line_width=line)
 
 
 def _detections(output: dict[str, torch.Tensor], name: str, photo: np.ndarray, score_threshold: float,
@@ -379,7 +393,7 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
                           iou_threshold: float = DEFAULT_IOU_THRESHOLD,
                           colormap: str = "jet") -> list[CamResult]:
     """A CAM for each of the top-k detections of each image of a :func:`detection_pass` (one backward)."""
-    from ..drawing import labelled_row, overlay
+    from ..drawing import distinct_colors, labelled_panels, overlay
 
     if topk < 1:
         raise UsageError(f"topk={topk} must be at least 1", parameter="topk")
@@ -406,15 +420,16 @@ def detection_cam_results(module: nn.Module, found: DetectionPass, methods: Sequ
                 one = slice(index, index + 1)
 
                 def drawn(photo=batch.photos[n], heat=heatmap, found=boxes, one=one) -> np.ndarray:
+                    colors = distinct_colors([int(label) for label in found.labels])[one]
                     return draw_detections(overlay(photo, heat, colormap), found.boxes[one], found.names[one],
-                                           found.scores[one], found.labels[one])
+                                           found.scores[one], found.labels[one], colors=colors, tags=False)
 
                 subject = Subject("box", int(boxes.labels[index]), boxes.names[index], float(boxes.scores[index]),
                                   box=box, detection=index)
                 entries.append(CamMap(method=method, subject=subject, heatmap=heatmap, image=drawn))
 
             def panel(shown=tuple(entries), found=boxes) -> np.ndarray:
-                return labelled_row([e.image for e in shown], [e.subject.caption for e in shown]) if shown else \
+                return labelled_panels([e.image for e in shown], [e.subject.caption for e in shown]) if shown else \
                     found.image
 
             results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,

@@ -86,18 +86,17 @@ def flow_results(flows: torch.Tensor, pairs: FramePairs) -> list[FlowResult]:
     """One :class:`FlowResult` per pair from RAFT's final flow (N, 2, H, W)."""
     from torchvision.utils import flow_to_image
 
-    from ..drawing import label_image, tile_grid
+    from ..drawing import labelled_panels
 
     flows = flows.detach().float().cpu()
     pictures = flow_to_image(flows).permute(0, 2, 3, 1).numpy()
     results = []
     for n, name in enumerate(pairs.names):
         magnitude = flows[n].pow(2).sum(dim=0).sqrt()
-        tiles = [label_image(pairs.photos[n, 0], "frame 1"), label_image(pairs.photos[n, 1], "frame 2"),
-                 label_image(pictures[n], "flow")]
+        image = labelled_panels([pairs.photos[n, 0], pairs.photos[n, 1], pictures[n]], ["frame 1", "frame 2", "flow"],
+                                columns=3, padding=2)
         results.append(FlowResult(pair_name=name, flow=flows[n].numpy(), mean_magnitude=float(magnitude.mean()),
-                                  max_magnitude=float(magnitude.max()),
-                                  image=tile_grid(np.stack(tiles), ncols=3, padding=2)))
+                                  max_magnitude=float(magnitude.max()), image=image))
     return results
 
 

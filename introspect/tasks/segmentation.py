@@ -72,13 +72,15 @@ def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequenc
     from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import draw_segmentation_masks
 
+    from ..drawing import readable_font_px
+
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
     if classes:
         masks = torch.from_numpy(np.stack([class_map == c.index for c in classes]))
         image = draw_segmentation_masks(image, masks, alpha=0.6, colors=[c.color for c in classes])
     drawn = image.permute(1, 2, 0).contiguous().numpy()
     height, width = drawn.shape[:2]
-    size = max(10, min(width // 18, 20))
+    size = readable_font_px(width)  # readable once TensorBoard scales the image to its card
     try:
         font = ImageFont.load_default(size=size)
     except Exception:  # no FreeType: the fixed bitmap font
@@ -270,7 +272,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                              colormap: str = "jet") -> list[CamResult]:
     """A CAM for each class present in each image of a :func:`segmentation_pass`: one batched backward, whose
     target per class is its logit summed over the pixels predicted as that class."""
-    from ..drawing import labelled_row, overlay
+    from ..drawing import labelled_panels, overlay
 
     if max_classes < 1:
         raise UsageError(f"max_classes={max_classes} must be at least 1", parameter="max_classes")
@@ -298,7 +300,7 @@ def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
                                           photo, heat, colormap)))
             results.append(CamResult(method=method, layer=forward.layer, levels=forward.levels,
                                      image_name=seg.image_name, prediction=seg, maps=tuple(entries),
-                                     image=lambda shown=tuple(entries): labelled_row(
+                                     image=lambda shown=tuple(entries): labelled_panels(
                                          [e.image for e in shown], [e.subject.caption for e in shown]),
                                      warnings=tuple(notes)))
     for note in notes:

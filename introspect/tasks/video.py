@@ -237,11 +237,11 @@ def clip_predictions(logits: torch.Tensor, names: Sequence[str], categories: Seq
 
 
 def _strip(overlays: np.ndarray, labels: Sequence[str], shown: Sequence[int]) -> np.ndarray:
-    from ..drawing import label_image, tile_grid
+    """One row of shown frames per class, under a bar with the class and its probability; each frame says its t."""
+    from ..drawing import titled_rows
 
-    tiles = [label_image(overlays[j, t], f"{labels[j]} t={t}" if i == 0 else f"t={t}")
-             for j in range(overlays.shape[0]) for i, t in enumerate(shown)]
-    return tile_grid(np.stack(tiles), ncols=len(shown), padding=2)
+    return titled_rows([[overlays[j, t] for t in shown] for j in range(overlays.shape[0])], list(labels),
+                       [f"t={t}" for t in shown])
 
 
 def clip_cams(

@@ -50,7 +50,8 @@ from ..records import (
 )
 from .writer import RunWriter
 
-__all__ = ["Layout", "LAYOUTS", "register_layout", "layout_for", "write_record", "write_records", "tag_part"]
+__all__ = ["Layout", "LAYOUTS", "register_layout", "layout_for", "write_record", "write_records", "tag_part",
+           "audit_hparams", "whole"]
 
 
 @dataclass(frozen=True)
@@ -359,4 +360,28 @@ def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
         layout_for(result.sanity).write(writer, result.sanity, step)
     if result.sample is not None and len(result.sample):
         layout_for(result.sample).write(writer, result.sample, step)
-    writer.hparams(result.settings, headline)
+    writer.hparams(*audit_hparams(result.settings, headline))
+
+
+# HPARAMS shows the first five settings by name, capitals before small letters: these come first.
+_HEADLINE_SETTINGS = {"model": "Model", "weights": "Weights", "methods": "CAM methods", "layer": "CAM layer",
+                      "dataset": "Dataset"}
+
+
+def whole(value: object) -> object:
+    """A whole number as an int (``224.0`` -> ``224``); anything else as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def audit_hparams(settings: dict, headline: dict[str, float]) -> tuple[dict[str, object], dict[str, float]]:
+    """An audit's settings and figures as HPARAMS shows them best: the model, weights, CAM methods, CAM layer
+    and dataset first (the five it ticks at first, by name), every number that is whole as text without
+    decimals (HPARAMS prints numbers as ``224.00``), and as metrics the accuracy and pointing figures
+    (the first five ticked, by tag: top-1, top-5, then pointing)."""
+    named = {_HEADLINE_SETTINGS.get(key, key.replace("_", " ")): whole(value) for key, value in settings.items()}
+    shown = {key: str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+             for key, value in named.items()}
+    metrics = {tag: value for tag, value in headline.items() if not tag.startswith("audit/energy_in_box/")}
+    return shown, metrics
