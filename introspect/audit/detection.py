@@ -449,11 +449,11 @@ def _pieces(photo: np.ndarray, truth: np.ndarray, found: np.ndarray, heat: torch
 def _panel(entry: dict) -> np.ndarray:
     """A gallery entry drawn: the photo with the ground-truth boxes (green), and beside it the CAM with the
     detections (red)."""
-    from ..drawing import labelled_row, overlay
+    from ..drawing import labelled_panels, overlay
 
     photo = entry["photo"].numpy()
     base = overlay(photo, entry["heat"].float().numpy()) if entry["heat"] is not None else photo
-    return labelled_row([_draw_boxes(photo, entry["truth"].numpy(), TRUTH_COLOUR),
+    return labelled_panels([_draw_boxes(photo, entry["truth"].numpy(), TRUTH_COLOUR),
                          _draw_boxes(base, entry["found"].numpy(), DETECTION_COLOUR)], entry["captions"], padding=2)
 
 

@@ -163,9 +163,9 @@ class KeyedAggregates:
         self.skipped_files, self.skipped = list(state["skipped_files"]), int(state["skipped"])
 
 
-def grid(panels: Sequence[Any], columns: int = 2) -> Any:
-    """Gallery panels (uint8, any sizes) padded to one size and tiled ``columns`` per row (legible at
-    TensorBoard's default card size)."""
+def grid(panels: Sequence[Any], columns: int = 1) -> Any:
+    """Gallery panels (uint8, any sizes) padded to one size and tiled ``columns`` per row. Each panel's labels are
+    sized for TensorBoard's card width (``drawing.labelled_panels``): one panel a row keeps them legible there."""
     from ..drawing import tile_grid
 
     import numpy as np

@@ -315,7 +315,7 @@ class SegmentationAudit(AuditKind):
 
     def _panel(self, entry: dict) -> np.ndarray:
         """A kept image drawn: the photo, the true mask over it, and the predicted one, labelled."""
-        from ..drawing import labelled_row
+        from ..drawing import labelled_panels
         from ..tasks.segmentation import draw_class_map
 
         c = len(self.names)
@@ -330,7 +330,7 @@ class SegmentationAudit(AuditKind):
             classes = [int(k) for k in np.unique(a) if k < c]
             return ", ".join(self._name(k) for k in classes[:2]) + (" ..." if len(classes) > 2 else "") or "-"
 
-        return labelled_row([photo, draw_class_map(photo, t_shown, c), draw_class_map(photo, p_shown, c)],
+        return labelled_panels([photo, draw_class_map(photo, t_shown, c), draw_class_map(photo, p_shown, c)],
                             [file.rsplit("/", 1)[-1][:20], f"truth: {listed(t_shown)}",
                              f"IoU {iou:.2f}: {listed(p_shown)}"], padding=2)
 
