@@ -392,7 +392,21 @@ def _library_chatter(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code."""
+    """Run the CLI; returns the exit code. ``--debug`` holds for this call only (a caller's process, such as a
+    test session running the CLI in process, gets its environment back)."""
+    from .notices import DEBUG_ENV
+
+    before = os.environ.get(DEBUG_ENV)
+    try:
+        return _main(argv)
+    finally:
+        if before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = before
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _library_chatter(args.debug)

@@ -211,7 +211,10 @@ def _example(model: nn.Module, size: tuple[int, int], device: torch.device | str
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     where = device if device is not None else (first.device if first is not None else "cpu")
-    return torch.randn(1, 3, *size, dtype=dtype, device=where)
+    if str(where) == "meta":
+        return torch.empty(1, 3, *size, dtype=dtype, device=where)
+    # its own generator: probing never draws from the global RNG (a watched training run stays bit-identical)
+    return torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(device=where, dtype=dtype)
 
 
 def _version(tensor: torch.Tensor | None) -> int | None:

@@ -108,7 +108,7 @@ def test_cli_runs_every_hf_classifier_with_its_right_cam_layer(model_type, class
     assert "WARNING: " not in err or "deprecated" not in err  # library notices stay off the console
     run_dir = next((tmp_path / "runs").iterdir())
     acc = load_events(run_dir)
-    info = text(acc, "run/info")
+    info = text(acc, "run/info").replace("\\_", "_")  # run/info escapes Markdown
     layer = next(line.split("|")[2].strip() for line in info.splitlines() if line.startswith("| cam layer |"))
     assert re.fullmatch(f"model\\.{RIGHT_LAYER[class_name]}", layer), layer
     assert "cam/gradcam/cat" in acc.Tags()["images"]
