@@ -137,6 +137,18 @@ def scan_dataset(root: str | Path, categories: Sequence[str]) -> DatasetIndex:
     return DatasetIndex(root, tuple(relative), labels, True, how, class_names)
 
 
+def read_photo(path: Path):
+    """A dataset image as RGB, its multi-frame / huge-image notes silenced (not worth a line per file); a bad file
+    raises :class:`~introspect.errors.ImageError`."""
+    import warnings
+
+    from ..images import load_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_image(path)
+
+
 class AuditImages(torch.utils.data.Dataset):
     """Item ``i``: (tensor (3, H, W), i, (width, height) of the original) or (None, i, reason) for a bad file."""
 
@@ -148,16 +160,12 @@ class AuditImages(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, Any]:
-        import warnings
-
         from ..errors import ImageError
-        from ..images import load_image, preprocess
+        from ..images import preprocess
 
         path = self.index.root / self.index.files[i]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # multi-frame / huge-image notes: not worth a line per file
-                image = load_image(path)
+            image = read_photo(path)
             return preprocess(image, self.transform)[0], i, image.size
         except (ImageError, OSError, ValueError) as error:
             return None, i, " ".join(str(error).split())

@@ -124,15 +124,11 @@ class _Photos(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int):
-        import warnings
-
         from ..errors import ImageError
-        from ..images import load_image
+        from .dataset import read_photo
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image = load_image(self.index.root / self.index.files[i])
+            image = read_photo(self.index.root / self.index.files[i])
             array = np.asarray(image, dtype=np.uint8)
             return torch.from_numpy(array.copy()).permute(2, 0, 1), i, image.size
         except (ImageError, OSError, ValueError) as error:

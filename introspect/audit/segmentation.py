@@ -132,18 +132,15 @@ class _ImagesAndMasks(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int):
-        import warnings
-
         import torchvision.transforms.functional as TF
         from torchvision.transforms import InterpolationMode
 
         from ..errors import ImageError
-        from ..images import load_image, preprocess
+        from ..images import preprocess
+        from .dataset import read_photo
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image = load_image(self.index.root / self.index.files[i])
+            image = read_photo(self.index.root / self.index.files[i])
             tensor = preprocess(image, self.transform)[0]
             mask = torch.from_numpy(read_mask(self.index.masks[i]))[None]
         except (ImageError, OSError, ValueError, UsageError) as error:
