@@ -119,6 +119,7 @@ class ModelScope:
         self.model = model
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attributes: list[tuple[object, str, object]] = []
+        self.registered = 0  # handles made through the scope (removed or not)
 
     def forward_hook(self, module: nn.Module, hook: Callable) -> None:
         """Register ``hook(module, args, output)`` for the scope's lifetime."""
@@ -147,6 +148,7 @@ class ModelScope:
 
     def remove_hooks(self) -> None:
         """Remove every hook registered through this scope."""
+        self.registered += len(self._handles)
         while self._handles:
             self._handles.pop().remove()
 
@@ -179,8 +181,9 @@ def _settle_lazy_hooks(modules: list[nn.Module]) -> None:
     """transformers 5 installs the hooks that record a model's hidden states (which its heads read: SegFormer's
     decode head) on the first forward that needs them, and marks the model as hooked. Installed inside a scope,
     they would be removed with the scope's own hooks while the mark stays: install them before the scope."""
-    pending = [m for m in modules if type(m).__module__.startswith("transformers.") and hasattr(m, "config")
-               and hasattr(type(m), "_can_record_outputs")
+    recording = {kind for kind in {type(m) for m in modules}  # the types once: a scope opens on every pass
+                 if kind.__module__.startswith("transformers.") and hasattr(kind, "_can_record_outputs")}
+    pending = [m for m in modules if type(m) in recording and hasattr(m, "config")
                and not vars(m).get("_output_capturing_hooks_installed", False)]
     if not pending:
         return
@@ -236,10 +239,11 @@ def inspecting(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ModelSco
             if module._modules != saved_children:  # modules compare by identity: a swapped one differs
                 module._modules.clear()
                 module._modules.update(saved_children)
-        for module in modules:
-            for hooks in _hook_dicts(module):
-                for hook_id in [h for h in hooks if h >= first_new_hook]:
-                    del hooks[hook_id]
+        if torch.utils.hooks.RemovableHandle.next_id != first_new_hook + scope.registered:
+            for module in modules:  # someone else made a handle in the scope: remove any hook it left
+                for hooks in _hook_dicts(module):
+                    for hook_id in [h for h in hooks if h >= first_new_hook]:
+                        del hooks[hook_id]
         for module, flag in zip(modules, training):
             if module.training != flag:
                 module.training = flag
