@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_untouched, model_state
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -27,7 +28,8 @@ from introspect.analyzers import structure as structure_module
 from introspect.engine.cam import _eigencam, _eigengradcam
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
-from introspect.engine.forward import run_forward
+from introspect.engine.forward import INPUT, run_forward
+from introspect.errors import UsageError
 from introspect.engine.targets import ClassScore
 from introspect.tensorboard import Reporter
 from introspect.tensorboard.writer import _traced_graph
@@ -211,6 +213,31 @@ def test_gradients_of_one_pass_are_shared_between_methods(tiny_cnn) -> None:
     forward.release()
     with pytest.raises(RuntimeError):
         forward.gradients(targets)
+
+
+def test_input_leaf_with_an_extra_leaf_gives_each_class_its_own_autograd_gradients(tiny_cnn) -> None:
+    model = tiny_cnn("small")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    classes = torch.tensor([[1, 4, 7], [0, 2, 9]])
+    before = model_state(model)
+    scopes = []
+    forward = run_forward(model, x, grad_layer=INPUT, extra_leaves=["features"], prepare=scopes.append)
+    grads = forward.gradients(classes)
+    assert forward.levels == ("", "features") and len(scopes) == 1
+    forward.release()
+    assert_untouched(before, model)
+    kept = {}
+    handle = model.features.register_forward_hook(lambda module, args, output: kept.update(features=output))
+    xr = x.clone().requires_grad_(True)
+    logits = model(xr)
+    handle.remove()
+    for j in range(3):
+        picked = logits[torch.arange(2), classes[:, j]].sum()
+        d_input, d_features = torch.autograd.grad(picked, [xr, kept["features"]], retain_graph=True)
+        torch.testing.assert_close(grads[""][j], d_input, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(grads["features"][j], d_features, rtol=1e-6, atol=1e-9)
+    with pytest.raises(UsageError, match="grad_layer=INPUT takes one input tensor"):
+        run_forward(model, (x, x), grad_layer=INPUT)
 
 
 # -- the default CLI run ------------------------------------------------------------------

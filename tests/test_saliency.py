@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,54 @@ def test_saliency_from_pass_on_inplace_relu_resnet(tiny_cnn):
         (m, n) for m in ("vanilla", "guided", "guidedgradcam") for n in ("image0", "image1")]
     assert [r.maps[0].class_name for r in results[:2]] == ["c1", "c2"]
     assert all(np.isfinite(r.maps[0].gradient).all() and (r.maps[0].gradient != 0).any() for r in results)
+
+
+def test_every_class_of_every_image_equals_autograd_taken_one_class_at_a_time():
+    net = relu_net()  # in-place ReLUs; "2" is the conv an in-place ReLU then rewrites
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    classes = torch.tensor([[0, 2, 4], [3, 1, 2]])
+    before = model_state(net)
+    results = saliency_from_pass(net, prepare_inputs(x), ["vanilla", "guided", "guidedgradcam"], classes,
+                                 [f"c{i}" for i in range(5)], LayerChoice("2"))
+    assert_untouched(before, net)
+    assert all(m.inplace for m in net if isinstance(m, nn.ReLU))
+    plain = copy.deepcopy(net)
+    for m in plain:
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    by_method = {(r.method, r.image_name): r for r in results}
+    for n in range(2):
+        for j in range(3):
+            c = int(classes[n, j])
+            xr = x[n:n + 1].clone().requires_grad_(True)
+            activation = plain[:3](xr)
+            score = plain[3:](activation)[0, c]
+            d_input, d_activation = torch.autograd.grad(score, [xr, activation])
+            weights = d_activation.mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * activation).sum(dim=1))[0]
+            for _ in range(2):  # pytorch-grad-cam scales once, resizes (here to the same size), scales again
+                cam = cam - cam.min()
+                cam = cam / (1e-7 + cam.max())
+            post_relu = torch.relu((weights * torch.relu(activation)).sum(dim=1))[0]
+            assert not torch.allclose(post_relu / post_relu.max(), cam, atol=1e-3)  # the capture must be pre-ReLU
+            guided = guided_reference(net, x[n:n + 1], c)[0]
+            expected = {"vanilla": d_input[0], "guided": guided, "guidedgradcam": guided * cam.detach()}
+            for method, value in expected.items():
+                entry = by_method[method, f"image{n}"].maps[j]
+                assert entry.class_index == c
+                np.testing.assert_allclose(entry.gradient, value.detach().numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_guided_equals_pytorch_grad_cams_guided_backprop():
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    net = relu_net()
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    (result,) = introspect.saliency(net, x, "guided", targets=[1, 3])
+    for j, c in enumerate([1, 3]):
+        expected = GuidedBackpropReLUModel(copy.deepcopy(net))(x.clone(), target_category=c)  # (H, W, 3)
+        np.testing.assert_allclose(result.maps[j].gradient.transpose(1, 2, 0), expected, rtol=1e-5, atol=1e-9)
+        assert (expected != 0).any()
 
 
 def test_unknown_saliency_method_lists_the_valid_ones(tiny_cnn):

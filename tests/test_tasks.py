@@ -152,6 +152,47 @@ def test_video_cam_equals_pytorch_grad_cam_on_5d_activations(method, reference):
     assert resized.shape == (2, 2, 8, 16, 16) and float(resized.max()) == pytest.approx(1.0, abs=1e-5)
 
 
+class _Note(nn.Module):
+    """A child whose output holds no tensor (it only looks)."""
+
+    def forward(self, x):
+        return None
+
+
+class NotedVideoNet(nn.Module):
+    """TinyVideoNet with a tensorless child between its last 5-d layer and the pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(3, 6, 3, stride=(1, 2, 2), padding=1), nn.ReLU())
+        self.layer = nn.Sequential(nn.Conv3d(6, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.note = _Note()
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.layer(self.stem(x))
+        self.note(h)
+        return self.fc(self.pool(h).flatten(1))
+
+
+def test_video_cam_layer_passes_over_tensorless_children_and_leaves_the_model_untouched():
+    from introspect.errors import UnknownLayerError
+    from introspect.tasks.video import VideoLayer, video_cam_layer
+
+    torch.manual_seed(0)
+    model = NotedVideoNet().eval()
+    clip = torch.randn(1, 3, 4, 16, 16)
+    before = model_state(model)
+    assert video_cam_layer(model, clip) == VideoLayer("layer", "ncthw")
+    assert video_cam_layer(model, clip, "stem") == VideoLayer("stem", "ncthw")
+    with pytest.raises(UnknownLayerError, match=r"layer='fc' gives \(1, 5\)"):
+        video_cam_layer(model, clip, "fc")
+    with pytest.raises(UnknownLayerError, match="layer='note' gives None"):
+        video_cam_layer(model, clip, "note")
+    assert_untouched(before, model)
+
+
 def test_single_pass_methods_on_flattened_positions_equal_the_2d_maps(tiny_cnn):
     """activation_maps lays every position along one axis: on 4-d activations it must equal the image CAM path."""
     from introspect.analyzers.cam import activation_maps, cam

@@ -6,12 +6,13 @@
 - ``guidedgradcam``: guided backpropagation times the Grad-CAM map of the same class
   (Selvaraju et al. 2017).
 
-Two forward passes per batch serve all three: a plain one, whose single
-``torch.autograd.grad`` call per class gives both the input gradient and the
-Grad-CAM gradient at the target layer, and (for the guided methods) one with a full
-backward hook on every ReLU that clamps its input gradient at zero. No module is
-swapped: in-place ReLUs are switched to out-of-place for the scope's lifetime and
-switched back on exit. Nothing is written into any ``.grad``.
+Two passes of the one forward engine (:func:`~introspect.engine.forward.run_forward`, the
+input as the gradient leaf) serve all three: a plain one, whose one batched backward over
+every class gives both the input gradient and the Grad-CAM gradient at the target layer
+(its second leaf), and (for the guided methods) one with a full backward hook on every
+ReLU that clamps its input gradient at zero. No module is swapped: in-place ReLUs are
+switched to out-of-place for the pass and switched back after it. Nothing is written
+into any ``.grad``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError, IntrospectWarning, UnknownMethodError
-from ..hooks import first_tensor, inspecting
+from ..hooks import ModelScope
 from ..inputs import InputBatch, Inputs
-from ..layers import LayerChoice, resolve_layer, to_nchw
-from ..loaded import LoadedModel, device_and_dtype
+from ..layers import LayerChoice, to_nchw
+from ..loaded import LoadedModel
 from ..records import SaliencyMap, SaliencyResult
 from ..engine.cam import CAM_METHODS, normalize_maps
 from ..engine.classes import class_name
+from ..engine.forward import INPUT, run_forward
 from ..options import CamOptions, SaliencyOptions
 
 __all__ = ["SALIENCY_METHODS", "parse_saliency_methods", "saliency", "saliency_from_pass", "guided_relus"]
@@ -79,7 +81,7 @@ def _clamp_to_positive(module: nn.Module, grad_input: tuple, grad_output: tuple)
     return tuple(None if g is None else g.clamp(min=0.0) for g in grad_input)
 
 
-def guided_relus(scope, model: nn.Module) -> int:
+def guided_relus(scope: ModelScope, model: nn.Module) -> int:
     """Make every ReLU/ReLU6 of ``model`` guided (positive gradients only) for the scope's lifetime.
 
     In-place ReLUs are made out-of-place (full backward hooks cannot wrap an in-place
@@ -103,35 +105,22 @@ def guided_relus(scope, model: nn.Module) -> int:
 
 
 def _input_gradients(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor, guided: bool,
-                     layer: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
-    """(d score / d input (k, N, 3, H, W), layer activation, d score / d layer (k, ...), guided ReLUs)."""
-    captured: dict[str, torch.Tensor] = {}
+                     layer: str | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, int]:
+    """One pass of the engine with the input as the leaf (and ``layer``'s output as a second one): (gradients
+    {"": d score / d input (k, N, 3, H, W), layer: d score / d layer (k, ...)}, values {"": input, layer:
+    activation}, probabilities (N, classes), guided ReLUs)."""
+    relus: list[int] = []
 
-    def keep(module: nn.Module, args: tuple, output: object):
-        captured["activation"] = first_tensor(output)
-        if isinstance(output, torch.Tensor):  # later in-place ops then cannot rewrite the captured tensor
-            return output.clone()
-        return None
+    def make_guided(scope: ModelScope) -> None:
+        relus.append(guided_relus(scope, model))
 
-    x = inputs.detach().clone().requires_grad_(True)
-    with inspecting(model) as scope, torch.enable_grad():
-        relus = guided_relus(scope, model) if guided else 0
-        if layer is not None:
-            scope.forward_hook(layer, keep)
-        scores = first_tensor(model(x))
-        activation = captured.get("activation") if layer is not None else None
-        wanted = [x] if activation is None else [x, activation]
-        input_grads, layer_grads = [], []
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        for j in range(classes.shape[1]):
-            picked = scores[rows, classes[:, j].to(scores.device)].sum()
-            grads = torch.autograd.grad(picked, wanted, retain_graph=j + 1 < classes.shape[1], allow_unused=True)
-            input_grads.append(torch.zeros_like(x) if grads[0] is None else grads[0])
-            if activation is not None:
-                layer_grads.append(torch.zeros_like(activation) if grads[1] is None else grads[1])
-    stacked_layer = torch.stack(layer_grads).detach() if layer_grads else None
-    return (torch.stack(input_grads).detach(), None if activation is None else activation.detach(), stacked_layer,
-            relus)
+    forward = run_forward(model, inputs, grad_layer=INPUT, extra_leaves=(layer,) if layer is not None else (),
+                          prepare=make_guided if guided else None, names={"extra_leaves": "layer"})
+    try:
+        grads = {name: grad.detach() for name, grad in forward.gradients(classes).items()}
+        return grads, forward.maps(), forward.probabilities, relus[0] if relus else 0
+    finally:
+        forward.release()
 
 
 def _magnitude(gradient: np.ndarray) -> np.ndarray:
@@ -184,31 +173,27 @@ def saliency_from_pass(
     from ..drawing import labelled_panels
 
     names = parse_saliency_methods(methods)
-    device, dtype = device_and_dtype(model)
-    inputs = batch.tensor.to(device=device, dtype=dtype)
+    inputs = batch.tensor
     classes = classes.to(torch.long)
     notes: list[str] = []
     gradients: dict[str, torch.Tensor] = {}
-    cam_module = resolve_layer(model, layer.name) if layer is not None and "guidedgradcam" in names else None
-    plain, activation, layer_grads, _ = _input_gradients(model, inputs, classes, guided=False, layer=cam_module)
-    gradients["vanilla"] = plain
+    if "guidedgradcam" in names and layer is None:
+        raise ArgumentError("layer=None: guidedgradcam needs the Grad-CAM target layer, pass layer=",
+                            parameter="layer")
+    cam_layer = layer.name if "guidedgradcam" in names else None
+    plain, values, plain_probabilities, _ = _input_gradients(model, inputs, classes, guided=False, layer=cam_layer)
+    gradients["vanilla"] = plain[""]
     if {"guided", "guidedgradcam"} & set(names):
-        guided, _, _, relus = _input_gradients(model, inputs, classes, guided=True, layer=None)
+        guided_grads, _, _, relus = _input_gradients(model, inputs, classes, guided=True, layer=None)
         if relus == 0:
             notes.append("the model has no nn.ReLU/ReLU6 modules: guided backpropagation equals the plain gradient")
-        gradients["guided"] = guided
-        if "guidedgradcam" in names:
-            if cam_module is None:
-                raise ArgumentError("layer=None: guidedgradcam needs the Grad-CAM target layer, pass layer=",
-                                    parameter="layer")
-            a = to_nchw(activation, layer).float()
-            g = torch.stack([to_nchw(t, layer) for t in layer_grads]).float()
+        guided = gradients["guided"] = guided_grads[""]
+        if cam_layer is not None:
+            a = to_nchw(values[cam_layer], layer).float()
+            g = torch.stack([to_nchw(t, layer) for t in plain[cam_layer]]).float()
             cams = normalize_maps(CAM_METHODS["gradcam"].compute(a, g), tuple(inputs.shape[-2:]))  # (k, N, H, W)
             gradients["guidedgradcam"] = guided * cams[:, :, None].to(guided.device)
-    if probabilities is None:
-        with inspecting(model), torch.inference_mode():
-            probabilities = torch.softmax(first_tensor(model(inputs)).float(), dim=-1)
-    probs = probabilities.detach().cpu()
+    probs = (plain_probabilities if probabilities is None else probabilities).detach().cpu()
 
     results = []
     for method in names:

@@ -12,7 +12,12 @@ frames). It keeps:
   every map of the dict of maps it returns (an FPN's levels); :data:`FEATURE_MAPS` names the
   last direct child of the model that returns a dict of (N, C, H, W) maps (the features a
   detector's or segmenter's heads read). With ``record`` the trunk before it runs without
-  recording anything and only what follows is recorded; without, the leaves are its values;
+  recording anything and only what follows is recorded; without, the leaves are its values.
+  :data:`INPUT` makes the input tensor itself the leaf and records the whole model (saliency);
+- ``extra_leaves``: layers whose outputs are differentiated too: they stay in the recorded graph and
+  join the leaves under their names (saliency's Grad-CAM layer beside the input);
+- ``prepare``: a callback that sets hooks or attributes through the pass's own scope (saliency's
+  guided ReLUs), removed with the engine's when the pass ends;
 - ``raw``: the raw outputs of modules (a detector's proposals), ``canvas``: the padded size and
   resized image sizes of a detector's ``ImageList``; ``settings`` are attributes set for this
   pass only (a detector's ``score_thresh``).
@@ -25,7 +30,7 @@ no backward through the trunk, every target of every image in one call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +38,18 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, StateError, UnknownLayerError, UsageError
-from ..hooks import first_tensor, inspecting, is_map_dict, make_leaves
+from ..hooks import ModelScope, first_tensor, inspecting, is_map_dict, make_leaves
 from ..loaded import device_and_dtype
 from ..layers import resolve_layer
 from .targets import as_targets, target_scores
 
-__all__ = ["FEATURE_MAPS", "ForwardPass", "run_forward", "gradients"]
+__all__ = ["FEATURE_MAPS", "INPUT", "ForwardPass", "run_forward", "gradients"]
 
 FEATURE_MAPS = "<feature maps>"
 """``grad_layer=FEATURE_MAPS``: the last direct child of the model whose output is a dict of (N, C, H, W) maps."""
+
+INPUT = "<input>"
+"""``grad_layer=INPUT``: the model's input tensor is the leaf (level ``""``) and the whole model is recorded."""
 
 Canvas = tuple[tuple[int, int], tuple[tuple[int, int], ...]]
 
@@ -168,6 +176,8 @@ def run_forward(
     canvas: bool = False,
     settings: Sequence[tuple[object, str, object]] = (),
     names: Mapping[str, str] | None = None,
+    extra_leaves: Sequence[str] = (),
+    prepare: Callable[[ModelScope], None] | None = None,
 ) -> ForwardPass:
     """Run ``model`` once on ``inputs`` in eval mode; capture layer outputs and make the leaves.
 
@@ -178,13 +188,19 @@ def run_forward(
             RAFT's two frames); moved to the model's device and dtype.
         capture: names of the layers whose outputs to keep (:attr:`ForwardPass.activations`).
         grad_layer: the layer whose output becomes the leaves (a tensor, a tuple's first tensor, or a
-            dict of maps), :data:`FEATURE_MAPS`, or None.
+            dict of maps), :data:`FEATURE_MAPS`, :data:`INPUT` (``inputs``, one tensor, is the leaf), or None.
         record: make the leaves require grad and record what follows them (:meth:`ForwardPass.gradients`);
             False: the leaves are plain values and nothing is recorded.
         raw: names of modules whose raw outputs to keep (:attr:`ForwardPass.raw`).
         canvas: keep the padded size and resized image sizes of an ``ImageList`` a direct child returns.
         settings: ``(object, attribute, value)`` set for this pass only (e.g. a detector's ``score_thresh``).
-        names: what the caller calls ``capture`` and ``grad_layer`` (for the errors), e.g. ``{"grad_layer": "layer"}``.
+        names: what the caller calls ``capture``, ``grad_layer`` and ``extra_leaves`` (for the errors), e.g.
+            ``{"grad_layer": "layer"}``.
+        extra_leaves: layers after ``grad_layer`` whose output (the first tensor of their last call) is differentiated
+            too: it stays in the recorded graph (a tensor output goes on as a clone, so that a later in-place op
+            cannot rewrite it) and joins :attr:`ForwardPass.leaves` under the layer's name.
+        prepare: called with the pass's :class:`~introspect.hooks.ModelScope` before the model runs; the hooks and
+            attributes it sets through the scope hold for this pass only (e.g. guided ReLUs' backward hooks).
 
     Returns:
         The :class:`ForwardPass`; call :meth:`~ForwardPass.release` when done with its gradients.
@@ -195,11 +211,12 @@ def run_forward(
         LayerError: the output does not depend on ``grad_layer``.
         UsageError: a recorded pass inside ``torch.inference_mode()``.
     """
-    said = {"capture": "capture", "grad_layer": "grad_layer", **(names or {})}
+    said = {"capture": "capture", "grad_layer": "grad_layer", "extra_leaves": "extra_leaves", **(names or {})}
     modules = {name: resolve_layer(model, name) for name in capture}
     raw_modules = {name: resolve_layer(model, name) for name in raw}
-    auto = grad_layer == FEATURE_MAPS
-    target = resolve_layer(model, grad_layer) if grad_layer is not None and not auto else None
+    extra_modules = {name: resolve_layer(model, name) for name in extra_leaves}
+    auto, at_input = grad_layer == FEATURE_MAPS, grad_layer == INPUT
+    target = resolve_layer(model, grad_layer) if grad_layer is not None and not auto and not at_input else None
     recording = record and grad_layer is not None
     if recording and torch.is_inference_mode_enabled():
         raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call them outside it "
@@ -209,6 +226,12 @@ def run_forward(
     raw_outputs: dict[str, Any] = {}
     device, dtype = device_and_dtype(model)
     args = _moved(inputs, device, dtype)
+    if at_input:
+        if not isinstance(args, torch.Tensor):
+            raise UsageError(f"{said['grad_layer']}=INPUT takes one input tensor, not {type(inputs).__name__}: "
+                             "name a layer instead", parameter=said["grad_layer"])
+        args = args.detach().clone().requires_grad_(recording)
+        found["layer"], found["leaves"] = INPUT, {"": args}
 
     def capturing(name: str):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -232,6 +255,16 @@ def run_forward(
             return made[1]
         return hook
 
+    def extra_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            try:
+                found.setdefault("extra", {})[name] = first_tensor(output)
+            except TypeError:
+                raise UnknownLayerError(f"{said['extra_leaves']}={name!r} gives {type(output).__name__}, not a "
+                                        "tensor: pick another", parameter=said["extra_leaves"]) from None
+            return output.clone() if isinstance(output, torch.Tensor) else None
+        return hook
+
     def child_hook(name: str):
         def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             if canvas and "canvas" not in found:
@@ -248,6 +281,8 @@ def run_forward(
     with inspecting(model) as scope:
         for obj, attribute, value in settings:
             scope.set_attribute(obj, attribute, value)
+        if prepare is not None:
+            prepare(scope)
         if auto or canvas:
             for name, child in model.named_children():
                 scope.forward_hook(child, child_hook(name))
@@ -257,24 +292,30 @@ def run_forward(
             scope.forward_hook(module, keeping(name))
         if target is not None:
             scope.forward_hook(target, leaf_hook(grad_layer))
-        if grad_layer is not None:
-            with torch.no_grad():
-                output = _call(model, args)
-        else:
+        for name, module in extra_modules.items():
+            scope.forward_hook(module, extra_hook(name))
+        if grad_layer is None:
             with torch.inference_mode():
+                output = _call(model, args)
+        else:  # from the input on, or (no_grad) from the leaves on, which switch recording on
+            with torch.enable_grad() if at_input and recording else torch.no_grad():
                 output = _call(model, args)
     silent = [name for name in modules if name not in activations] + \
         [name for name in raw_modules if name not in raw_outputs]
     if silent:
         raise UnknownLayerError(f"layer {silent[0]!r} (in {said['capture']}=) does not run in the model's forward "
                                 "pass (in eval mode): pick another", parameter=said["capture"])
+    silent = [name for name in extra_modules if name not in found.get("extra", {})]
+    if silent:
+        raise UnknownLayerError(f"{said['extra_leaves']}={silent[0]!r} does not run in the model's forward pass (in "
+                                "eval mode): pick another", parameter=said["extra_leaves"])
     if grad_layer is not None and "leaves" not in found:
         if auto:
             raise UsageError(f"{type(model).__name__} has no direct child that outputs a dict of (N, C, H, W) feature "
                              f"maps: name the layer to explain with {said['grad_layer']}=", parameter=said["grad_layer"])
         raise UnknownLayerError(f"{said['grad_layer']}={grad_layer!r} does not run in the model's forward pass (in eval "
                                 "mode): pick another", parameter=said["grad_layer"])
-    leaves = found.get("leaves", {})
+    leaves = {**found.get("leaves", {}), **found.get("extra", {})}
     if target is not None and grad_layer in modules and "" in leaves:
         activations[grad_layer] = leaves[""].detach()
     if recording and not auto and not any(t.requires_grad for t in _tensors(output)):

@@ -25,8 +25,8 @@ from torch import nn
 from ..engine.cam import CAM_METHODS, activation_maps, parse_cam_methods
 from ..engine.classes import class_name
 from ..errors import ImageError, LayerError, IntrospectWarning, UnknownLayerError, UnknownMethodError, UsageError
-from ..engine.forward import ForwardPass
-from ..hooks import first_tensor, inspecting
+from ..engine.forward import ForwardPass, run_forward
+from ..hooks import ModelScope, first_tensor
 from ..layers import resolve_layer
 from ..records import CamMap, CamResult, Predictions, Subject
 from ..engine.targets import ClassScore, Target
@@ -170,7 +170,8 @@ def prepare_clips(paths: Sequence[str | Path], loaded, length: int | None = None
 
 def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = None) -> VideoLayer:
     """The CAM layer of a video model: ``layer`` if given, else the last top-level child before the global
-    pooling whose output is 5-d or tokens, found by running ``clip`` (N, 3, T, H, W) once."""
+    pooling whose output is 5-d or tokens, found by running ``clip`` (N, 3, T, H, W) once through the engine
+    (only the output shapes are kept; a child whose output holds no tensor is passed over)."""
     outputs: dict[str, tuple[int, ...]] = {}
     modules = {name: child for name, child in model.named_children()}
     if layer is not None:
@@ -184,11 +185,11 @@ def video_cam_layer(model: nn.Module, clip: torch.Tensor, layer: str | None = No
                 pass
         return hook
 
-    with inspecting(model) as scope:
+    def watch(scope: ModelScope) -> None:
         for name, module in modules.items():
             scope.forward_hook(module, recording(name))
-        with torch.inference_mode():
-            model(clip)
+
+    run_forward(model, clip, record=False, prepare=watch)
     names = list(modules)
     if layer is None:  # the head starts at the first pooling child: only what comes before it still has a layout
         pooling = [i for i, name in enumerate(names) if "pool" in type(modules[name]).__name__.lower()]
