@@ -219,6 +219,9 @@ def run_forward(
     target = resolve_layer(model, grad_layer) if grad_layer is not None and not auto and not at_input else None
     recording = record and grad_layer is not None
     if recording and torch.is_inference_mode_enabled():
+        if at_input:
+            raise UsageError("input gradients (saliency) cannot be taken inside torch.inference_mode(): call it "
+                             "outside that block")
         raise UsageError("gradient CAM methods cannot run inside torch.inference_mode(): call them outside it "
                          "(introspect records only what follows the explained layer), or use eigencam/fem")
     activations: dict[str, torch.Tensor] = {}
