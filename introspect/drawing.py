@@ -7,6 +7,7 @@ imported only by :func:`colorize`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from introspect.errors import ArgumentError
 
-__all__ = ["CARD_WIDTH", "LABEL_PX", "MIN_PANEL_SIDE", "normalize01", "colorize", "overlay", "tile_grid",
+__all__ = ["CARD_WIDTH", "LABEL_PX", "load_font", "MIN_PANEL_SIDE", "normalize01", "colorize", "overlay", "tile_grid",
            "readable_font_px", "text_width", "wrap_text", "fits", "label_image", "enlarge", "labelled_panels",
            "DISTINCT_COLORS", "distinct_colors", "draw_boxes", "titled_rows", "grid_with_row_labels"]
 
@@ -197,7 +198,9 @@ def readable_font_px(image_width: int) -> int:
     return max(LABEL_PX, math.ceil(LABEL_PX * max(int(image_width), 1) / CARD_WIDTH))
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+@functools.lru_cache(maxsize=32)
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at ``size`` px, loaded once per size (its loader decodes the embedded font every call)."""
     try:
         return ImageFont.load_default(size=size)
     except Exception:  # no FreeType: the fixed bitmap font
@@ -209,7 +212,7 @@ _PROBE = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
 def text_width(text: str, font_px: int) -> float:
     """Width in pixels of one line of ``text`` at ``font_px``."""
-    box = _PROBE.textbbox((0, 0), text, font=_font(font_px))
+    box = _PROBE.textbbox((0, 0), text, font=load_font(font_px))
     return float(box[2] - box[0])
 
 
@@ -238,7 +241,7 @@ def fits(text: str, font_px: int, width: int, max_lines: int) -> bool:
 
 
 def _line_height(font_px: int) -> int:
-    box = _PROBE.textbbox((0, 0), "Agjy|", font=_font(font_px))
+    box = _PROBE.textbbox((0, 0), "Agjy|", font=load_font(font_px))
     return int(box[3] - min(box[1], 0)) + max(2, font_px // 6)
 
 
@@ -263,7 +266,7 @@ def label_image(rgb: np.ndarray, text: str, font_px: int | None = None, lines: i
     photo = _as_rgb(rgb)
     h, w = photo.shape[:2]
     size = int(font_px) if font_px else readable_font_px(w)
-    font = _font(size)
+    font = load_font(size)
     pad = max(3, size // 5)
     usable = max(1, w - 2 * pad)
     lines = max(1, int(lines))
@@ -410,7 +413,7 @@ def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, labels: Sequence[str],
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=tuple(color), width=width)
     size = readable_font_px(w)
-    font = _font(size)
+    font = load_font(size)
     pad = max(2, size // 6)
     bbox = _PROBE.textbbox((0, 0), "Agjy|", font=font)
     tag_h = int(bbox[3] - min(bbox[1], 0)) + 2 * pad
@@ -497,7 +500,7 @@ def grid_with_row_labels(tiles: np.ndarray, row_labels: Sequence[str], title: st
     canvas = Image.new("RGB", (grid.shape[1] + margin_guess, grid.shape[0]), (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (margin_guess, 0))
     draw = ImageDraw.Draw(canvas)
-    font = _font(size)
+    font = load_font(size)
     top = _PROBE.textbbox((0, 0), "Agjy|", font=font)
     for r, label in enumerate(row_labels):
         y = padding + r * tile_h + (tile_h - (top[3] - top[1])) // 2 - top[1]

@@ -265,15 +265,18 @@ class SegmentationAudit(AuditKind):
             found.release()
         d = self.aggregates.dense
         valid = truth != 255
-        d["confusion"].view(-1).add_(torch.bincount(truth[valid] * c + predicted[valid], minlength=c * c))
+        image_of = torch.arange(len(files)).view(-1, 1, 1).expand_as(truth)
+        confusions = torch.bincount(((image_of * c + truth) * c + predicted)[valid],  # every image's, in one count
+                                    minlength=len(files) * c * c).reshape(len(files), c, c)
+        d["confusion"] += confusions.sum(0)
         d["counts"][0] += len(files)
         s = o.map_size
         small_images = F.interpolate(images01, size=(s, s), mode="area").permute(0, 2, 3, 1)
         rows: dict[str, list] = {k: [] for k in ("index", "file", "mask", "pixels", "pixel_accuracy", "iou", "classes",
                                                  "class_names", "class_iou", "true_classes", "predicted_classes")}
         for n, i in enumerate(batch.indices):
-            t, p, v = truth[n], predicted[n], valid[n]
-            own = torch.bincount(t[v] * c + p[v], minlength=c * c).reshape(c, c)  # this image's confusion
+            t, p = truth[n], predicted[n]
+            own = confusions[n]  # this image's confusion
             pixels = int(own.sum())
             correct = int(own.diagonal().sum())
             in_truth, in_prediction = own.sum(1), own.sum(0)

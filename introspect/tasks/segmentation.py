@@ -70,10 +70,10 @@ def _name(categories: Sequence[str], index: int) -> str:
 
 def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequence[SegmentClass]) -> np.ndarray:
     """The photo with each class present drawn over it (alpha 0.6) and a legend strip below; uint8 HWC."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
     from torchvision.utils import draw_segmentation_masks
 
-    from ..drawing import readable_font_px
+    from ..drawing import load_font, readable_font_px
 
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).contiguous()
     if classes:
@@ -82,10 +82,7 @@ def draw_segmentation(photo: np.ndarray, class_map: np.ndarray, classes: Sequenc
     drawn = image.permute(1, 2, 0).contiguous().numpy()
     height, width = drawn.shape[:2]
     size = readable_font_px(width)  # readable once TensorBoard scales the image to its card
-    try:
-        font = ImageFont.load_default(size=size)
-    except Exception:  # no FreeType: the fixed bitmap font
-        font = ImageFont.load_default()
+    font = load_font(size)
     line = size + 6
     legend = Image.new("RGB", (width, line * max(1, len(classes)) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
