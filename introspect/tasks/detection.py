@@ -245,6 +245,49 @@ def _box_path(module: nn.Module) -> nn.Module | None:
     return roi if isinstance(getattr(module, "rpn", None), nn.Module) else None
 
 
+def _box_linears(roi: nn.Module) -> tuple[str, ...]:
+    """Names (in the model) of the linear layers of an R-CNN's box head and predictor: the RoI fast path reads
+    the rows they gave in the pass instead of computing them again."""
+    prefix = _PREDICTIONS.rsplit(".", 1)[0]  # the RoI heads' name in the model
+    return tuple(f"{prefix}.{name}" for name, m in roi.named_modules()
+                 if isinstance(m, nn.Linear) and name.split(".")[0] in ("box_head", "box_predictor"))
+
+
+class _KnownRows(torch.autograd.Function):
+    """A linear layer's output rows, already computed by the pass, as a step of the graph: its backward is the
+    layer's (``grad @ weight``), its forward only hands the rows on."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return rows.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None, None
+
+
+class _LinearRowsFromPass(torch.overrides.TorchFunctionMode):
+    """While the RoI fast path re-runs the box head on the explained RoIs, each linear layer whose rows the pass
+    kept returns those rows (:class:`_KnownRows`) instead of multiplying by its weight again: an R-CNN's first box
+    layer (12544 x 1024 for torchvision's) is read once, by the backward, not twice. The rows are the pass's own
+    values for those RoIs (the box head treats RoIs one by one)."""
+
+    def __init__(self, rows: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.rows = rows  # id(weight) -> (K, out) rows
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear:
+            input, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            rows = self.rows.get(id(weight))
+            if rows is not None and rows.shape[:-1] == input.shape[:-1]:
+                return _KnownRows.apply(input, weight, rows)
+        return func(*args, **kwargs)
+
+
 def _feeds(module: nn.Module, roi: nn.Module) -> str:
     """Name of the direct child whose output the box path reads (torchvision: ``backbone``)."""
     for name, child in module.named_children():
@@ -276,6 +319,8 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, targets: Sequence[S
     n_images, k = len(targets), max(len(row) for row in targets)
     # the RoI row behind each explained detection: the row whose decoded box and score are the detection's
     selected = [proposals[0][:0]] * (k * n_images)  # slot j * N + n: target j of image n (or no RoI)
+    row_of: dict[int, int] = {}  # slot -> its RoI's row among the pass's RoIs of every image
+    offsets = [sum(counts[:n]) for n in range(n_images)]
     for n, row_targets in enumerate(targets):
         decoded = clip_boxes_to_image(roi.box_coder.decode(regression_list[n], [proposals[n]]), resized[n])
         probs = F.softmax(logits_list[n], -1)
@@ -285,6 +330,7 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, targets: Sequence[S
             error = (candidates - reference).abs().sum(1) + (probs[:, target.label] - float(target.score)).abs()
             row = int(error.argmin())
             selected[j * n_images + n] = proposals[n][row:row + 1]
+            row_of[j * n_images + n] = offsets[n] + row
     activations = forward.maps()
     copies = {name: a[None].expand(k, *a.shape).reshape(k * a.shape[0], *a.shape[1:]).clone().requires_grad_()
               for name, a in activations.items()}
@@ -292,9 +338,16 @@ def _roi_box_gradients(roi: nn.Module, forward: ForwardPass, targets: Sequence[S
     image_of = [slot % n_images for slot in slots]
     chosen = [targets[n][slot // n_images] for slot, n in zip(slots, image_of)]
     labels = torch.tensor([t.label for t in chosen], device=class_logits.device)
+    pass_rows = torch.tensor([row_of[slot] for slot in slots], dtype=torch.long)
+    linear_layers = dict(roi.named_modules())
+    prefix = _PREDICTIONS.rsplit(".", 1)[0] + "."
+    known = {id(linear_layers[name[len(prefix):]].weight): output[pass_rows.to(output.device)].detach()
+             for name, output in forward.raw.items() if name.startswith(prefix) and name != _PREDICTIONS
+             and isinstance(output, torch.Tensor)}
     with torch.enable_grad():
         pooled = roi.box_roi_pool(copies, selected, list(resized) * k)
-        logits, regression = roi.box_predictor(roi.box_head(pooled))
+        with _LinearRowsFromPass(known):
+            logits, regression = roi.box_predictor(roi.box_head(pooled))
         rows = torch.arange(len(slots), device=logits.device)
         probs = F.softmax(logits, -1)[rows, labels]
         boxes = roi.box_coder.decode(regression, selected)[rows, labels]  # (K, 4): each row's box of its class
@@ -347,7 +400,7 @@ def detection_pass(module: nn.Module, batch: TaskImages, *, methods: Sequence[st
                          "it, or use methods='eigencam'")
     roi = _box_path(module) if restrict_to_rois and needs_grad and layer is None else None
     forward = _run(module, batch.tensors, layer, bool(methods), needs_grad and roi is None, score_threshold,
-                   capture=capture, raw=(_PROPOSALS, _PREDICTIONS) if roi is not None else ())
+                   capture=capture, raw=(_PROPOSALS, _PREDICTIONS, *_box_linears(roi)) if roi is not None else ())
     cats = categories if categories is not None else coco_categories(person_only="keypoints" in forward.output[0])
     detections = [_detections(out, name, photo, score_threshold, cats)
                   for out, name, photo in zip(forward.output, batch.names, batch.photos)]
