@@ -245,8 +245,8 @@ class SegmentationAudit(AuditKind):
         c = len(self.names)
         x = torch.stack([value[0] for value, _ in batch.items])
         truth = torch.stack([value[1] for value, _ in batch.items]).long()
-        images01 = (x.float() * self.std + self.mean).clamp(0, 1)
-        photos = tuple((images01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        pixels = torch.addcmul(self.mean, x.float(), self.std).clamp_(0, 1).mul_(255).round_()  # one new tensor
+        photos = tuple(pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy())
         found = segmentation_pass(module, TaskImages(tuple(x.unbind(0)), photos, tuple(files), normalized=True),
                                   methods=self.methods, layer=self.explained, categories=self.names)
         try:
@@ -271,7 +271,7 @@ class SegmentationAudit(AuditKind):
         d["confusion"] += confusions.sum(0)
         d["counts"][0] += len(files)
         s = o.map_size
-        small_images = F.interpolate(images01, size=(s, s), mode="area").permute(0, 2, 3, 1)
+        small_images = F.interpolate(pixels, size=(s, s), mode="area").div_(255).permute(0, 2, 3, 1)
         rows: dict[str, list] = {k: [] for k in ("index", "file", "mask", "pixels", "pixel_accuracy", "iou", "classes",
                                                  "class_names", "class_iou", "true_classes", "predicted_classes")}
         for n, i in enumerate(batch.indices):
