@@ -624,6 +624,6 @@ def test_module_imports_stay_lean():
 def test_drawing_is_pure_and_lean():
     """drawing.py draws arrays: no torch, no file loading, matplotlib only inside colorize."""
     top = _top_level_imports(drawing)
-    assert top - {"__future__", "math", "collections"} == {"numpy", "PIL", "introspect"}
+    assert top - {"__future__", "functools", "math", "collections"} == {"numpy", "PIL", "introspect"}
     assert not {"load_image", "load_images", "find_images", "preprocess"} & set(vars(drawing))
     assert not {"colorize", "overlay", "tile_grid", "label_image", "labelled_panels"} & set(vars(images))
