@@ -169,7 +169,8 @@ def _fetch_state(weights: Any) -> tuple[dict[str, torch.Tensor], str]:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # torch says "Downloading: URL" before it knows it can
+        # torch says "Downloading: URL" (on stdout in torch 2.14, stderr before) before it knows whether it can
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             state = torch.hub.load_state_dict_from_url(weights.url, progress=False, map_location="cpu",
                                                        check_hash=False, weights_only=True)
     except Exception as exc:  # any network failure: the caller decides whether that is fatal

@@ -173,3 +173,24 @@ def test_the_random_weights_warning_comes_first_on_the_console_and_once(tmp_path
     lines = err.splitlines()
     assert lines[0].startswith("WARNING: RANDOM WEIGHTS") and "--weights PATH" in lines[0]
     assert err.count("RANDOM WEIGHTS") == 1 and "weights=PATH" not in err
+
+
+def test_a_failed_download_prints_no_downloading_line(tmp_path, monkeypatch, capfd) -> None:
+    """torch prints 'Downloading: URL' (stdout in torch 2.14) before it knows whether it can: a user without the
+    network sees only the one RANDOM WEIGHTS line, not a download that never happens."""
+    import urllib.error
+
+    def fake_download(url, *args, **kwargs):
+        sys.stdout.write(f'Downloading: "{url}" to somewhere\n')
+        sys.stderr.write(f'Downloading: "{url}" to somewhere\n')
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.delenv("INTROSPECT_OFFLINE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # an empty cache: the download is tried
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    code, out, err = run_cli(["squeezenet1_1", "--input-size", "32", "--sections", "structure", "--logdir",
+                              str(tmp_path / "runs")])
+    captured = capfd.readouterr()
+    assert code == 0, err
+    assert "RANDOM WEIGHTS" in err and "download failed" in err
+    assert "Downloading" not in out + err + captured.out + captured.err
