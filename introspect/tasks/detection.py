@@ -284,6 +284,7 @@ class _LinearRowsFromPass(torch.overrides.TorchFunctionMode):
             input, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             rows = self.rows.get(id(weight))
             if rows is not None and rows.shape[:-1] == input.shape[:-1]:
+                del self.rows[id(weight)]  # the pass kept a layer's first call: a second one is computed
                 return _KnownRows.apply(input, weight, rows)
         return func(*args, **kwargs)
 
