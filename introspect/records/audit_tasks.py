@@ -28,6 +28,25 @@ def _skipped(skipped: int, files: tuple[str, ...]) -> str:
     return f"**{skipped} files could not be decoded and were skipped**; the first ones:\n\n{shown}"
 
 
+class _GalleryTexts:
+    """The texts both task audits give: their galleries' files and their unreadable files. A subclass names what
+    its galleries list beside each file (:attr:`gallery_column`)."""
+
+    gallery_column = ""
+
+    def galleries_markdown(self) -> str:
+        """Each gallery's images, in its order."""
+        parts = []
+        for gallery in self.galleries:
+            rows = [[file, what] for file, what in self.listed.get(gallery.name, ())]
+            parts.append(f"**{gallery.title}**\n\n" + markdown_table(["file", self.gallery_column], rows))
+        return "\n\n".join(parts)
+
+    def skipped_markdown(self) -> str:
+        """How many files could not be decoded, and the first of them."""
+        return _skipped(self.skipped, self.skipped_files)
+
+
 @dataclass(frozen=True)
 class ClassDetectionAudit:
     """One class over a detection audit: its AP, what was found, and where the explained detections looked."""
@@ -50,11 +69,12 @@ class ClassDetectionAudit:
 
 
 @dataclass(frozen=True)
-class DetectionAuditResult:
+class DetectionAuditResult(_GalleryTexts):
     """What a detection audit found: COCO mAP, per-class AP and recall, where the detector looked, PR curves,
     galleries of missed objects and confident false positives."""
 
     sample = None  # no projector sample (the classifier audit's AuditResult has one)
+    gallery_column = "object / detection"
 
     settings: dict
     methods: tuple[str, ...]
@@ -102,17 +122,6 @@ class DetectionAuditResult:
                          c.explained] + [_share(h, c.explained) for h in c.hits] + [_number(e) for e in c.energy])
         return markdown_table(header, rows)
 
-    def galleries_markdown(self) -> str:
-        """Each gallery's images, in its order."""
-        parts = []
-        for gallery in self.galleries:
-            rows = [[file, what] for file, what in self.listed.get(gallery.name, ())]
-            parts.append(f"**{gallery.title}**\n\n" + markdown_table(["file", "object / detection"], rows))
-        return "\n\n".join(parts)
-
-    def skipped_markdown(self) -> str:
-        """How many files could not be decoded, and the first of them."""
-        return _skipped(self.skipped, self.skipped_files)
 
     def summary_lines(self) -> list[str]:
         """A few lines for the console."""
@@ -144,11 +153,12 @@ class ClassSegmentationAudit:
 
 
 @dataclass(frozen=True)
-class SegmentationAuditResult:
+class SegmentationAuditResult(_GalleryTexts):
     """What a segmentation audit found: mIoU, per-class IoU, pixel accuracy, the confusion matrix, per-class mean
     CAMs, the worst images."""
 
     sample = None  # no projector sample (the classifier audit's AuditResult has one)
+    gallery_column = "IoU"
 
     settings: dict
     methods: tuple[str, ...]
@@ -182,17 +192,6 @@ class SegmentationAuditResult:
                 for c in sorted(self.classes, key=lambda c: (c.iou if not math.isnan(c.iou) else 2.0, c.index))]
         return markdown_table(["class", "images", "pixels", "predicted pixels", "IoU"], rows)
 
-    def galleries_markdown(self) -> str:
-        """Each gallery's images, in its order."""
-        parts = []
-        for gallery in self.galleries:
-            rows = [[file, what] for file, what in self.listed.get(gallery.name, ())]
-            parts.append(f"**{gallery.title}**\n\n" + markdown_table(["file", "IoU"], rows))
-        return "\n\n".join(parts)
-
-    def skipped_markdown(self) -> str:
-        """How many files could not be decoded, and the first of them."""
-        return _skipped(self.skipped, self.skipped_files)
 
     def summary_lines(self) -> list[str]:
         """A few lines for the console."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records import DetectionAuditResult, Gallery, MeanCam, PrCurve, SegmentationAuditResult
-from .layouts import LAYOUTS, layout_for, register_layout
+from .layouts import LAYOUTS, audit_texts, layout_for, register_layout
 from .writer import RunWriter
 
 __all__: list[str] = []
@@ -29,11 +29,7 @@ def _detection_audit(writer: RunWriter, result: DetectionAuditResult, step: int 
     """A detection audit: COCO mAP and where the detector looked (SCALARS), per-class AP (TEXT), PR curves per
     class, galleries of missed objects and confident false positives (IMAGES), settings in HPARAMS."""
     headline = _headline(writer, result, step)
-    writer.text("audit/protocol", result.protocol, step)
-    if result.classes:
-        writer.text("audit/per_class", result.per_class_markdown(), step)
-    if result.skipped:
-        writer.text("audit/skipped", result.skipped_markdown(), step)
+    audit_texts(writer, result, step)
     for part in (*result.pr_curves, *result.galleries):
         layout_for(part).write(writer, part, step)
     if result.galleries:
@@ -49,11 +45,7 @@ def _segmentation_audit(writer: RunWriter, result: SegmentationAuditResult, step
     """A segmentation audit: mIoU, pixel accuracy and per-class IoU (SCALARS, TEXT), the confusion matrix, per-class
     mean CAMs and the worst images (IMAGES), settings in HPARAMS."""
     headline = _headline(writer, result, step)
-    writer.text("audit/protocol", result.protocol, step)
-    if result.classes:
-        writer.text("audit/per_class", result.per_class_markdown(), step)
-    if result.skipped:
-        writer.text("audit/skipped", result.skipped_markdown(), step)
+    audit_texts(writer, result, step)
     if result.confusion_image is not None:
         writer.image("audit/confusion_matrix", result.confusion_image, step)
     for part in (*result.mean_cams, *result.galleries):

@@ -334,6 +334,16 @@ def _audit_sample(writer: RunWriter, sample: AuditSample, step: int = 0) -> None
                      sample.thumbnails)
 
 
+
+def audit_texts(writer: RunWriter, result: Any, step: int = 0) -> None:
+    """The texts every audit writes: how it was measured, the per-class table, and the files it could not read."""
+    writer.text("audit/protocol", result.protocol, step)
+    if result.classes:
+        writer.text("audit/per_class", result.per_class_markdown(), step)
+    if result.skipped:
+        writer.text("audit/skipped", result.skipped_markdown(), step)
+
+
 @register_layout(AuditResult, tags=("audit/accuracy/top1", "audit/accuracy/top5", "audit/pointing/<method>",
                                      "audit/pointing/centre_baseline", "audit/energy_in_box/<method>", "audit/protocol",
                                      "audit/per_class", "audit/skipped", "audit/confusion_matrix", "audit/galleries",
@@ -345,11 +355,7 @@ def _audit(writer: RunWriter, result: AuditResult, step: int = 0) -> None:
     headline = {tag: value for tag, value in result.headline().items() if np.isfinite(value)}
     for tag, value in headline.items():
         writer.scalar(tag, value, step)
-    writer.text("audit/protocol", result.protocol, step)
-    if result.classes:
-        writer.text("audit/per_class", result.per_class_markdown(), step)
-    if result.skipped:
-        writer.text("audit/skipped", result.skipped_markdown(), step)
+    audit_texts(writer, result, step)
     if result.confusion_image is not None:
         writer.image("audit/confusion_matrix", result.confusion_image, step)
     for part in (*result.pr_curves, *result.mean_cams, *result.galleries):
