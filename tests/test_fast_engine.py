@@ -6,6 +6,8 @@
 - the graph traced once, without ``check_trace``'s extra forwards;
 - EigenCAM / EigenGradCAM from one stacked economy SVD instead of a full SVD per map;
 - gradients of one forward pass shared by every method that asks for the same classes;
+- the maps' bilinear resize as two matrix products instead of ``F.interpolate``, and the images of one size
+  normalised together;
 - the default CLI run importing neither pytorch_grad_cam nor cv2.
 """
 
@@ -25,7 +27,8 @@ from torch import nn
 
 from introspect.analyzers import parameters as params_module
 from introspect.analyzers import structure as structure_module
-from introspect.engine.cam import _eigencam, _eigengradcam
+from introspect.engine.cam import _eigencam, _eigengradcam, normalize_maps
+from introspect.engine.resize import bilinear_resize
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
 from introspect.engine.forward import INPUT, run_forward
@@ -241,6 +244,43 @@ def test_input_leaf_with_an_extra_leaf_gives_each_class_its_own_autograd_gradien
 
 
 # -- the default CLI run ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source,size", [((7, 7), (224, 224)), ((32, 16), (256, 200)), ((5, 9), (5, 9)),
+                                         ((40, 40), (20, 30)), ((1, 3), (4, 4))])
+def test_matrix_resize_equals_interpolate(source, size) -> None:
+    maps = torch.randn(3, 2, *source, generator=torch.Generator().manual_seed(0))
+    theirs = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    assert torch.allclose(bilinear_resize(maps, size), theirs, atol=1e-5, rtol=1e-5)
+    crop = (max(1, size[0] - 3), max(1, size[1] // 2))
+    assert torch.allclose(bilinear_resize(maps, size, crop=crop), theirs[..., :crop[0], :crop[1]], atol=1e-5, rtol=1e-5)
+
+
+def _normalized_by_interpolate(levels: list[torch.Tensor], size: tuple[int, int], canvas: tuple[int, int]):
+    """pytorch-grad-cam's scaling written out with ``F.interpolate``: per level ReLU, min-max, resize; the mean
+    ReLU'd and min-maxed."""
+    def minmax(x):
+        x = x - x.amin(dim=(-2, -1), keepdim=True)
+        return x / (1e-7 + x.amax(dim=(-2, -1), keepdim=True))
+    total = 0
+    for level in levels:
+        flat = minmax(torch.relu(level).reshape(-1, *level.shape[-2:]))
+        resized = torch.nn.functional.interpolate(flat[:, None], size=canvas, mode="bilinear",
+                                                  align_corners=False)[:, 0, :size[0], :size[1]]
+        total = total + resized.reshape(*level.shape[:-2], *size)
+    return minmax(torch.relu(total / len(levels)))
+
+
+def test_normalized_maps_equal_the_interpolated_ones_for_levels_and_a_canvas() -> None:
+    generator = torch.Generator().manual_seed(3)
+    levels = [torch.randn(4, 2, 12, 10, generator=generator), torch.randn(4, 2, 6, 5, generator=generator)]
+    for canvas in ((48, 40), (60, 52)):
+        ours = normalize_maps(levels, (48, 40), canvas=canvas)
+        assert ours.shape == (4, 2, 48, 40)
+        assert torch.allclose(ours, _normalized_by_interpolate(levels, (48, 40), canvas), atol=1e-5)
+        assert float(ours.amin()) == 0.0 and abs(float(ours.amax()) - 1.0) < 1e-6
+    one = normalize_maps(levels[0], (30, 30))
+    assert torch.allclose(one, _normalized_by_interpolate(levels[:1], (30, 30), (30, 30)), atol=1e-5)
 
 
 def test_default_cli_run_imports_no_pytorch_grad_cam_nor_cv2(tmp_path: Path, sample_cat: Path) -> None:

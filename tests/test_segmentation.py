@@ -202,3 +202,19 @@ def test_pixel_class_gradients_through_the_head_equal_the_full_resolution_ones(i
             torch.testing.assert_close(fast[level], full[level], rtol=1e-7, atol=1e-9)
     finally:
         found.release()
+
+
+def test_a_batch_unbound_from_one_tensor_is_not_copied_again():
+    """An audit's batch arrives as the rows of one tensor: the forward pass takes that tensor itself; any other
+    set of images (a subset, another order, views of a crop) is stacked, with the same values."""
+    from introspect.tasks.segmentation import _batched
+
+    x = torch.rand(4, 3, 8, 8)
+    rows = x.unbind(0)
+    assert _batched(rows) is x
+    assert _batched(rows[:3]) is not x and torch.equal(_batched(rows[:3]), x[:3])
+    assert torch.equal(_batched(tuple(reversed(rows))), x.flip(0))
+    crop = x[:, :, :4]
+    assert torch.equal(_batched(crop.unbind(0)), crop)
+    single = torch.rand(3, 2, 2)
+    assert torch.equal(_batched([single]), single[None])

@@ -39,6 +39,7 @@ from ..options import CamOptions
 from ..records import CamMap, CamResult, Subject
 from .classes import class_name
 from .forward import ForwardPass
+from .resize import bilinear_resize
 from .targets import FinerContrast, Target, as_targets
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "needs_layer_gradient",
@@ -253,6 +254,12 @@ def _minmax(maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return maps / (1e-7 + maps.amax(dim=dims, keepdim=True))
 
 
+def _minmax_(maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """:func:`_minmax` in place (``maps`` is a fresh tensor of the caller's)."""
+    maps.sub_(maps.amin(dim=dims, keepdim=True))
+    return maps.div_(maps.amax(dim=dims, keepdim=True).add_(1e-7))
+
+
 def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[int], *,
                    canvas: Sequence[int] | None = None) -> torch.Tensor:
     """pytorch-grad-cam's scaling of raw maps, and its mean over several target layers: the one normaliser.
@@ -261,6 +268,8 @@ def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[in
     Each level (``raw``, or each tensor of a sequence of them: an FPN's levels, each at its own
     resolution) is ReLU'd, min-maxed and resized to ``size``; then the mean over the levels is ReLU'd
     and min-maxed. One level: ReLU, min-max, resize, min-max, pytorch-grad-cam's one target layer.
+    A 2-d resize is two matrix products (:func:`~introspect.engine.resize.bilinear_resize`, the weights of
+    ``F.interpolate``'s own bilinear resize), several times faster than ``F.interpolate`` for small maps.
 
     Args:
         raw: ``(..., *s)`` raw maps, or a sequence of them (the same leading shape, any ``s``).
@@ -275,16 +284,21 @@ def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[in
     size = tuple(int(s) for s in size)
     dims = tuple(range(-len(size), 0))
     full = tuple(int(s) for s in canvas) if canvas is not None else size
-    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
     total = None
     for level in levels:
         maps = torch.relu(level if level.dtype == torch.float64 else level.float())  # half -> float
         lead = maps.shape[:-len(size)]
         maps = _minmax(maps.reshape(-1, *maps.shape[-len(size):]), dims)
-        maps = F.interpolate(maps[:, None], size=full, mode=mode, align_corners=False)[:, 0]
-        maps = maps[(slice(None), *(slice(0, s) for s in size))].reshape(*lead, *size)
-        total = maps if total is None else total + maps
-    return _minmax(torch.relu(total / len(levels)), dims).float()
+        if len(size) == 2:
+            maps = bilinear_resize(maps, full, crop=size)
+        else:
+            maps = F.interpolate(maps[:, None], size=full, mode="trilinear", align_corners=False)[:, 0]
+            maps = maps[(slice(None), *(slice(0, s) for s in size))]
+        maps = maps.reshape(*lead, *size)
+        total = maps if total is None else total.add_(maps)
+    if len(levels) > 1:  # the mean needs no ReLU: resized min-maxed maps are >= 0 (convex weights)
+        total = total.div_(len(levels))
+    return _minmax_(total, dims).float()
 
 
 def activation_maps(method: str, activation: torch.Tensor, gradients: torch.Tensor | None,
@@ -354,14 +368,20 @@ def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor
             g = grads[level].to(dtype)
         raw = torch.nan_to_num(entry.compute(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
         raws.append(raw.expand(k, -1, -1, -1))
-    per_image = []
+    groups: dict[tuple, list[int]] = {}  # images of one size (and canvas) are normalised together
     for n, (height, width) in enumerate(sizes):
         canvas = None
         if forward.canvas is not None:  # the padded canvas at the image's scale
             (ph, pw), resized = forward.canvas
             rh, rw = resized[n]
             canvas = (max(height, round(ph * height / rh)), max(width, round(pw * width / rw)))
-        per_image.append(normalize_maps([raw[:, n] for raw in raws], (height, width), canvas=canvas).cpu())
+        groups.setdefault(((height, width), canvas), []).append(n)
+    per_image: list[torch.Tensor | None] = [None] * len(sizes)
+    for (size, canvas), images in groups.items():
+        picked = torch.tensor(images, device=raws[0].device) if len(images) < raws[0].shape[1] else slice(None)
+        maps = normalize_maps([raw[:, picked].transpose(0, 1) for raw in raws], size, canvas=canvas).cpu()
+        for j, n in enumerate(images):  # maps: (m, k, H, W)
+            per_image[n] = maps[j]
     return per_image
 
 

@@ -18,7 +18,6 @@ gradient methods its map is blank and the CAM is that of ``'out'``, as with pyto
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from torch import nn
 from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
 from ..engine.forward import FEATURE_MAPS, ForwardPass, gradients, run_forward
+from ..engine.resize import bilinear_matrix
 from ..engine.targets import PixelClass
 from ..loaded import IMAGENET_MEAN, IMAGENET_STD, device_and_dtype
 from ..records import CamMap, CamResult, Segmentation, SegmentClass, Subject
@@ -123,26 +123,26 @@ def _groups(batch: TaskImages) -> list[list[int]]:
     return list(groups.values())
 
 
+def _batched(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The (N, 3, H, W) batch of ``tensors``: the tensor they were unbound from (an audit's batch), else a stack."""
+    base = tensors[0]._base if tensors else None
+    if (base is not None and base.ndim == 4 and base.shape[0] == len(tensors)
+            and all(t._base is base and t.shape == base.shape[1:] and t.data_ptr() == base[i].data_ptr()
+                    for i, t in enumerate(tensors))):
+        return base
+    return torch.stack(list(tensors))
+
+
 def _forward(module: nn.Module, batch: TaskImages, mean: Sequence[float], std: Sequence[float], layer: str | None,
              leaves: bool, record: bool, capture: Sequence[str] = ()) -> ForwardPass:
     device, dtype = device_and_dtype(module)
-    x = torch.stack(list(batch.tensors)).to(device=device, dtype=dtype)
+    x = _batched(batch.tensors).to(device=device, dtype=dtype)
     if not batch.normalized:
         x = (x - torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1)) / \
             torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1)
     heads = [name for name, _ in module.named_children()] if record else []  # for the head fast path
     return run_forward(module, x, capture=capture, grad_layer=(layer or FEATURE_MAPS) if leaves else None,
                        record=record, raw=heads, names={"capture": "layers", "grad_layer": "layer"})
-
-
-@functools.lru_cache(maxsize=64)
-def _resize_matrix(source: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(size, source): the bilinear resize (``align_corners=False``) of an axis of length ``source`` to ``size``
-    as a matrix, taken from ``F.interpolate`` itself. A 2-d bilinear resize is separable: ``A_h @ x @ A_w.T``."""
-    import torch.nn.functional as F
-
-    eye = torch.eye(source, dtype=dtype, device=device)[:, None, :, None]  # image j: the j-th unit vector
-    return F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T.contiguous()
 
 
 def _resized_head(forward: ForwardPass, logits: torch.Tensor) -> torch.Tensor | None:
@@ -158,8 +158,8 @@ def _resized_head(forward: ForwardPass, logits: torch.Tensor) -> torch.Tensor | 
             continue
         channels = [0, head.shape[1] - 1]
         rows = torch.linspace(0, size[0] - 1, min(size[0], 9), device=head.device).round().long().unique()
-        a_h = _resize_matrix(head.shape[-2], size[0], head.dtype, head.device)
-        a_w = _resize_matrix(head.shape[-1], size[1], head.dtype, head.device)
+        a_h = bilinear_matrix(head.shape[-2], size[0], head.dtype, head.device)
+        a_w = bilinear_matrix(head.shape[-1], size[1], head.dtype, head.device)
         with torch.no_grad():
             resized = a_h[rows] @ head.detach()[:, channels] @ a_w.T  # those rows of the resize
         if torch.allclose(resized, logits.detach()[:, channels][:, :, rows], rtol=1e-4, atol=1e-5):
@@ -183,8 +183,8 @@ def _pixel_class_scores(head: torch.Tensor, targets: Sequence[Sequence[PixelClas
         for j, target in enumerate(row_targets):
             masks[row, j] = target.class_map.to(head.device) == target.index
             index[row, j] = target.index
-    a_h = _resize_matrix(head.shape[-2], size[0], head.dtype, head.device)
-    a_w = _resize_matrix(head.shape[-1], size[1], head.dtype, head.device)
+    a_h = bilinear_matrix(head.shape[-2], size[0], head.dtype, head.device)
+    a_w = bilinear_matrix(head.shape[-1], size[1], head.dtype, head.device)
     weights = a_h.T @ masks @ a_w  # (N, k, h, w); zero where an image has fewer targets
     picked = head[torch.arange(n, device=head.device)[:, None], index]  # (N, k, h, w): each target's channel
     return (picked * weights).sum((-2, -1))

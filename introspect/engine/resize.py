@@ -1,0 +1,35 @@
+"""Bilinear resizes as matrix products: the resize ``F.interpolate(..., mode="bilinear", align_corners=False)``
+does, axis by axis, written as the (size, source) matrix of each axis.
+
+A 2-d bilinear resize is separable: ``resized = A_h @ x @ A_w.T``. As matrices, a resize of a few small maps to
+a large size is two small products (much faster on a CPU than ``upsample_bilinear2d``), and its adjoint
+(``A_h.T @ y @ A_w``) is as cheap: a score that is linear in a resized map can be taken on the map before the
+resize. :func:`bilinear_matrix` takes the weights from ``F.interpolate`` itself, so that they are the resize's own.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["bilinear_matrix", "bilinear_resize"]
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(source: int, size: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """(size, source): the bilinear resize (``align_corners=False``) of an axis of length ``source`` to ``size``,
+    taken from ``F.interpolate`` itself (each row holds at most two non-zero weights, summing to 1)."""
+    eye = torch.eye(source, dtype=dtype, device=device)[:, None, :, None]  # image j: the j-th unit vector
+    return F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T.contiguous()
+
+
+def bilinear_resize(maps: torch.Tensor, size: tuple[int, int], *, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(..., h, w)`` maps resized bilinearly to ``size`` (``align_corners=False``, as ``F.interpolate``), as two
+    matrix products; ``crop``: keep only the top-left ``crop`` of the resized maps (without computing the rest)."""
+    height, width = crop if crop is not None else size
+    a_h = bilinear_matrix(maps.shape[-2], int(size[0]), maps.dtype, maps.device)[:height]
+    a_w = bilinear_matrix(maps.shape[-1], int(size[1]), maps.dtype, maps.device)[:width]
+    return a_h @ maps @ a_w.T
