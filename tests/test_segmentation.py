@@ -218,3 +218,37 @@ def test_a_batch_unbound_from_one_tensor_is_not_copied_again():
     assert torch.equal(_batched(crop.unbind(0)), crop)
     single = torch.rand(3, 2, 2)
     assert torch.equal(_batched([single]), single[None])
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large"])
+def test_maps_taken_one_target_at_a_time_equal_those_of_the_stacked_gradients(images, name):
+    """score_maps takes each target's gradients and reduces them before the next (no (k, N, C, h, w) stack): the
+    maps of every method, gradient or not, equal scaled_maps over the stacked gradients of the same scores."""
+    from introspect.engine.cam import scaled_maps, score_maps
+    from introspect.engine.forward import gradients
+    from introspect.engine.targets import PixelClass
+    from introspect.tasks.common import task_images
+    from introspect.tasks.segmentation import _pixel_class_scores, _resized_head, segmentation_pass
+
+    methods = ("gradcam", "gradcam++", "layercam", "eigengradcam", "eigencam")
+    model = _segmenter(name).double()
+    found = segmentation_pass(model, task_images(images.double()), methods=methods, categories=voc_categories())
+    try:
+        targets = [[PixelClass(c.index, found.class_maps[n]) for c in seg.classes[:2 if n == 0 else 1]]
+                   for n, seg in enumerate(found.segmentations)]
+        k = max(len(row) for row in targets)
+        assert k == 2 and min(len(row) for row in targets) == 1  # rows of different lengths, one zero-padded
+        head = _resized_head(found.forward, found.logits)
+        scores = _pixel_class_scores(head, targets, tuple(found.logits.shape[-2:]))
+        sizes = [tuple(p.shape[:2]) for p in found.batch.photos]
+        ours = score_maps(methods, found.forward, scores, sizes)
+        stacked = gradients(scores, found.forward.leaves)
+        for method in methods:
+            theirs = scaled_maps(method, found.forward, stacked, k, sizes)
+            assert len(ours[method]) == len(theirs) == len(sizes)
+            for mine, reference in zip(ours[method], theirs):
+                assert mine.shape == reference.shape == (k, *sizes[0])
+                torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
+            assert any(float(m.amax()) > 0 for m in ours[method])
+    finally:
+        found.release()

@@ -265,8 +265,8 @@ class SegmentationAudit(AuditKind):
             found.release()
         d = self.aggregates.dense
         valid = truth != 255
-        image_of = torch.arange(len(files)).view(-1, 1, 1).expand_as(truth)
-        confusions = torch.bincount(((image_of * c + truth) * c + predicted)[valid],  # every image's, in one count
+        cells = (truth * c).add_(predicted).add_(torch.arange(len(files)).view(-1, 1, 1) * (c * c))  # one tensor
+        confusions = torch.bincount(cells[valid],  # every image's (image, true, predicted) cell, in one count
                                     minlength=len(files) * c * c).reshape(len(files), c, c)
         d["confusion"] += confusions.sum(0)
         d["counts"][0] += len(files)

@@ -38,12 +38,13 @@ from ..layers import LayerChoice, resolve_layer, to_nchw
 from ..options import CamOptions
 from ..records import CamMap, CamResult, Subject
 from .classes import class_name
-from .forward import ForwardPass
+from .forward import ForwardPass, batching_pays, gradients, target_gradients
 from .resize import bilinear_resize
 from .targets import FinerContrast, Target, as_targets
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "needs_layer_gradient",
-           "single_pass_methods", "normalize_maps", "activation_maps", "scaled_maps", "cam_maps", "cams_from_pass"]
+           "single_pass_methods", "normalize_maps", "activation_maps", "scaled_maps", "score_maps", "cam_maps",
+           "cams_from_pass"]
 
 # A formula maps (activations A: (N, C, H, W), gradients G: (k, N, C, H, W) or None) to raw maps (k|1, N, H, W).
 CamFormula = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -356,6 +357,39 @@ def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor
     and pad their inputs: each map is resized to the padded canvas at the input image's scale and the
     padding cropped away, so every heatmap lies over the input image's own pixels.
     """
+    return _scaled_per_image(forward, _raw_levels(method, forward, grads, k), sizes)
+
+
+def score_maps(methods: Sequence[str], forward: ForwardPass, scores: torch.Tensor,
+               sizes: Sequence[tuple[int, int]]) -> dict[str, list[torch.Tensor]]:
+    """Each method's maps of the (N, k) target ``scores`` over a pass's leaves, as :func:`scaled_maps` gives them
+    (per image n, (k, H_n, W_n)).
+
+    The gradient methods' raw maps are taken one target at a time (:func:`~introspect.engine.forward.target_gradients`),
+    so the gradients of every target are never held together: a segmenter's 960-channel maps of 16 images take
+    12 MB per target, and a (k, N, C, h, w) stack of them is fresh memory (page faults) on every batch. Where one
+    batched backward pays (:func:`~introspect.engine.forward.batching_pays`: a linear head), it is taken instead.
+    """
+    k = scores.shape[1]
+    gradient_methods = [m for m in methods if CAM_METHODS[m].uses_gradients]
+    if gradient_methods and batching_pays(scores):
+        grads = gradients(scores, forward.leaves)
+        return {m: scaled_maps(m, forward, grads, k, sizes) for m in methods}
+    raws = {m: _raw_levels(m, forward, None, k) for m in methods if m not in gradient_methods}
+    per_target: dict[str, list[list[torch.Tensor]]] = {m: [] for m in gradient_methods}
+    if gradient_methods:
+        for grads in target_gradients(scores, forward.leaves):
+            for m in gradient_methods:
+                per_target[m].append(_raw_levels(m, forward, {level: g[None] for level, g in grads.items()}, 1))
+    for m in gradient_methods:
+        raws[m] = [torch.cat(levels) for levels in zip(*per_target[m])]
+    return {m: _scaled_per_image(forward, raws[m], sizes) for m in methods}
+
+
+def _raw_levels(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor] | None,
+                k: int) -> list[torch.Tensor]:
+    """The method's raw maps at each leaf of the pass, (k, N, h, w) per level (a class-agnostic method's map
+    repeated over the k targets)."""
     entry = CAM_METHODS[method]
     raws = []
     for level, activation in forward.maps().items():
@@ -368,7 +402,14 @@ def scaled_maps(method: str, forward: ForwardPass, grads: dict[str, torch.Tensor
             g = grads[level].to(dtype)
         raw = torch.nan_to_num(entry.compute(a, g).to(device=a.device, dtype=dtype))  # (k or 1, N, h, w)
         raws.append(raw.expand(k, -1, -1, -1))
-    groups: dict[tuple, list[int]] = {}  # images of one size (and canvas) are normalised together
+    return raws
+
+
+def _scaled_per_image(forward: ForwardPass, raws: list[torch.Tensor],
+                      sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Per image n, its (k, H_n, W_n) maps from the (k, N, h, w) raw maps of every level, normalised over the
+    image's own pixels; the images of one size (and canvas) together."""
+    groups: dict[tuple, list[int]] = {}
     for n, (height, width) in enumerate(sizes):
         canvas = None
         if forward.canvas is not None:  # the padded canvas at the image's scale

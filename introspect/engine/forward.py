@@ -30,7 +30,7 @@ no backward through the trunk, every target of every image in one call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..loaded import device_and_dtype
 from ..layers import resolve_layer
 from .targets import as_targets, target_scores
 
-__all__ = ["FEATURE_MAPS", "INPUT", "ForwardPass", "run_forward", "gradients"]
+__all__ = ["FEATURE_MAPS", "INPUT", "ForwardPass", "run_forward", "gradients", "target_gradients", "batching_pays"]
 
 FEATURE_MAPS = "<feature maps>"
 """``grad_layer=FEATURE_MAPS``: the last direct child of the model whose output is a dict of (N, C, H, W) maps."""
@@ -135,29 +135,45 @@ def gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) -> dict[
     if k == 0 or not scores.requires_grad:
         return {name: torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
                 for name, leaf in zip(names, tensors)}
-    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
-    one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
-    # allow_unused without materialize_grads: an unused leaf's materialized zeros would lack the k axis
     grads = None
-    if k > 1 and _batching_pays(scores):
+    if k > 1 and batching_pays(scores):
+        eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
+        one_hot = eye[:, None, :].expand(k, n, k).contiguous()  # one_hot[j] picks column j of every row
+        # allow_unused without materialize_grads: an unused leaf's materialized zeros would lack the k axis
         try:
             grads = torch.autograd.grad(scores, tensors, one_hot, retain_graph=True, is_grads_batched=True,
                                         allow_unused=True)
         except (RuntimeError, NotImplementedError):  # an op without a batching rule at all
             grads = None
     if grads is None:  # one product per target
-        per_target = [torch.autograd.grad(scores, tensors, one_hot[j], retain_graph=True, allow_unused=True)
-                      for j in range(k)]
-        grads = tuple(None if per_target[0][i] is None else torch.stack([g[i] for g in per_target])
-                      for i in range(len(tensors)))
+        per_target = list(target_gradients(scores, leaves))
+        return {name: torch.stack([g[name] for g in per_target]) for name in names}
     return {name: grad if grad is not None else torch.zeros((k, *leaf.shape), dtype=leaf.dtype, device=leaf.device)
             for name, leaf, grad in zip(names, tensors, grads)}
+
+
+def target_gradients(scores: torch.Tensor, leaves: Mapping[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """Per target j of the (N, k) ``scores``, in order: name -> d scores[n, j] / d leaf, (N, *leaf.shape[1:]), one
+    vector-Jacobian product each (the graph is kept). A caller that reduces each target's gradients before asking
+    for the next never holds all k of them at once, as :func:`gradients` does. A leaf the scores do not reach gets
+    zeros."""
+    names = list(leaves)
+    tensors = [leaves[n] for n in names]
+    n, k = scores.shape
+    for j in range(k):
+        grads: tuple = (None,) * len(tensors)
+        if scores.requires_grad:
+            picked = torch.zeros((n, k), dtype=scores.dtype, device=scores.device)
+            picked[:, j] = 1
+            grads = torch.autograd.grad(scores, tensors, picked, retain_graph=True, allow_unused=True)
+        yield {name: grad if grad is not None else torch.zeros_like(leaf)
+               for name, grad, leaf in zip(names, grads, tensors)}
 
 
 _MATRIX_PRODUCTS = ("AddmmBackward", "MmBackward", "BmmBackward", "LinearBackward")
 
 
-def _batching_pays(scores: torch.Tensor) -> bool:
+def batching_pays(scores: torch.Tensor) -> bool:
     """Whether one batched backward over the targets beats one backward per target: when the recorded graph
     holds a matrix product (a linear layer), which it batches into one product, reading a large weight once
     instead of k times (vgg11's classifier). ``is_grads_batched`` runs on torch's legacy vmap, which has no

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.cam import CAM_METHODS, scaled_maps, single_pass_methods
+from ..engine.cam import CAM_METHODS, scaled_maps, score_maps, single_pass_methods
 from ..errors import IntrospectWarning, TargetError, UsageError
-from ..engine.forward import FEATURE_MAPS, ForwardPass, gradients, run_forward
+from ..engine.forward import FEATURE_MAPS, ForwardPass, run_forward
 from ..engine.resize import bilinear_matrix
-from ..engine.targets import PixelClass
+from ..engine.targets import PixelClass, target_scores
 from ..loaded import IMAGENET_MEAN, IMAGENET_STD, device_and_dtype
 from ..records import CamMap, CamResult, Segmentation, SegmentClass, Subject
 from .base import InputRecipe
@@ -195,10 +195,10 @@ def class_maps_of(logits: torch.Tensor) -> torch.Tensor:
     (``logits.max(1).indices``, about 3x faster: a max, an equality and a max of small integers)."""
     logits = logits.detach()
     classes = logits.shape[1]
-    top = logits.amax(1, keepdim=True)
-    rank_type = torch.uint8 if classes < 256 else torch.int32
-    ranks = torch.arange(classes, 0, -1, dtype=rank_type, device=logits.device).view(1, classes, 1, 1)
-    best = ((logits == top) * ranks).amax(1)  # classes - first index of the maximum; 0 where a pixel is NaN
+    equal = logits == logits.amax(1, keepdim=True)
+    equal = equal.view(torch.uint8) if classes < 256 else equal.to(torch.int32)  # uint8: the bools' own bytes
+    ranks = torch.arange(classes, 0, -1, dtype=equal.dtype, device=logits.device).view(1, classes, 1, 1)
+    best = equal.mul_(ranks).amax(1)  # classes - first index of the maximum; 0 where a pixel is NaN
     if not bool(best.all()):
         return logits.max(1).indices
     return classes - best.long()
@@ -278,14 +278,14 @@ def pixel_class_maps(found: SegmentationPass, methods: Sequence[str],
     sizes = [tuple(photo.shape[:2]) for photo in found.batch.photos]
     if not k:
         return {m: [torch.zeros((0, *size)) for size in sizes] for m in methods}
-    grads = None
-    if found.gradients:
-        head = _resized_head(forward, logits)
-        if head is not None:  # the same gradients through the head alone
-            grads = gradients(_pixel_class_scores(head, targets, tuple(logits.shape[-2:])), forward.leaves)
-        else:
-            grads = forward.gradients(targets)
-    return {m: list(scaled_maps(m, forward, grads, k, sizes)) for m in methods}
+    if not found.gradients:
+        return {m: scaled_maps(m, forward, None, k, sizes) for m in methods}
+    head = _resized_head(forward, logits)
+    if head is not None:  # the same gradients through the head alone
+        scores = _pixel_class_scores(head, targets, tuple(logits.shape[-2:]))
+    else:
+        scores = target_scores(targets, forward.output)
+    return score_maps(methods, forward, scores, sizes)
 
 
 def segmentation_cam_results(found: SegmentationPass, methods: Sequence[str], *,
