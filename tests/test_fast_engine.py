@@ -28,7 +28,7 @@ from torch import nn
 from introspect.analyzers import parameters as params_module
 from introspect.analyzers import structure as structure_module
 from introspect.engine.cam import _eigencam, _eigengradcam, normalize_maps
-from introspect.engine.resize import bilinear_resize
+from introspect.engine.resize import bilinear_resize, bilinear_resize_sum
 from introspect.analyzers.parameters import histogram_of, parameter_summary
 from introspect.analyzers.structure import summarize
 from introspect.engine.forward import INPUT, run_forward
@@ -254,6 +254,14 @@ def test_matrix_resize_equals_interpolate(source, size) -> None:
     assert torch.allclose(bilinear_resize(maps, size), theirs, atol=1e-5, rtol=1e-5)
     crop = (max(1, size[0] - 3), max(1, size[1] // 2))
     assert torch.allclose(bilinear_resize(maps, size, crop=crop), theirs[..., :crop[0], :crop[1]], atol=1e-5, rtol=1e-5)
+
+
+def test_resized_levels_summed_in_one_product_equal_the_sum_of_their_resizes() -> None:
+    generator = torch.Generator().manual_seed(1)
+    levels = [torch.randn(6, h, w, generator=generator) for h, w in ((40, 40), (20, 20), (10, 11), (5, 5), (3, 2))]
+    for size, crop in (((320, 320), None), ((330, 300), (320, 288))):
+        expected = sum(bilinear_resize(level, size, crop=crop) for level in levels)
+        assert torch.allclose(bilinear_resize_sum(levels, size, crop=crop), expected, atol=1e-5, rtol=1e-5)
 
 
 def _normalized_by_interpolate(levels: list[torch.Tensor], size: tuple[int, int], canvas: tuple[int, int]):

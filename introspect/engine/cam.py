@@ -39,7 +39,7 @@ from ..options import CamOptions
 from ..records import CamMap, CamResult, Subject
 from .classes import class_name
 from .forward import ForwardPass, batching_pays, gradients, target_gradients
-from .resize import bilinear_resize
+from .resize import bilinear_resize_sum
 from .targets import FinerContrast, Target, as_targets
 
 __all__ = ["CamMethod", "CamFormula", "CAM_METHODS", "list_cam_methods", "parse_cam_methods", "needs_layer_gradient",
@@ -269,8 +269,9 @@ def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[in
     Each level (``raw``, or each tensor of a sequence of them: an FPN's levels, each at its own
     resolution) is ReLU'd, min-maxed and resized to ``size``; then the mean over the levels is ReLU'd
     and min-maxed. One level: ReLU, min-max, resize, min-max, pytorch-grad-cam's one target layer.
-    A 2-d resize is two matrix products (:func:`~introspect.engine.resize.bilinear_resize`, the weights of
-    ``F.interpolate``'s own bilinear resize), several times faster than ``F.interpolate`` for small maps.
+    A 2-d resize is two matrix products, the levels' resizes summed in the second one
+    (:func:`~introspect.engine.resize.bilinear_resize_sum`, the weights of ``F.interpolate``'s own bilinear resize):
+    several times faster than ``F.interpolate`` for small maps, and one full-size tensor however many levels.
 
     Args:
         raw: ``(..., *s)`` raw maps, or a sequence of them (the same leading shape, any ``s``).
@@ -285,18 +286,18 @@ def normalize_maps(raw: torch.Tensor | Sequence[torch.Tensor], size: Sequence[in
     size = tuple(int(s) for s in size)
     dims = tuple(range(-len(size), 0))
     full = tuple(int(s) for s in canvas) if canvas is not None else size
-    total = None
-    for level in levels:
-        maps = torch.relu(level if level.dtype == torch.float64 else level.float())  # half -> float
-        lead = maps.shape[:-len(size)]
-        maps = _minmax(maps.reshape(-1, *maps.shape[-len(size):]), dims)
-        if len(size) == 2:
-            maps = bilinear_resize(maps, full, crop=size)
-        else:
+    lead = levels[0].shape[:-len(size)]
+    scaled = [_minmax(torch.relu(level if level.dtype == torch.float64 else level.float())  # half -> float
+                      .reshape(-1, *level.shape[-len(size):]), dims) for level in levels]
+    if len(size) == 2:  # the levels' resizes summed in one product
+        total = bilinear_resize_sum(scaled, full, crop=size)
+    else:
+        total = None
+        for maps in scaled:
             maps = F.interpolate(maps[:, None], size=full, mode="trilinear", align_corners=False)[:, 0]
             maps = maps[(slice(None), *(slice(0, s) for s in size))]
-        maps = maps.reshape(*lead, *size)
-        total = maps if total is None else total.add_(maps)
+            total = maps if total is None else total.add_(maps)
+    total = total.reshape(*lead, *size)
     if len(levels) > 1:  # the mean needs no ReLU: resized min-maxed maps are >= 0 (convex weights)
         total = total.div_(len(levels))
     return _minmax_(total, dims).float()

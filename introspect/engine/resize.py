@@ -14,7 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bilinear_matrix", "bilinear_resize"]
+__all__ = ["bilinear_matrix", "bilinear_resize", "bilinear_resize_sum"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,3 +33,19 @@ def bilinear_resize(maps: torch.Tensor, size: tuple[int, int], *, crop: tuple[in
     a_h = bilinear_matrix(maps.shape[-2], int(size[0]), maps.dtype, maps.device)[:height]
     a_w = bilinear_matrix(maps.shape[-1], int(size[1]), maps.dtype, maps.device)[:width]
     return a_h @ maps @ a_w.T
+
+
+def bilinear_resize_sum(levels: list[torch.Tensor], size: tuple[int, int], *,
+                        crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """The sum of :func:`bilinear_resize` of each ``(M, h_l, w_l)`` level (the same M maps at several resolutions,
+    an FPN's) to ``size``, as one product: ``sum_l A_h^l x_l A_w^l.T = [A_h^1 ... A_h^L] @ [x_l A_w^l.T]_l``,
+    stacked along the rows. Only one ``(M, *size)`` tensor is made, however many levels there are."""
+    height, width = crop if crop is not None else size
+    dtype, device = levels[0].dtype, levels[0].device
+    rows, columns = [], []
+    for level in levels:
+        columns.append(level.to(dtype) @ bilinear_matrix(level.shape[-1], int(size[1]), dtype, device)[:width].T)
+        rows.append(bilinear_matrix(level.shape[-2], int(size[0]), dtype, device)[:height])
+    if len(levels) == 1:
+        return rows[0] @ columns[0]
+    return torch.cat(rows, dim=1) @ torch.cat(columns, dim=-2)
