@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .errors import IntrospectError, worded_as_flags
+from .errors import IntrospectError, interrupted_by_user, worded_as_flags
 
 __all__ = ["main", "build_parser", "tensorboard_command"]
 
@@ -355,6 +355,13 @@ def _progress(step: str, said: set[str]) -> None:
         print(f"... {step}", file=sys.stderr, flush=True)
 
 
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: say that what was written is kept (and how to go on with an audit); exit code 130."""
+    hint = " (continue with --resume RUN_DIR)" if getattr(args, "dataset", None) else ""
+    print(f"introspect: interrupted; what was written so far is kept{hint}", file=sys.stderr)
+    return 130
+
+
 def _print_summary(summary, said: set[str] = frozenset()) -> None:
     from .errors import in_flags
 
@@ -464,10 +471,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"introspect: error: {_one_line(_in_flags(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        hint = " (continue with --resume RUN_DIR)" if getattr(args, "dataset", None) else ""
-        print(f"introspect: interrupted; what was written so far is kept{hint}", file=sys.stderr)
-        return 130
+        return _interrupted(args)
     except Exception as exc:  # a failure at run time: one line unless --debug
+        if interrupted_by_user(exc):  # Ctrl-C re-raised as another error (during an import, say)
+            return _interrupted(args)
         if args.debug:
             traceback.print_exc()
         print(f"introspect: error: {type(exc).__name__}: {_one_line(exc)} (run again with --debug for the "

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 
 __all__ = [
     "IntrospectError",
+    "interrupted_by_user",
     "in_flags",
     "worded_as_flags",
     "worded",
@@ -95,6 +96,19 @@ def worded(message: str) -> str:
     """``message`` as the caller speaks: with flags inside :func:`worded_as_flags` (:func:`in_flags`), else as is."""
     flags = _SPOKEN_FLAGS.get()
     return in_flags(message, flags) if flags else message
+
+
+def interrupted_by_user(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, or an error raised because of one: Python 3.11 re-raises a KeyboardInterrupt
+    that arrives in a class body being built (an import under way, matplotlib's) as a RuntimeError caused by it, and
+    an error raised while unwinding from Ctrl-C has it as its context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class UsageError(IntrospectError):

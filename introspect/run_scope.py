@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import interrupted_by_user
+
 if TYPE_CHECKING:
     from .models import LoadedModel
     from .tensorboard import Reporter
@@ -173,11 +175,8 @@ def recorded_run(reporter: Reporter, info: dict[str, object], into: Any = None,
     try:
         yield end
         status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted (Ctrl-C)"
-        raise
     except BaseException as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
+        status = "interrupted (Ctrl-C)" if interrupted_by_user(exc) else f"failed: {type(exc).__name__}: {exc}"
         raise
     finally:
         end.warnings = list(dict.fromkeys(_message(w) for w in caught))

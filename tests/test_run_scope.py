@@ -35,8 +35,15 @@ def test_a_completed_run_records_status_warnings_once_and_closes(tmp_path) -> No
     assert written.count("twice") == 1
 
 
+def _caused_by_ctrl_c() -> RuntimeError:
+    error = RuntimeError("Error calling __set_name__ on 'x' instance 'y' in 'Z'")
+    error.__cause__ = KeyboardInterrupt()
+    return error
+
+
 @pytest.mark.parametrize("raised, status", [(ValueError("bad\nthing"), "failed: ValueError: bad"),
-                                            (KeyboardInterrupt(), "interrupted (Ctrl-C)")])
+                                            (KeyboardInterrupt(), "interrupted (Ctrl-C)"),
+                                            (_caused_by_ctrl_c(), "interrupted (Ctrl-C)")])
 def test_a_run_that_raises_says_how_it_ended_and_raises_on(tmp_path, raised, status) -> None:
     reporter = Reporter(tmp_path)
     with pytest.raises(type(raised)):

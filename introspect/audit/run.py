@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..engine.cam import cam_maps, needs_layer_gradient, parse_cam_methods
-from ..errors import ArgumentError, IntrospectWarning, OutputError, UnknownMethodError, UsageError
+from ..errors import (ArgumentError, IntrospectWarning, OutputError, UnknownMethodError, UsageError,
+                      interrupted_by_user)
 from ..engine.forward import run_forward
 from ..hooks import first_tensor, inspecting
 from ..layers import pick_cam_layer
@@ -358,8 +359,9 @@ def _audit(prepared: PreparedAudit, out_dir: str | Path | None, resume: bool, wo
                 if on_batch is not None:
                     on_batch(len(finished), done_images)
             checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()  # everything finished so far stays readable and resumable
+    except BaseException as exc:
+        if interrupted_by_user(exc):
+            checkpoint()  # everything finished so far stays readable and resumable
         raise
     finally:
         if bar is not None:
