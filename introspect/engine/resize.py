@@ -29,15 +29,12 @@ def bilinear_matrix(source: int, size: int, dtype: torch.dtype = torch.float32,
 def bilinear_resize(maps: torch.Tensor, size: tuple[int, int], *, crop: tuple[int, int] | None = None) -> torch.Tensor:
     """``(..., h, w)`` maps resized bilinearly to ``size`` (``align_corners=False``, as ``F.interpolate``), as two
     matrix products; ``crop``: keep only the top-left ``crop`` of the resized maps (without computing the rest)."""
-    height, width = crop if crop is not None else size
-    a_h = bilinear_matrix(maps.shape[-2], int(size[0]), maps.dtype, maps.device)[:height]
-    a_w = bilinear_matrix(maps.shape[-1], int(size[1]), maps.dtype, maps.device)[:width]
-    return a_h @ maps @ a_w.T
+    return bilinear_resize_sum([maps], size, crop=crop)
 
 
 def bilinear_resize_sum(levels: list[torch.Tensor], size: tuple[int, int], *,
                         crop: tuple[int, int] | None = None) -> torch.Tensor:
-    """The sum of :func:`bilinear_resize` of each ``(M, h_l, w_l)`` level (the same M maps at several resolutions,
+    """The sum of :func:`bilinear_resize` of each ``(..., h_l, w_l)`` level (the same M maps at several resolutions,
     an FPN's) to ``size``, as one product: ``sum_l A_h^l x_l A_w^l.T = [A_h^1 ... A_h^L] @ [x_l A_w^l.T]_l``,
     stacked along the rows. Only one ``(M, *size)`` tensor is made, however many levels there are."""
     height, width = crop if crop is not None else size
