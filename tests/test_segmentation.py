@@ -216,6 +216,8 @@ def test_a_batch_unbound_from_one_tensor_is_not_copied_again():
     assert torch.equal(_batched(tuple(reversed(rows))), x.flip(0))
     crop = x[:, :, :4]
     assert torch.equal(_batched(crop.unbind(0)), crop)
+    turned = x.transpose(2, 3)  # square images: the same shapes and starts, other strides
+    assert torch.equal(_batched(turned.unbind(0)), turned)
     single = torch.rand(3, 2, 2)
     assert torch.equal(_batched([single]), single[None])
 

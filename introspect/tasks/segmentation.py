@@ -127,8 +127,8 @@ def _batched(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The (N, 3, H, W) batch of ``tensors``: the tensor they were unbound from (an audit's batch), else a stack."""
     base = tensors[0]._base if tensors else None
     if (base is not None and base.ndim == 4 and base.shape[0] == len(tensors)
-            and all(t._base is base and t.shape == base.shape[1:] and t.data_ptr() == base[i].data_ptr()
-                    for i, t in enumerate(tensors))):
+            and all(t._base is base and t.shape == base.shape[1:] and t.stride() == base.stride()[1:]
+                    and t.data_ptr() == base[i].data_ptr() for i, t in enumerate(tensors))):
         return base
     return torch.stack(list(tensors))
 
