@@ -100,8 +100,17 @@ class WebDriver:
         return self.command("POST", "/element", {"using": "css selector", "value": css})
 
     def click(self, css: str) -> None:
-        element = self.find(css)
-        self.command("POST", f"/element/{next(iter(element.values()))}/click", {})
+        """Click the element ``css`` names; found again if the page redrew it between the find and the click
+        (WebDriver's "stale element reference", seen once in a full-suite run)."""
+        for attempt in range(3):
+            element = self.find(css)
+            try:
+                self.command("POST", f"/element/{next(iter(element.values()))}/click", {})
+                return
+            except AssertionError as error:
+                if "stale element" not in str(error) or attempt == 2:
+                    raise
+                time.sleep(0.2)
 
     def type(self, css: str, text: str) -> None:
         element = self.find(css)
